@@ -1,0 +1,1 @@
+"""Remote commands as data: pure functions returning scripts, rendered (quoted, masked) later."""

@@ -1,0 +1,129 @@
+"""Release history from ``revisions.log``: ordering, good/failed status, rollback targets, pruning.
+
+Ordering always comes from the recorded history (the order in which releases
+first appear), never from file modification times. A release's status is the
+outcome of its latest record, so a release that failed its health gate is never
+a rollback target and never counts toward ``keep_releases``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One line of ``revisions.log``."""
+
+    time: str
+    release: str
+    event: str
+    outcome: str
+    version: str | None = None
+    sha256: str | None = None
+    by: str | None = None
+    previous: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "success"
+
+
+def parse_revisions(lines: Iterable[str]) -> list[Revision]:
+    """Parse ``<time>\\t<json>`` lines; malformed lines are skipped (a log is not worth failing a deploy)."""
+    revisions: list[Revision] = []
+    for line in lines:
+        time, sep, payload = line.rstrip("\n").partition("\t")
+        if not sep:
+            continue
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("release"), str):
+            continue
+        revisions.append(
+            Revision(
+                time=time,
+                release=data["release"],
+                event=str(data.get("event", "deploy")),
+                outcome=str(data.get("outcome", "success")),
+                version=_opt(data.get("version")),
+                sha256=_opt(data.get("sha256")),
+                by=_opt(data.get("by")),
+                previous=_opt(data.get("previous")),
+                detail=_opt(data.get("detail")),
+            )
+        )
+    return revisions
+
+
+def _opt(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class History:
+    """The parsed history of one host."""
+
+    revisions: tuple[Revision, ...]
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> History:
+        return cls(tuple(parse_revisions(lines)))
+
+    def order(self) -> list[str]:
+        """Release ids in the order they were first deployed (oldest first)."""
+        seen: dict[str, None] = {}
+        for rev in self.revisions:
+            seen.setdefault(rev.release, None)
+        return list(seen)
+
+    def status(self, release: str) -> str | None:
+        """``success`` or ``failed`` from the release's latest record; None when never recorded."""
+        outcome = None
+        for rev in self.revisions:
+            if rev.release == release:
+                outcome = rev.outcome
+        return outcome
+
+    def version(self, release: str) -> str | None:
+        for rev in reversed(self.revisions):
+            if rev.release == release and rev.version:
+                return rev.version
+        return None
+
+    def sha256(self, release: str) -> str | None:
+        for rev in reversed(self.revisions):
+            if rev.release == release and rev.sha256:
+                return rev.sha256
+        return None
+
+    def good(self, on_disk: Iterable[str]) -> list[str]:
+        """Releases whose latest outcome is success and that are still on disk, oldest first."""
+        present = set(on_disk)
+        return [r for r in self.order() if r in present and self.status(r) == "success"]
+
+    def previous_good(self, current: str | None, on_disk: Iterable[str]) -> str | None:
+        """The newest good release deployed before ``current`` (the default rollback target)."""
+        good = self.good(on_disk)
+        order = self.order()
+        if current in order:
+            position = order.index(current)
+            earlier = [r for r in good if order.index(r) < position]
+            return earlier[-1] if earlier else None
+        others = [r for r in good if r != current]
+        return others[-1] if others else None
+
+    def releases_to_prune(self, on_disk: Sequence[str], *, keep: int, protect: Iterable[str | None]) -> list[str]:
+        """Releases to delete: everything except the newest ``keep`` good ones and ``protect``.
+
+        ``protect`` holds the release that will be current and the previous good one. Failed releases
+        and directories the history does not know are removed: they are never rollback targets.
+        """
+        keep_set = {r for r in protect if r}
+        keep_set.update(self.good(on_disk)[-keep:] if keep > 0 else [])
+        return [r for r in on_disk if r not in keep_set]

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, then end-to-end tests against real sshd hosts in namespaces.
+# As root the end-to-end tests must run: DEPLOYER_REQUIRE_FLEET=1 turns any skip of them into a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ "$(id -u)" -eq 0 ]; then
+  export DEPLOYER_REQUIRE_FLEET=1
+fi
+.venv/bin/ruff check deployer tests tasks.py
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

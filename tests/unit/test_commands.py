@@ -1,0 +1,165 @@
+"""Remote commands are data: exact rendering, quoting, and secret masking."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from deployer.commands import release as rc
+from deployer.commands.flavours import flavour
+from deployer.commands.shell import MASK, Script, Secret, env_file_text, template, words
+from deployer.paths import RemoteLayout
+
+LAYOUT = RemoteLayout("/srv/hello", "hello")
+SECRET = Secret("HELLO_SECRET", SecretStr("hunter2-sentinel"))
+
+
+def run_sh(script: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["sh", "-s"], input=script.encode(), capture_output=True, timeout=10, check=False)
+
+
+def test_template_quotes_every_value() -> None:
+    parts = template("rm -rf {{path}} && echo {{n}}\n", path="/srv/a b;c", n=3)
+    assert Script("x", parts).render() == "rm -rf '/srv/a b;c' && echo 3\n"
+
+
+def test_template_refuses_missing_and_unused_values() -> None:
+    with pytest.raises(KeyError, match="has no value"):
+        template("echo {{a}}")
+    with pytest.raises(KeyError, match="never used"):
+        template("echo", a="x")
+
+
+def test_secret_is_masked_unless_revealed() -> None:
+    script = Script("s", template("printf %s {{v}}\n", v=SECRET))
+    assert script.render() == f"printf %s {MASK}\n"
+    assert script.render(reveal=True) == "printf %s hunter2-sentinel\n"
+    assert script.secrets == (SECRET,)
+    assert "hunter2" not in script.remote_command()
+
+
+def test_argv_scripts_cannot_carry_secrets() -> None:
+    with pytest.raises(ValueError, match="passes secrets in argv"):
+        Script("s", template("echo {{v}}", v=SECRET), stdin=False)
+
+
+def test_unlock_renders_exactly() -> None:
+    script = rc.unlock(LAYOUT, "tok123")
+    body = script.render()
+    assert body.startswith(rc.PRELUDE)
+    assert body.endswith(
+        "__deployer_main() {\n"
+        "d=/srv/hello\napp=hello\n"
+        "step unlock\n"
+        'if [ -d "$d/.lock" ] && grep -qF tok123 "$d/.lock/info" 2>/dev/null; then\n'
+        '  rm -rf "$d/.lock"; echo unlocked=1\nfi\n'
+        "\n}\n__deployer_main </dev/null\n"
+    )
+    assert script.remote_command() == "sh -s"
+
+
+def test_receive_artifact_is_an_argv_script_with_stdin_free_for_data() -> None:
+    sha = "a" * 64
+    script = rc.receive_artifact(LAYOUT, sha)
+    assert not script.stdin
+    assert script.remote_command().startswith("sh -c 'set -eu")
+    text = script.render()
+    assert f"sha={sha}\n" in text
+    assert 'cat > "$t"\n' in text
+    assert 'mv -f "$t" "$d/artifacts/$sha.tar.gz"' in text
+
+
+def test_migrate_renders_the_flavour_eval() -> None:
+    script = rc.migrate(
+        LAYOUT, flavour("mix"), release_id="20261124010203-0.1.0", expression="Hello.Release.migrate()", timeout=99
+    )
+    text = script.render()
+    assert "load_env 20261124010203-0.1.0\n" in text
+    assert "/srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()'\n" in text
+    assert script.timeout == 99
+
+
+def test_activate_contains_the_phases_in_order() -> None:
+    health = rc.HealthCheck(http="http://127.0.0.1:4000/health", rpc=None, deadline=30, interval=0.5)
+    script = rc.activate(
+        LAYOUT,
+        flavour("mix"),
+        release_id="20261124010203-0.2.0",
+        health=health,
+        stop_timeout=20,
+        tmp_suffix="abcd",
+        success_record='{"a":1}',
+        prune_releases=["20200101000000-0.0.1"],
+        prune_artifacts=["b" * 64],
+    )
+    text = script.render()
+    order = [text.index(f"step {s}\n") for s in ("switch", "stop", "start", "health", "record", "prune")]
+    assert order == sorted(order)
+    assert 'ln -s "releases/$rid" "$t"\nmv -T "$t" "$d/current"\n' in text
+    assert "stop_node 20\n" in text
+    assert "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:4000/health" in text
+    assert "/srv/hello/releases/20200101000000-0.0.1 /srv/hello/shared/env/20200101000000-0.0.1.env" in text
+    assert f"/srv/hello/artifacts/{'b' * 64}.tar.gz" in text
+
+
+def test_prepare_masks_env_and_cookie() -> None:
+    env = env_file_text({"HELLO_PORT": "4000", "HELLO_SECRET": SECRET})
+    cookie = Secret("cookie", SecretStr("COOKIEVALUE123"))
+    script = rc.prepare(LAYOUT, release_id="20261124010203-0.1.0", sha256="c" * 64, env_file=env, cookie=cookie)
+    masked = script.render()
+    assert "hunter2" not in masked and "COOKIEVALUE123" not in masked
+    revealed = script.render(reveal=True)
+    assert "hunter2-sentinel" in revealed and "COOKIEVALUE123" in revealed
+
+
+def test_flavour_mapping() -> None:
+    mix, rebar, distillery = flavour("mix"), flavour("rebar3"), flavour("distillery")
+    assert mix.daemon == ("daemon",) and mix.eval("M.f()") == ("eval", "M.f()")
+    assert rebar.remote == ("remote_console",)
+    assert ("RELX_REPLACE_OS_VARS", "true") in rebar.runtime_env
+    assert distillery.daemon == ("start",)
+    assert ("REPLACE_OS_VARS", "true") in distillery.runtime_env
+
+
+# --- property tests: arbitrary strings arrive byte for byte and never run ------------------------------
+
+hostile = st.one_of(
+    st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=60),
+    st.sampled_from(["$(touch /tmp/pwned)", "`id`", "'; rm -rf / #", '"$HOME"', "a\nb", "-rf", "--", "\\", "*"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(hostile)
+def test_quoted_values_reach_the_shell_as_data(value: str) -> None:
+    script = Script("t", template("printf '%s' {{v}}\n", v=value))
+    result = run_sh(script.render())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == value.encode()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True), hostile, min_size=1, max_size=4))
+def test_env_file_values_survive_sourcing(values: dict[str, str]) -> None:
+    env = env_file_text({k: Secret(k, SecretStr(v)) if i % 2 else v for i, (k, v) in enumerate(values.items())})
+    names = list(values)
+    script = Script(
+        "t",
+        template('f=$(mktemp)\nprintf \'%s\' {{env}} > "$f"\nset -a\n. "$f"\nrm -f "$f"\n', env=env)
+        + tuple(f'printf "%s\\0" "${name}"\n' for name in names),
+    )
+    result = run_sh(script.render(reveal=True))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(b"\0")[:-1] == [values[n].encode() for n in names]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(hostile, min_size=1, max_size=4))
+def test_words_are_separate_arguments(values: list[str]) -> None:
+    script = Script("t", ("for a in ", *words(values), '; do printf "%s\\0" "$a"; done\n'))
+    result = run_sh(script.render())
+    assert result.stdout.split(b"\0")[:-1] == [v.encode() for v in values]
