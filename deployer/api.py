@@ -60,6 +60,7 @@ def endpoint(inventory: Inventory, host: HostConfig) -> Endpoint:
         connect_timeout=ssh.connect_timeout,
         command_timeout=ssh.command_timeout,
         keepalive=ssh.keepalive,
+        keepalive_count=ssh.keepalive_count,
         identity_file=ssh.identity_file,
         known_hosts=known_hosts,
         use_user_known_hosts=ssh.use_user_known_hosts,
@@ -215,7 +216,7 @@ def migrate(inventory: Inventory, options: Options | None = None) -> Result:
         plan: Plan | None = None
         try:
             facts = executor.preflight(names, lock=not options.dry_run)
-            plan = plan_migrate(inventory, facts)
+            plan = plan_migrate(inventory, facts, who=current_user())
             if options.dry_run:
                 return Result(Report("migrate", inventory.env, plan.release_id, plan.version, [], dry_run=True), plan)
             report = executor.execute_migrate(plan)

@@ -134,7 +134,13 @@ class SSHConfig(_Model):
     )
     connect_timeout: PositiveSeconds = Field(10.0, description="Seconds to establish TCP + SSH + auth.")
     command_timeout: PositiveSeconds = Field(600.0, description="Deadline for any single remote step.")
-    keepalive: int = Field(15, ge=0, description="Seconds between keepalives (0 disables).")
+    keepalive: int = Field(
+        15,
+        ge=0,
+        description="Seconds between TCP keepalive probes; a host silent for keepalive x keepalive_count seconds "
+        "(or with data unacknowledged that long) is declared lost instead of hanging the run. 0 disables.",
+    )
+    keepalive_count: int = Field(3, ge=1, le=100, description="Unanswered keepalives before the host is lost.")
     forward_agent: bool = Field(False, description="Forward the local ssh-agent (off unless asked for).")
 
 

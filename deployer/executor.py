@@ -34,7 +34,7 @@ from deployer.facts import HostFacts, LockInfo, parse_probe
 from deployer.inventory import Inventory
 from deployer.outcome import Events, HostResult, NullEvents, Report
 from deployer.plan import Plan, layout_for
-from deployer.transport import CommandResult, ConnectionPool, Transport
+from deployer.transport import CommandResult, ConnectionPool, Transport, UploadStopped
 
 Connector = Callable[[HostConfig], Transport]
 
@@ -66,6 +66,21 @@ class Masker:
             if value in text:
                 text = text.replace(value, MASK)
         return text
+
+
+def describe_holder(info: LockInfo | None) -> str:
+    """Who holds a lock, and whether that process is known to be gone (a stale lock)."""
+    if info is None:
+        return "a lock directory without info (left by an old or killed run?)"
+    text = info.describe()
+    if info.local_host == socket.gethostname() and info.pid is not None:
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            text += " - that process no longer exists: the lock is stale"
+        except PermissionError:
+            pass
+    return text
 
 
 def clean_stderr(stderr: str, limit: int = 25) -> str:
@@ -117,8 +132,13 @@ class Executor:
         self.close()
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True)
-        self.pool.close_all()
+        """Release any lock still held (also when the run was abandoned), then close every connection."""
+        try:
+            if self.locked:
+                self.release_locks()
+        finally:
+            self._threads.shutdown(wait=True)
+            self.pool.close_all()
 
     # --- primitives ---------------------------------------------------------------------------------------
 
@@ -149,12 +169,26 @@ class Executor:
         self.events.step(host, script.name, "done", f"{elapsed:.1f}s")
         return outcome
 
+    def run_cleanup(self, host: str, script: Script) -> CommandResult:
+        """Like :meth:`run`, but first replaces a connection that died: cleanup must still be tried."""
+        transport = self.pool.opened().get(host)
+        if transport is not None and not transport.is_alive():
+            self.events.step(host, "reconnect", "start", f"the connection was lost; reconnecting for {script.name}")
+            self.pool.reconnect(host)
+        return self.run(host, script)
+
     def upload(self, host: str, script: Script, source: Path) -> None:
         transport = self.pool.get(host)
         self.events.step(host, "upload", "start", f"{source.stat().st_size} bytes")
         started = time.monotonic()
         before = transport.bytes_uploaded
-        outcome = transport.upload(script, source, progress=lambda s, t: self.events.progress(host, s, t))
+        try:
+            outcome = transport.upload(
+                script, source, progress=lambda s, t: self.events.progress(host, s, t), should_stop=self.cancel.is_set
+            )
+        except UploadStopped:
+            self.events.step(host, "upload", "stopped", "interrupted by the operator")
+            raise Cancelled("interrupted by the operator") from None
         elapsed = time.monotonic() - started
         result = self.result(host)
         result.timings["upload"] = round(elapsed, 3)
@@ -253,10 +287,7 @@ class Executor:
         if lock:
             held = {h: f.lock for h, f in facts.items() if not f.lock_acquired}
             if held:
-                holders = "\n  ".join(
-                    f"{host}: {info.describe() if info else 'lock directory without info'}"
-                    for host, info in held.items()
-                )
+                holders = "\n  ".join(f"{host}: {describe_holder(info)}" for host, info in held.items())
                 for host in order:
                     self.result(host).outcome = "aborted"
                 raise LockedError(
@@ -274,7 +305,7 @@ class Executor:
         hosts = list(self.locked)
 
         def unlock(host: str) -> None:
-            self.run(host, script)
+            self.run_cleanup(host, script)
 
         errors = self.parallel(hosts, unlock)
         self.locked = [h for h in hosts if h in errors]
@@ -311,6 +342,8 @@ class Executor:
         started = time.monotonic()
         report = Report(plan.kind, plan.env, plan.release_id, plan.version, [], list(plan.warnings))
         hosts = [p.host for p in plan.hosts]
+        for warning in plan.warnings:
+            self.events.warning(warning)
         for host_plan in plan.hosts:
             result = self.result(host_plan.host)
             result.before = host_plan.before
@@ -423,7 +456,7 @@ class Executor:
     def _revert(self, host: str, script: Script, result: HostResult) -> None:
         self.events.step(host, "revert", "start", f"back to {result.before or 'nothing'}")
         try:
-            self.run(host, script)
+            self.run_cleanup(host, script)
         except DeployerError as exc:
             result.outcome = "failed"
             result.healthy = False
@@ -450,7 +483,7 @@ class Executor:
                 result.outcome = "aborted" if not self._any_switched() else "untouched"
             script = plan.host(host).abort
             assert script is not None
-            self.run(host, script)
+            self.run_cleanup(host, script)
 
         errors = self.parallel(hosts, abort)
         for host, exc in errors.items():

@@ -141,8 +141,13 @@ def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> No
     print(f"fleet {fleet.runid} is down")
 
 
-@task(help={"env": "Which inventory (default local).", "path": "HTTP path to fetch (default /health).",
-            "inventory_dir": "Where inventories live (default inventory)."})
+@task(
+    help={
+        "env": "Which inventory (default local).",
+        "path": "HTTP path to fetch (default /health).",
+        "inventory_dir": "Where inventories live (default inventory).",
+    }
+)
 def show(c: Context, env: str = "local", path: str = "/health", inventory_dir: str = "inventory") -> None:
     """Fetch the example app's HTTP endpoint from every host over the network, as a client would."""
     import urllib.error
@@ -156,7 +161,7 @@ def show(c: Context, env: str = "local", path: str = "/health", inventory_dir: s
     for host in inventory.hosts:
         url = f"http://{host.address}:{port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - fleet addresses only
+            with urllib.request.urlopen(url, timeout=5) as response:  # fleet addresses only
                 body = response.read().decode().strip()
                 print(f"  {host.name:<4} {url} -> {response.status} {body}")
         except (urllib.error.URLError, OSError) as exc:

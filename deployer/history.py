@@ -83,12 +83,25 @@ class History:
         return list(seen)
 
     def status(self, release: str) -> str | None:
-        """``success`` or ``failed`` from the release's latest record; None when never recorded."""
+        """``success`` or ``failed`` from the release's latest deploy/rollback/revert record; None when
+        never recorded. Migration records say nothing about whether the release ran healthy."""
         outcome = None
         for rev in self.revisions:
-            if rev.release == release:
+            if rev.release == release and rev.event != "migrate":
                 outcome = rev.outcome
         return outcome
+
+    def last_migration(self) -> Revision | None:
+        """The latest successful migration record (which release migrated the schema last)."""
+        for rev in reversed(self.revisions):
+            if rev.event == "migrate" and rev.ok:
+                return rev
+        return None
+
+    def newer_than(self, release: str, other: str) -> bool:
+        """True when ``release`` was first deployed after ``other`` (both in this history)."""
+        order = self.order()
+        return release in order and other in order and order.index(release) > order.index(other)
 
     def version(self, release: str) -> str | None:
         for rev in reversed(self.revisions):

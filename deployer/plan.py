@@ -231,7 +231,12 @@ def plan_deploy(
                 hint="include it in --hosts/--roles, or deploy to every host",
             )
         migrate_script = rc.migrate(
-            layout, spec, release_id=release_id, expression=config.migrate.eval, timeout=config.migrate.timeout
+            layout,
+            spec,
+            release_id=release_id,
+            expression=config.migrate.eval,
+            timeout=config.migrate.timeout,
+            record=_record(release=release_id, event="migrate", outcome="success", version=artifact.version, by=who),
         )
     names = [h.name for h in selected]
     return Plan(
@@ -363,6 +368,7 @@ def plan_rollback(
                 abort=None,
             )
         )
+    warnings.extend(schema_warnings(facts, {p.target for p in host_plans}))
     if problems:
         raise PlanError(
             "cannot roll back:\n  " + "\n  ".join(problems), hint="`invoke releases --env ENV` lists what each host has"
@@ -383,6 +389,26 @@ def plan_rollback(
     )
 
 
+def schema_warnings(facts: Mapping[str, HostFacts], targets: set[str]) -> list[str]:
+    """Warn when rolling back to code older than the release that last migrated the schema."""
+    warnings: list[str] = []
+    for fact in facts.values():
+        migration = fact.history.last_migration()
+        if migration is None:
+            continue
+        for target in sorted(targets):
+            if fact.history.newer_than(migration.release, target):
+                version = migration.version or migration.release
+                warnings.append(
+                    f"the schema was last migrated by {migration.release} (version {version}), newer than "
+                    f"{target}: the old code will run against the newer schema. Roll back the migration "
+                    "yourself first if that code cannot cope with it."
+                )
+        if warnings:
+            break
+    return warnings
+
+
 def _match_release(wanted: str, fact: HostFacts) -> str | None:
     """``--to`` accepts a release id or a version (the newest good release of that version)."""
     if wanted in fact.releases:
@@ -391,7 +417,7 @@ def _match_release(wanted: str, fact: HostFacts) -> str | None:
     return matches[-1] if matches else None
 
 
-def plan_migrate(inventory: Inventory, facts: Mapping[str, HostFacts]) -> Plan:
+def plan_migrate(inventory: Inventory, facts: Mapping[str, HostFacts], *, who: str) -> Plan:
     """Plan running the current release's migration on the migrator host."""
     config = inventory.config
     migrator = inventory.migrator()
@@ -406,6 +432,9 @@ def plan_migrate(inventory: Inventory, facts: Mapping[str, HostFacts]) -> Plan:
         release_id=fact.current_release,
         expression=config.migrate.eval,
         timeout=config.migrate.timeout,
+        record=_record(
+            release=fact.current_release, event="migrate", outcome="success", version=fact.current_version, by=who
+        ),
     )
     return Plan(
         kind="migrate",

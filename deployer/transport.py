@@ -65,6 +65,7 @@ class Endpoint:
     connect_timeout: float = 10.0
     command_timeout: float = 600.0
     keepalive: int = 15
+    keepalive_count: int = 3
     identity_file: str | None = None
     known_hosts: tuple[str, ...] = ()
     use_user_known_hosts: bool = True
@@ -86,9 +87,22 @@ class Transport(Protocol):
 
     def run(self, script: Script, *, on_output: OutputCallback | None = None) -> CommandResult: ...
 
-    def upload(self, script: Script, source: Path, *, progress: ProgressCallback | None = None) -> CommandResult: ...
+    def upload(
+        self,
+        script: Script,
+        source: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> CommandResult: ...
+
+    def is_alive(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class UploadStopped(RemoteCommandError):
+    """The upload was stopped on purpose (the operator interrupted the run)."""
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -152,6 +166,26 @@ def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: par
         )
 
 
+def _set_dead_peer_detection(sock: socket.socket, interval: int, count: int) -> None:
+    """Make the kernel declare a silent peer dead instead of letting a dropped network hang the run.
+
+    Paramiko's own keepalive expects no reply, so it never notices a dead link; TCP keepalive notices an
+    idle one and TCP_USER_TIMEOUT one that stops acknowledging data (e.g. mid-upload).
+    """
+    if interval <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", interval),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+        ("TCP_USER_TIMEOUT", interval * count * 1000),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 def _default_keys() -> list[paramiko.PKey]:
     keys: list[paramiko.PKey] = []
     with contextlib.suppress(paramiko.SSHException):
@@ -206,6 +240,7 @@ class SSHTransport:
                 hint="is sshd running on the host, and the address and port right?",
             ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _set_dead_peer_detection(sock, ep.keepalive, ep.keepalive_count)
         return sock
 
     def _connect(self) -> paramiko.Transport:
@@ -291,7 +326,17 @@ class SSHTransport:
         finally:
             channel.close()
 
-    def upload(self, script: Script, source: Path, *, progress: ProgressCallback | None = None) -> CommandResult:
+    def upload(
+        self,
+        script: Script,
+        source: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> CommandResult:
+        """Stream ``source`` into ``script``'s stdin. ``should_stop`` is polled between chunks: when it
+        turns true the channel is closed, the remote side discards its temp file, and
+        :class:`UploadStopped` is raised."""
         timeout = script.timeout or self.endpoint.command_timeout
         started = time.monotonic()
         total = source.stat().st_size
@@ -300,6 +345,8 @@ class SSHTransport:
         try:
             with source.open("rb") as handle:
                 while chunk := handle.read(UPLOAD_CHUNK):
+                    if should_stop is not None and should_stop():
+                        raise UploadStopped(self.name, script.name, f"upload stopped after {sent} of {total} bytes")
                     if time.monotonic() - started > timeout:
                         raise RemoteCommandError(self.name, script.name, f"upload timed out after {timeout:g}s")
                     if channel.exit_status_ready():
@@ -367,6 +414,9 @@ class SSHTransport:
             duration=time.monotonic() - started,
         )
 
+    def is_alive(self) -> bool:
+        return self._transport.is_active()
+
     def close(self) -> None:
         self._transport.close()
         if self._gateway is not None:
@@ -403,6 +453,15 @@ class ConnectionPool:
         with self._lock:
             self._open[host] = transport
         return transport
+
+    def reconnect(self, host: str) -> Transport:
+        """A fresh connection when the old one died (cleanup after a lost link must still be tried)."""
+        with self._lock:
+            old = self._open.pop(host, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        return self.get(host)
 
     def opened(self) -> dict[str, Transport]:
         with self._lock:

@@ -265,13 +265,26 @@ def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
 # --- migrate -----------------------------------------------------------------------------------------------
 
 
-def migrate(layout: RemoteLayout, flavour: Flavour, *, release_id: str, expression: str, timeout: float) -> Script:
-    """Run the release's migration in a fresh VM of ``release_id`` with that release's environment."""
+def migrate(
+    layout: RemoteLayout,
+    flavour: Flavour,
+    *,
+    release_id: str,
+    expression: str,
+    timeout: float,
+    record: str | None = None,
+) -> Script:
+    """Run the release's migration in a fresh VM of ``release_id`` with that release's environment.
+
+    ``record`` is appended to revisions.log on success, so a later rollback can warn when it goes back
+    to code older than the schema.
+    """
     argv = flavour.eval(expression)
     body = join(
-        template('step migrate\nload_env {{id}}\ncd "$d/shared"\n', id=release_id),
+        template('step migrate\n( load_env {{id}}\ncd "$d/shared"\n', id=release_id),
         words([layout.bin(release_id), *argv]),
-        ("\n",),
+        (" )\n",),
+        _record([record]) if record else (),
     )
     return _script("migrate", _vars(layout), (NODE_FUNCTIONS,), body, timeout=timeout)
 

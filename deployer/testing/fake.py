@@ -16,7 +16,7 @@ from pathlib import Path
 from deployer.commands.shell import Script
 from deployer.config import HostConfig
 from deployer.errors import ConnectError
-from deployer.transport import CommandResult, OutputCallback, ProgressCallback
+from deployer.transport import CommandResult, OutputCallback, ProgressCallback, UploadStopped
 
 Response = CommandResult | BaseException | Callable[[Script], CommandResult]
 
@@ -83,8 +83,17 @@ class FakeTransport:
             on_output("stdout", result.stdout)
         return result
 
-    def upload(self, script: Script, source: Path, *, progress: ProgressCallback | None = None) -> CommandResult:
+    def upload(
+        self,
+        script: Script,
+        source: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> CommandResult:
         self.sessions += 1
+        if should_stop is not None and should_stop():
+            raise UploadStopped(self.name, "upload", "upload stopped after 0 bytes")
         size = source.stat().st_size
         result = self.fleet.respond(self.name, script)
         if result.ok:
@@ -92,6 +101,9 @@ class FakeTransport:
             if progress is not None:
                 progress(size, size)
         return result
+
+    def is_alive(self) -> bool:
+        return not self.closed and self.name not in self.fleet.unreachable
 
     def close(self) -> None:
         self.closed = True

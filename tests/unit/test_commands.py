@@ -73,13 +73,22 @@ def test_receive_artifact_is_an_argv_script_with_stdin_free_for_data() -> None:
     assert 'mv -f "$t" "$d/artifacts/$sha.tar.gz"' in text
 
 
-def test_migrate_renders_the_flavour_eval() -> None:
+def test_migrate_renders_the_flavour_eval_in_a_subshell_and_records() -> None:
     script = rc.migrate(
-        LAYOUT, flavour("mix"), release_id="20261124010203-0.1.0", expression="Hello.Release.migrate()", timeout=99
+        LAYOUT,
+        flavour("mix"),
+        release_id="20261124010203-0.1.0",
+        expression="Hello.Release.migrate()",
+        timeout=99,
+        record='{"event":"migrate"}',
     )
     text = script.render()
-    assert "load_env 20261124010203-0.1.0\n" in text
-    assert "/srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()'\n" in text
+    assert (
+        'step migrate\n( load_env 20261124010203-0.1.0\ncd "$d/shared"\n'
+        "/srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()' )\n"
+        "step record\n"
+    ) in text
+    assert '\'{"event":"migrate"}\' >> "$d/revisions.log"' in text
     assert script.timeout == 99
 
 

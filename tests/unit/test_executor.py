@@ -241,3 +241,87 @@ def test_batches(inv: Inventory) -> None:
         ["h8"],
     ]
     assert batches(hosts, inv, {"canary": True}) == [["h1"], hosts[1:]]
+
+
+def test_rollback_warns_when_the_schema_is_newer_than_the_target(inv: Inventory) -> None:
+    migrated = "rev=2026-11-01T00:00:01Z\t" + json.dumps(
+        {"release": OLD, "outcome": "success", "event": "migrate", "version": "0.1.0"}
+    )
+    fleet = fleet_with(deployed_probe() + migrated + "\n")
+    result = api.rollback(inv, None, api.Options(connector=fleet.connect))
+    assert result.report.ok
+    assert any(f"last migrated by {OLD}" in w and f"newer than {OLDER}" in w for w in result.report.warnings)
+
+
+def test_no_schema_warning_when_the_target_migrated_last(inv: Inventory) -> None:
+    migrated = "rev=2026-11-01T00:00:01Z\t" + json.dumps(
+        {"release": OLDER, "outcome": "success", "event": "migrate", "version": "0.0.9"}
+    )
+    fleet = fleet_with(deployed_probe() + migrated + "\n")
+    assert api.rollback(inv, None, api.Options(connector=fleet.connect)).report.warnings == []
+
+
+def test_cancel_during_upload_stops_and_undoes(inv: Inventory, artifact: Artifact) -> None:
+    cancel = threading.Event()
+    cancel.set()  # the operator pressed Ctrl-C before the upload could finish
+    fleet = fleet_with()
+    report = run_deploy(inv, artifact, fleet, cancel=cancel).report
+    assert report.interrupted and not report.ok
+    assert "prepare" not in fleet.names() and "activate" not in fleet.names()
+    assert fleet.names().count("unlock") == 3
+    assert all(h.after == OLD for h in report.hosts)
+
+
+def test_lost_connection_is_replaced_for_cleanup(inv: Inventory, artifact: Artifact) -> None:
+    fleet = fleet_with()
+    transports: list[object] = []
+    original = fleet.connect
+
+    def connect(host: object) -> object:
+        transport = original(host)  # type: ignore[arg-type]
+        transports.append(transport)
+        return transport
+
+    def drop_link(script: object) -> object:
+        for transport in transports:
+            if transport.name == "web2":  # type: ignore[attr-defined]
+                transport.closed = True  # type: ignore[attr-defined]
+        return fail("extract", "tar: Unexpected EOF in archive")
+
+    fleet.responses[("web2", "prepare")] = drop_link  # type: ignore[assignment]
+    report = api.deploy(inv, artifact, api.Options(connector=connect)).report  # type: ignore[arg-type]
+    assert not report.ok
+    assert [t.name for t in transports].count("web2") == 2  # type: ignore[attr-defined]
+    assert "abort" in fleet.names("web2") and "unlock" in fleet.names("web2")
+
+
+def test_migration_records_do_not_make_a_release_good() -> None:
+    from deployer.history import History
+
+    lines = [
+        "t\t" + json.dumps({"release": "r1", "event": "deploy", "outcome": "success"}),
+        "t\t" + json.dumps({"release": "r2", "event": "migrate", "outcome": "success"}),
+        "t\t" + json.dumps({"release": "r2", "event": "deploy", "outcome": "failed"}),
+        "t\t" + json.dumps({"release": "r3", "event": "migrate", "outcome": "success"}),
+    ]
+    history = History.from_lines(lines)
+    assert history.status("r2") == "failed" and history.status("r3") is None
+    assert history.good(["r1", "r2", "r3"]) == ["r1"]
+    assert history.last_migration() is not None and history.last_migration().release == "r3"  # type: ignore[union-attr]
+
+
+def test_stale_lock_from_this_machine_is_called_stale() -> None:
+    import socket
+    import subprocess as sp
+
+    from deployer.executor import describe_holder
+    from deployer.facts import LockInfo
+
+    dead = sp.Popen(["true"])
+    dead.wait()
+    info = LockInfo.parse(
+        json.dumps({"who": "ops", "host": socket.gethostname(), "pid": dead.pid, "operation": "deploy", "since": 1})
+    )
+    assert describe_holder(info).endswith("that process no longer exists: the lock is stale")
+    alive = LockInfo.parse(json.dumps({"who": "ops", "host": socket.gethostname(), "pid": 1, "since": 1}))
+    assert "stale" not in describe_holder(alive)
