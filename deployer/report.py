@@ -13,6 +13,7 @@ import threading
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -50,16 +51,18 @@ class ConsoleEvents:
 
     def phase(self, name: str, detail: str = "") -> None:
         self._stop_progress()
-        self.console.print(f"[bold blue]==>[/] [bold]{name}[/] {detail}", highlight=False)
+        self.console.print(f"[bold blue]==>[/] [bold]{escape(name)}[/] {escape(detail)}", highlight=False)
 
     def step(self, host: str, step: str, status: str, detail: str = "") -> None:
         if status == "start" and not self.verbose:
             return
-        style = STATUS_STYLE.get(status, "")
+        style = STATUS_STYLE.get(status, "default")
         first, *rest = (detail or "").splitlines() or [""]
         with self._lock:
             self.console.print(
-                f"  [bold]{host:<{self.width}}[/] {step:<18} [{style}]{status}[/] {first}", highlight=False, markup=True
+                f"  [bold]{host:<{self.width}}[/] {step:<18} [{style}]{escape(status)}[/] {escape(first)}",
+                highlight=False,
+                markup=True,
             )
             for line in rest:
                 self.console.print(f"  {host:<{self.width}} | {line}", highlight=False, markup=False)
@@ -97,7 +100,7 @@ class ConsoleEvents:
                 self.console.print(f"  {host:<{self.width}} {stream[:3]}| {line}", highlight=False, markup=False)
 
     def warning(self, text: str) -> None:
-        self.console.print(f"[bold yellow]warning:[/] {text}", highlight=False)
+        self.console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False)
 
     def _stop_progress(self) -> None:
         with self._lock:
@@ -133,7 +136,7 @@ def print_plan(console: Console, plan: Plan, *, full_scripts: bool = False) -> N
     if plan.migrator:
         console.print(f"  migration on {plan.migrator} before any host switches", highlight=False)
     for warning in plan.warnings:
-        console.print(f"  [yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False)
     for host_plan in plan.hosts:
         console.print(
             f"\n[bold]{host_plan.host}[/]: {host_plan.before or '(nothing)'} -> {host_plan.target}", highlight=False
@@ -172,7 +175,7 @@ def print_report(console: Console, report: Report) -> None:
     for column in ("host", "before", "after", "result", "healthy", "time", "detail"):
         table.add_column(column, overflow="fold")
     for h in report.hosts:
-        style = STATUS_STYLE.get(h.outcome, "")
+        style = STATUS_STYLE.get(h.outcome, "default")
         healthy = "-" if h.healthy is None else ("yes" if h.healthy else "NO")
         detail = f"{h.step}: {h.error}" if h.step and h.error else (h.error or "")
         table.add_row(
@@ -182,11 +185,11 @@ def print_report(console: Console, report: Report) -> None:
             f"[{style}]{h.outcome}[/]",
             healthy,
             f"{sum(h.timings.values()):.1f}s",
-            detail,
+            escape(detail),
         )
     console.print(table)
     for warning in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.mixed:
         console.print(
             "[bold yellow]the fleet is mixed:[/] hosts run different releases; "
@@ -194,7 +197,7 @@ def print_report(console: Console, report: Report) -> None:
             highlight=False,
         )
     if report.error:
-        console.print(f"[bold red]error:[/] {report.error}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {escape(report.error)}", highlight=False, markup=True)
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{report.operation}: {verdict} in {report.duration:.1f}s", highlight=False)
 
@@ -238,7 +241,7 @@ def print_status(console: Console, rows: list[HostStatus]) -> None:
     for h in data["hosts"]:
         table.add_row(
             h["host"],
-            "yes" if h["reachable"] else f"[red]NO[/] {h['error'] or ''}",
+            "yes" if h["reachable"] else f"[red]NO[/] {escape(h['error'] or '')}",
             h["current"] or "-",
             h["version"] or "-",
             " ".join(map(str, h["node_pids"])) or "not running",
@@ -253,7 +256,7 @@ def print_status(console: Console, rows: list[HostStatus]) -> None:
 def print_history(console: Console, rows: list[HostStatus]) -> None:
     for row in rows:
         if row.facts is None:
-            console.print(f"[bold]{row.host}[/]: unreachable: {row.error}", highlight=False)
+            console.print(f"[bold]{row.host}[/]: unreachable: {escape(row.error or '')}", highlight=False)
             continue
         console.print(f"[bold]{row.host}[/]", highlight=False)
         for rev in row.facts.history.revisions:

@@ -22,6 +22,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 from rich.console import Console
+from rich.markup import escape
 
 from deployer import api
 from deployer.artifact import Artifact, build_release, inspect_tarball, version_from_filename
@@ -99,7 +100,7 @@ def _load(env: str | None, inventory_dir: str, *, secrets: bool = True) -> Inven
 
 
 def _fail(console: Console, exc: DeployerError, code: int = 1) -> Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
     return Exit(code=code)
 
 
@@ -110,7 +111,8 @@ def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Ar
         path = Path(tarball)
     else:
         console.print(
-            f"[bold blue]==>[/] [bold]build[/] {inventory.config.build.command or 'default build'}", highlight=False
+            f"[bold blue]==>[/] [bold]build[/] {escape(inventory.config.build.command or 'default build')}",
+            highlight=False,
         )
         path = build_release(inventory.config)
         # The build names the tarball after the version it built; the contents must agree.
@@ -370,3 +372,23 @@ def main() -> None:
     from invoke.program import Program
 
     Program(namespace=ns, name="deployer", binary="deployer").run(sys.argv)
+
+
+def _trust_task() -> Any:
+    from deployer.trust_tasks import trust
+
+    return trust
+
+
+ns.add_task(_trust_task())
+
+
+def _ops_tasks() -> tuple[Any, ...]:
+    # Operating a fleet (deployer/ops_tasks.py); its `status` (with health) replaces the one above.
+    from deployer.ops_tasks import TASKS
+
+    return TASKS
+
+
+for _ops_task in _ops_tasks():
+    ns.add_task(_ops_task)

@@ -74,7 +74,21 @@ load_env() {
   set -a
   . "$d/shared/env/$1.env"
   set +a
-  COOKIE_VALUE=$(cat "$d/shared/.cookie")
+  [ -s "$d/shared/.cookie" ] || fail "the environment's Erlang cookie $d/shared/.cookie is missing"
+  if [ "${cookie_from_home:-1}" = 1 ]; then
+    # The release script puts --cookie "$RELEASE_COOKIE" into the VM's argv (readable in ps), so it gets a
+    # throwaway random value, and one extra value-less -setcookie makes OTP disregard every -setcookie and
+    # read $HOME/.erlang.cookie instead: the environment's cookie never appears in any argv.
+    (umask 077; mkdir -p "$d/shared/home")
+    chmod 0700 "$d/shared/home"
+    ln -sfn ../.cookie "$d/shared/home/.erlang.cookie"
+    HOME="$d/shared/home"
+    ERL_AFLAGS="-setcookie ${ERL_AFLAGS:-}"
+    export HOME ERL_AFLAGS
+    COOKIE_VALUE=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  else
+    COOKIE_VALUE=$(cat "$d/shared/.cookie")
+  fi
   export RELEASE_COOKIE="$COOKIE_VALUE" RELX_COOKIE="$COOKIE_VALUE" COOKIE="$COOKIE_VALUE"
   unset COOKIE_VALUE
 }
@@ -172,13 +186,15 @@ def receive_artifact(layout: RemoteLayout, sha256: str) -> Script:
             "d={{deploy_to}}\nsha={{sha}}\n"
             'mkdir -p "$d/artifacts"\n'
             't="$d/artifacts/.upload-$sha.$$"\n'
+            # A closed channel (interrupt, lost link) means SIGPIPE/SIGHUP; the temp file goes either way.
             "trap 'rm -f \"$t\"' EXIT\n"
+            "trap 'rm -f \"$t\"; exit 1' HUP INT TERM PIPE\n"
             'cat > "$t"\n'
             'actual=$(sha256sum "$t" | cut -d " " -f 1)\n'
             '[ "$actual" = "$sha" ] || fail "checksum mismatch after upload: expected $sha, got $actual"\n'
             'chmod 0644 "$t"\n'
             'mv -f "$t" "$d/artifacts/$sha.tar.gz"\n'
-            "trap - EXIT\n"
+            "trap - EXIT HUP INT TERM PIPE\n"
             "echo received=1\n",
             deploy_to=layout.deploy_to,
             sha=sha256,
@@ -280,13 +296,30 @@ def migrate(
     to code older than the schema.
     """
     argv = flavour.eval(expression)
+    limit = int(max(1, round(timeout)))
     body = join(
-        template('step migrate\n( load_env {{id}}\ncd "$d/shared"\n', id=release_id),
+        cookie_mode(flavour),
+        template(
+            "step migrate\n"
+            # The deadline is enforced on the host too, so a hung migration VM is killed, not orphaned.
+            'if command -v timeout >/dev/null 2>&1; then limit="timeout -k 10 {{limit}}"; else limit=; fi\n'
+            "set +e\n"
+            '( load_env {{id}}\ncd "$d/shared"\n$limit ',
+            id=release_id,
+            limit=limit,
+        ),
         words([layout.bin(release_id), *argv]),
-        (" )\n",),
+        template(
+            " )\n"
+            "status=$?\n"
+            "set -e\n"
+            'if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then fail "migration timed out after {{limit}}s"; fi\n'
+            '[ "$status" -eq 0 ] || exit "$status"\n',
+            limit=limit,
+        ),
         _record([record]) if record else (),
     )
-    return _script("migrate", _vars(layout), (NODE_FUNCTIONS,), body, timeout=timeout)
+    return _script("migrate", _vars(layout), (NODE_FUNCTIONS,), body, timeout=timeout + 30)
 
 
 # --- activate / revert ----------------------------------------------------------------------------------
@@ -378,8 +411,14 @@ def _switch(release_id: str, tmp_suffix: str) -> tuple[Part, ...]:
     )
 
 
+def cookie_mode(flavour: Flavour) -> tuple[Part, ...]:
+    """Tells ``load_env`` how the node gets the cookie: from ``$HOME/.erlang.cookie`` (default) or argv."""
+    return () if flavour.cookie_from_home else ("cookie_from_home=0\n",)
+
+
 def _restart(layout: RemoteLayout, flavour: Flavour, stop_timeout: float) -> tuple[Part, ...]:
     return join(
+        cookie_mode(flavour),
         template("step stop\nstop_node {{timeout}}\nstep start\n", timeout=int(max(1, round(stop_timeout)))),
         ('( load_env "$rid"; cd "$d/shared"; exec ',),
         words([f"{layout.current}/bin/{layout.app}", *flavour.daemon]),

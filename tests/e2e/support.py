@@ -96,3 +96,51 @@ def make_app(fleet: Fleet, tmp_path: Path, name: str, **overrides: Any) -> App:
 def remove_app(app: App) -> None:
     app.stop_nodes()
     shutil.rmtree(app.db_dir, ignore_errors=True)
+
+
+def padded_tarball(source: Path, dest: Path, megabytes: int) -> Path:
+    """A copy of the release ``source`` with an incompressible data file inside, for slow uploads."""
+    import os
+    import tarfile
+
+    if dest.exists():
+        return dest
+    partial = dest.with_suffix(".partial")
+    with tarfile.open(source, "r:gz") as src, tarfile.open(partial, "w:gz", compresslevel=1) as out:
+        for member in src:
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        blob = dest.parent / "blob.bin"
+        blob.write_bytes(os.urandom(megabytes * 2**20))
+        out.add(blob, arcname="lib/padding/priv/blob.bin")
+        blob.unlink()
+    partial.rename(dest)
+    return dest
+
+
+class Recorder:
+    """Events that remember every step and can run a hook when a given step starts (fault injection)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, str, str]] = []
+        self.hooks: dict[tuple[str, str], Any] = {}
+
+    def on(self, host: str, step: str, status: str, hook: Any) -> None:
+        self.hooks[(host, f"{step}:{status}")] = hook
+
+    def phase(self, name: str, detail: str = "") -> None:
+        self.steps.append(("*", "phase", name))
+
+    def step(self, host: str, step: str, status: str, detail: str = "") -> None:
+        self.steps.append((host, step, status))
+        hook = self.hooks.pop((host, f"{step}:{status}"), None)
+        if hook is not None:
+            hook()
+
+    def progress(self, host: str, sent: int, total: int) -> None:
+        pass
+
+    def output(self, host: str, stream: str, text: str) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
+        self.steps.append(("*", "warning", text))

@@ -84,12 +84,17 @@ def test_migrate_renders_the_flavour_eval_in_a_subshell_and_records() -> None:
     )
     text = script.render()
     assert (
-        'step migrate\n( load_env 20261124010203-0.1.0\ncd "$d/shared"\n'
-        "/srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()' )\n"
-        "step record\n"
+        "step migrate\n"
+        'if command -v timeout >/dev/null 2>&1; then limit="timeout -k 10 99"; else limit=; fi\n'
+        "set +e\n"
+        '( load_env 20261124010203-0.1.0\ncd "$d/shared"\n'
+        "$limit /srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()' )\n"
+        "status=$?\n"
     ) in text
+    assert 'fail "migration timed out after 99s"' in text
     assert '\'{"event":"migrate"}\' >> "$d/revisions.log"' in text
-    assert script.timeout == 99
+    assert text.index("status=$?") < text.index("step record")
+    assert script.timeout == 99 + 30  # the host enforces 99s; the local deadline leaves room to report it
 
 
 def test_activate_contains_the_phases_in_order() -> None:

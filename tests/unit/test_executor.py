@@ -325,3 +325,29 @@ def test_stale_lock_from_this_machine_is_called_stale() -> None:
     assert describe_holder(info).endswith("that process no longer exists: the lock is stale")
     alive = LockInfo.parse(json.dumps({"who": "ops", "host": socket.gethostname(), "pid": 1, "since": 1}))
     assert "stale" not in describe_holder(alive)
+
+
+def test_console_output_never_interprets_remote_text_as_markup() -> None:
+    import io
+
+    from rich.console import Console
+
+    from deployer.outcome import HostResult, Report
+    from deployer.report import ConsoleEvents, print_report
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200)
+    events = ConsoleEvents(console, verbose=True)
+    events.step("web1", "upload", "stopped", "tar: [/] closing tag [bold]x")
+    events.warning("[/] weird")
+    report = Report(
+        "deploy",
+        "prod",
+        None,
+        None,
+        [HostResult("web1", outcome="aborted", error="[/red] boom")],
+        error="stderr said [/]",
+    )
+    print_report(console, report)
+    text = buffer.getvalue()
+    assert "tar: [/] closing tag [bold]x" in text and "stderr said [/]" in text and "[/red] boom" in text
