@@ -27,6 +27,10 @@ ADDRESS_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[?[0-9A-Fa-f:.]+\
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# `[user@]host[:port]`: the same user and host rules as hosts (IPv6 gateways are not supported).
+GATEWAY_RE = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(?::[0-9]{1,5})?$")
+# An Erlang node name (`name` or `name@host`): it reaches the release script's command line.
+NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(?:@[A-Za-z0-9][A-Za-z0-9.-]{0,252})?$")
 # A remote absolute path: no whitespace, quotes or shell metacharacters, no '..' components.
 REMOTE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 
@@ -63,6 +67,19 @@ Address = Annotated[str, _check_pattern(ADDRESS_RE, "host address")]
 UserName = Annotated[str, _check_pattern(USER_RE, "user name")]
 RoleName = Annotated[str, _check_pattern(ROLE_RE, "role name")]
 EnvName = Annotated[str, _check_pattern(ENV_NAME_RE, "environment variable name")]
+NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name")]
+
+
+def _check_gateway(value: str) -> str:
+    if not GATEWAY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid gateway: expected [user@]host[:port]")
+    _, _, port = value.rpartition("@")[2].partition(":")
+    if port and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be between 1 and 65535")
+    return value
+
+
+Gateway = Annotated[str, AfterValidator(_check_gateway)]
 RemotePath = Annotated[str, AfterValidator(_check_remote_path)]
 
 
@@ -105,7 +122,9 @@ class BuildConfig(_Model):
 
     path: str = Field(".", description="Project directory, relative to the current directory.")
     command: str | None = Field(
-        None, description="Build command run by `sh -c` in `path`; default per flavour (mix: `mix release`)."
+        None,
+        description="Build command run by `sh -c` in `path`; default per flavour "
+        "(mix: `MIX_ENV=prod mix release --overwrite`, rebar3: `rebar3 as prod tar`).",
     )
     env: dict[EnvName, str] = Field(
         default_factory=dict, description="Extra environment for the build (e.g. MIX_ENV is set for mix)."
@@ -129,7 +148,7 @@ class SSHConfig(_Model):
         None, description="Project known_hosts file (relative to the inventory file), read in addition to the user's."
     )
     use_user_known_hosts: bool = Field(True, description="Also read ~/.ssh/known_hosts.")
-    gateway: str | None = Field(
+    gateway: Gateway | None = Field(
         None, description="Jump host as `[user@]host[:port]`; its host key is checked like any other."
     )
     connect_timeout: PositiveSeconds = Field(10.0, description="Seconds to establish TCP + SSH + auth.")
@@ -218,7 +237,7 @@ class HealthConfig(_Model):
 class NodeConfig(_Model):
     """OTP node settings."""
 
-    name: str | None = Field(
+    name: NodeName | None = Field(
         None,
         description="RELEASE_NODE; default `<release>@127.0.0.1` with `name` distribution "
         "(so the node is reachable through loopback only), `<release>` with `sname`.",

@@ -1,0 +1,18 @@
+"""The generated inventory reference in docs/ must match the models."""
+
+from pathlib import Path
+
+from deployer.docgen import render
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_inventory_reference_is_current() -> None:
+    assert (DOCS / "inventory.md").read_text() == render(), "run: python -m deployer.docgen > docs/inventory.md"
+
+
+def test_every_section_and_key_is_documented() -> None:
+    text = render()
+    for key in ("`deploy_to`", "`keep_releases`", "## `hosts[]`", "`identity_file`", "`secrets_file`",
+                "## `migrate`", "`deadline`", "`max_fail`", "`stop_timeout`", "`keepalive_count`"):
+        assert key in text
