@@ -21,6 +21,10 @@ banner "upgrade to 0.2.0 (migration 3 runs once, before any host switches)"
 HELLO_VERSION=0.2.0 HELLO_MIGRATIONS=3 inv deploy --env local
 inv fleet.show --env local
 
+banner "run the migration on its own: nothing is applied twice"
+inv migrate --env local
+inv fleet.show --env local
+
 banner "roll back to 0.1.0"
 inv rollback --env local
 inv fleet.show --env local

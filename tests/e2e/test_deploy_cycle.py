@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,25 @@ def test_cli_deploy_and_status_json(app: App, tarballs: dict[str, Path]) -> None
     )
     assert refused.returncode == 1
     assert "no previous good release" in refused.stdout + refused.stderr
+
+
+def test_fleet_teardown_leaves_no_beam_behind(make_fleet: Any, tmp_path: Path, tarballs: dict[str, Path]) -> None:
+    """A fleet running deployed nodes tears down completely: no namespace, veth, sshd or BEAM survives."""
+    fleet = make_fleet(2)
+    deployment = make_app(fleet, tmp_path, "teardown")
+    report = deploy(deployment, tarballs["0.1.0"]).report
+    assert report.ok, explain(report)
+    netns = [h.netns for h in fleet.hosts]
+    pids = set()
+    for ns in netns:
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=True).stdout
+        pids.update(int(p) for p in out.split())
+    beams = {p for p in pids if Path(f"/proc/{p}/comm").exists() and "beam" in Path(f"/proc/{p}/comm").read_text()}
+    assert len(beams) == 2  # one node per host, seen from this machine
+    fleet.stop()
+    shutil.rmtree(deployment.db_dir, ignore_errors=True)
+    assert not any(Path(f"/proc/{p}").exists() for p in pids), "processes of the fleet survived teardown"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not any(ns in listed for ns in netns)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert fleet.runid not in links
