@@ -87,7 +87,11 @@ def load_inventory(
     if defaults_path.is_file():
         data = deep_merge(_read_yaml(defaults_path), data)
     config = parse_config(data, path)
-    secrets = _resolve_secrets(config, path, os.environ if environ is None else environ) if resolve_secrets else {}
+    if resolve_secrets:
+        secrets = _resolve_secrets(config, path, os.environ if environ is None else environ)
+    else:
+        # Dry runs and read-only tasks: the names are known, the values are not needed (rendered masked).
+        secrets = {name: SecretStr("<not resolved>") for name in config.env.secret}
     return Inventory(env=env, path=path, config=config, secrets=secrets)
 
 

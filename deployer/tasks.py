@@ -232,7 +232,8 @@ def migrate(
     inventory_dir: str = "inventory",
 ) -> None:
     """Run the current release's migration once, on the migrator host, under the deploy lock."""
-    inventory = _load(env, inventory_dir, secrets=not dry_run)
+    # The migration runs with the environment file already on the host: no secret is needed here.
+    inventory = _load(env, inventory_dir, secrets=False)
     human, errors = _consoles(json_)
     try:
         with _interruptible(human) as cancel:

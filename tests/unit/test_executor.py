@@ -351,3 +351,17 @@ def test_console_output_never_interprets_remote_text_as_markup() -> None:
     print_report(console, report)
     text = buffer.getvalue()
     assert "tar: [/] closing tag [bold]x" in text and "stderr said [/]" in text and "[/red] boom" in text
+
+
+def test_dry_run_without_secret_values_still_shows_them_masked(tmp_path: Path, artifact: Artifact) -> None:
+    from deployer.inventory import load_inventory
+
+    from .helpers import write_inventory
+
+    write_inventory(tmp_path / "inv", BASE)
+    inv = load_inventory("test", tmp_path / "inv", environ={}, resolve_secrets=False)
+    fleet = fleet_with()
+    result = run_deploy(inv, artifact, fleet, dry_run=True)
+    prepare = result.plan.host("web1").prepare.render()  # type: ignore[union-attr]
+    assert "HELLO_SECRET=********" in prepare
+    assert "not resolved" not in prepare
