@@ -225,7 +225,9 @@ class Executor:
         """Connect to every host and probe it; with ``lock`` take the deploy lock on all of them or none.
 
         The first host (inventory order) is locked alone: of two concurrent deploys exactly one gets it,
-        and the loser stops there without touching any other host.
+        and the loser stops there without running anything on any other host. Connecting changes nothing
+        on a host, so the other hosts' connections open while the first one is being locked: a fleet
+        waits for one round of SSH handshakes, not two in a row.
         """
         info = None
         if lock:
@@ -246,9 +248,13 @@ class Executor:
         script = rc.probe(self.layout, lock_info=info)
         self.events.phase("preflight", f"{'locking and ' if lock else ''}probing {len(hosts)} host(s)")
 
+        connecting: dict[str, Future[Transport]] = {}
+
         def probe(host: str) -> None:
             self.result(host)
             try:
+                if host in connecting:
+                    connecting[host].result()  # raises its ConnectError
                 output = self.run(host, script)
             except ConnectError as exc:
                 self.result(host).outcome = "unreachable"
@@ -263,9 +269,15 @@ class Executor:
             self.result(host).after = fact.current_release
 
         order = list(hosts)
+
+        def lock_first(host: str) -> None:
+            for other in order[1:]:
+                connecting[other] = self._threads.submit(self.pool.get, other)
+            probe(host)
+
         errors: dict[str, BaseException] = {}
         if lock and order:
-            errors = self.parallel(order[:1], probe)
+            errors = self.parallel(order[:1], lock_first)
             if not errors and order[0] in self.locked:
                 errors = self.parallel(order[1:], probe)
         else:

@@ -181,6 +181,29 @@ def read_secrets_file(path: Path) -> dict[str, str]:
     return values
 
 
+def _repository_root(start: Path) -> Path | None:
+    for directory in [start, *start.parents]:
+        if (directory / ".git").exists():
+            return directory
+    return None
+
+
+def check_secrets_file(secrets_path: Path, inventory_path: Path) -> None:
+    """Refuse a secrets file that others can read, or that lives in the inventory's repository."""
+    mode = secrets_path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise InventoryError(
+            f"{inventory_path}: env.secrets_file: {secrets_path} is readable by other users (mode {mode:04o})",
+            hint=f"chmod 600 {secrets_path}",
+        )
+    root = _repository_root(inventory_path.resolve().parent)
+    if root is not None and secrets_path.resolve().is_relative_to(root):
+        raise InventoryError(
+            f"{inventory_path}: env.secrets_file: {secrets_path} is inside the repository {root}",
+            hint="keep secrets outside the repository (e.g. ~/.config/deployer/<env>.env) or in the environment",
+        )
+
+
 def _resolve_secrets(config: InventoryConfig, path: Path, environ: Mapping[str, str]) -> dict[str, SecretStr]:
     file_values: dict[str, str] = {}
     source = "the environment"
@@ -189,6 +212,7 @@ def _resolve_secrets(config: InventoryConfig, path: Path, environ: Mapping[str, 
         if not secrets_path.is_absolute():
             secrets_path = path.parent / secrets_path
         if secrets_path.is_file():
+            check_secrets_file(secrets_path, path)
             file_values = read_secrets_file(secrets_path)
         source = f"the environment or {secrets_path}"
     resolved: dict[str, SecretStr] = {}

@@ -111,19 +111,62 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def load_known_hosts(endpoint: Endpoint) -> paramiko.HostKeys:
+class KnownHosts(paramiko.HostKeys):
+    """``paramiko.HostKeys`` plus the keys marked ``@revoked``, which are never accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked: list[paramiko.PKey] = []
+
+    def read(self, path: str) -> None:
+        """Add one OpenSSH known_hosts file. Unlike ``HostKeys.load`` (which raises on them), marker lines
+        are understood: ``@revoked`` keys are collected, ``@cert-authority`` lines are skipped (CA-signed host
+        keys are not supported, so they vouch for nothing); a line that cannot be parsed is skipped, as
+        OpenSSH does. For a name and key type, the first file and line win."""
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                marker = None
+                if line.startswith("@"):
+                    marker, _, line = line.replace("\t", " ").partition(" ")
+                    line = line.strip()
+                try:
+                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+                except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
+                    continue
+                if entry is None or entry.key is None:
+                    continue
+                if marker == "@revoked":
+                    self.revoked.append(entry.key)
+                    continue
+                if marker is not None:
+                    continue
+                for name in entry.hostnames:
+                    recorded = self.lookup(name)
+                    if recorded is None or entry.key.get_name() not in recorded:
+                        self.add(name, entry.key.get_name(), entry.key)
+
+
+def read_known_hosts(files: list[str]) -> KnownHosts:
+    """The keys in ``files`` (missing files are skipped); raises ``OSError`` when one cannot be read."""
+    keys = KnownHosts()
+    for file in files:
+        if os.path.isfile(file):
+            keys.read(file)
+    return keys
+
+
+def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
     """The user's ``~/.ssh/known_hosts`` (unless disabled) plus the project's files; hashed entries work."""
-    keys = paramiko.HostKeys()
     files = list(endpoint.known_hosts)
     if endpoint.use_user_known_hosts:
         files.insert(0, os.path.expanduser("~/.ssh/known_hosts"))
-    for file in files:
-        if os.path.isfile(file):
-            try:
-                keys.load(file)
-            except (OSError, paramiko.SSHException) as exc:
-                raise ConnectError(endpoint.name, f"cannot read known_hosts file {file}: {exc}") from None
-    return keys
+    try:
+        return read_known_hosts(files)
+    except OSError as exc:
+        raise ConnectError(endpoint.name, f"cannot read known_hosts file {exc.filename}: {exc.strerror}") from None
 
 
 _RSA_ALIASES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
@@ -142,6 +185,12 @@ def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: par
     known = known_hosts.lookup(endpoint.known_hosts_name)
     key_type = offered.get_name()
     where = f"{endpoint.address} port {endpoint.port}"
+    if any(k.asbytes() == offered.asbytes() for k in getattr(known_hosts, "revoked", ())):
+        raise HostKeyError(
+            endpoint.name,
+            f"host key for {where} is REVOKED in known_hosts: {key_type} {fingerprint(offered)}",
+            hint="this key must never be accepted again; find out why the host still offers it",
+        )
     if not known:
         raise HostKeyError(
             endpoint.name,
@@ -427,6 +476,143 @@ class SSHTransport:
         """For port forwarding (observer tunnel) and interactive sessions."""
         return self._transport
 
+    # --- operating a node: streams, port forwarding, interactive sessions ------------------------------
+
+    def _open_pty_session(self, command: str, *, term: str, width: int, height: int) -> paramiko.Channel:
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout + 20)
+            self.sessions += 1
+            channel.get_pty(term=term, width=width, height=height)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {exc}") from None
+        return channel
+
+    def stream(
+        self,
+        script: Script,
+        *,
+        on_output: OutputCallback,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int | None:
+        """Run an argv ``script`` on a pty with no deadline, passing its output to ``on_output`` as it comes.
+
+        Ends when the script exits (returns its exit status) or when ``should_stop`` turns true or the
+        caller is interrupted (returns None / re-raises): closing the channel hangs up the pty, so every
+        process the script started on the host (``tail -F``) ends with it. A pty merges stderr into stdout.
+        """
+        if script.stdin:
+            raise ValueError(f"stream() runs argv scripts only; {script.name!r} needs stdin")
+        channel = self._open_pty_session(script.remote_command(), term="dumb", width=200, height=50)
+        try:
+            while True:
+                if should_stop is not None and should_stop():
+                    return None
+                if channel.recv_ready():
+                    on_output("stdout", channel.recv(65536).decode("utf-8", "replace"))
+                    continue
+                if channel.recv_stderr_ready():
+                    on_output("stderr", channel.recv_stderr(65536).decode("utf-8", "replace"))
+                    continue
+                if channel.exit_status_ready():
+                    return channel.recv_exit_status()
+                if not self._transport.is_active():
+                    raise RemoteCommandError(self.name, script.name, "the SSH connection was lost")
+                select.select([channel], [], [], 0.2)
+        finally:
+            channel.close()
+
+    def forward_local(
+        self, remote_port: int, *, remote_host: str = "127.0.0.1", local_port: int = 0, bind: str = "127.0.0.1"
+    ) -> LocalForward:
+        """Listen on ``bind:local_port`` (0: any free port) and carry every connection to
+        ``remote_host:remote_port`` as seen from the host, over this SSH connection (``direct-tcpip``,
+        like ``ssh -L``). Raises ``OSError`` when the local port is taken. Close the result to stop."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((bind, local_port))
+            listener.listen(16)
+        except OSError:
+            listener.close()
+            raise
+        return LocalForward(self._transport, listener, (remote_host, remote_port), self.name).start()
+
+    def interactive(
+        self,
+        command: str,
+        *,
+        stdin: int = 0,
+        stdout: int = 1,
+        leave: bytes | None = b"\x04",
+        term: str | None = None,
+    ) -> int | None:
+        """Run ``command`` on a pty wired to the local terminal until it ends, or until the operator
+        types the ``leave`` byte (Ctrl-D): then the channel closes, which hangs up only the remote
+        session. The local terminal is put in raw mode (and restored) when ``stdin`` is a tty, and
+        window size changes are passed on. Returns the command's exit status, None when left.
+        """
+        import signal
+        import termios
+        import tty
+
+        is_tty = os.isatty(stdin)
+        try:
+            size = os.get_terminal_size(stdout if os.isatty(stdout) else stdin)
+            width, height = size.columns, size.lines
+        except OSError:
+            width, height = 80, 24
+        channel = self._open_pty_session(
+            command, term=term or os.environ.get("TERM", "xterm"), width=width, height=height
+        )
+        saved = termios.tcgetattr(stdin) if is_tty else None
+        previous_winch = None
+
+        def resize(signum: int, frame: object) -> None:
+            with contextlib.suppress(OSError, paramiko.SSHException):
+                new = os.get_terminal_size(stdin)
+                channel.resize_pty(width=new.columns, height=new.lines)
+
+        if is_tty and threading.current_thread() is threading.main_thread():
+            previous_winch = signal.signal(signal.SIGWINCH, resize)
+        try:
+            if is_tty:
+                tty.setraw(stdin)
+            channel_fd = channel.fileno()
+            while True:
+                readable, _, _ = select.select([channel_fd, stdin], [], [], 0.5)
+                if channel_fd in readable or channel.recv_ready() or channel.recv_stderr_ready():
+                    while channel.recv_stderr_ready():
+                        os.write(stdout, channel.recv_stderr(65536))
+                    if channel.recv_ready():
+                        data = channel.recv(65536)
+                        if not data:
+                            break
+                        os.write(stdout, data)
+                    elif channel.closed or channel.eof_received:
+                        break
+                if stdin in readable:
+                    data = os.read(stdin, 4096)
+                    if not data:
+                        return None
+                    if leave is not None and leave in data:
+                        before = data.split(leave, 1)[0]
+                        if before:
+                            channel.sendall(before)
+                        return None
+                    channel.sendall(data)
+                if channel.exit_status_ready() and not channel.recv_ready():
+                    break
+                if not self._transport.is_active():
+                    raise RemoteCommandError(self.name, "console", "the SSH connection was lost")
+            return channel.recv_exit_status()
+        finally:
+            channel.close()
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            if previous_winch is not None:
+                signal.signal(signal.SIGWINCH, previous_winch)
+
 
 def _last_step(stderr_chunks: list[bytes]) -> str | None:
     text = b"".join(stderr_chunks).decode("utf-8", "replace")
@@ -473,3 +659,86 @@ class ConnectionPool:
                 transport.close()
         with self._lock:
             self._open.clear()
+
+
+class LocalForward:
+    """A local listening socket whose connections are carried over SSH to one remote address.
+
+    One thread accepts; each connection gets a ``direct-tcpip`` channel and a thread that copies
+    bytes both ways. :meth:`close` stops accepting and closes every open connection.
+    """
+
+    def __init__(
+        self, transport: paramiko.Transport, listener: socket.socket, remote: tuple[str, int], host: str
+    ) -> None:
+        self._transport = transport
+        self._listener = listener
+        self.remote = remote
+        self.host = host
+        self.port: int = listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._open: list[tuple[socket.socket, paramiko.Channel]] = []
+        self._thread = threading.Thread(target=self._accept, name=f"forward-{self.port}", daemon=True)
+        self.connections = 0
+
+    def start(self) -> LocalForward:
+        self._listener.settimeout(0.2)
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.settimeout(None)
+            try:
+                channel = self._transport.open_channel("direct-tcpip", self.remote, peer, timeout=10)
+            except (paramiko.SSHException, OSError, EOFError):
+                # The remote port is closed (or the connection died): the client sees a reset.
+                sock.close()
+                continue
+            with self._lock:
+                self._open.append((sock, channel))
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(sock, channel), daemon=True).start()
+
+    def _pump(self, sock: socket.socket, channel: paramiko.Channel) -> None:
+        try:
+            sock_fd, channel_fd = sock.fileno(), channel.fileno()
+            while not self._closed.is_set():
+                readable, _, _ = select.select([sock_fd, channel_fd], [], [], 0.5)
+                if sock_fd in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel_fd in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    sock.sendall(data)
+        except (OSError, paramiko.SSHException, EOFError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            channel.close()
+            with self._lock, contextlib.suppress(ValueError):
+                self._open.remove((sock, channel))
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self._thread.join(timeout=2)
+        with self._lock:
+            pending = list(self._open)
+        for sock, channel in pending:
+            with contextlib.suppress(OSError):
+                sock.close()
+            channel.close()

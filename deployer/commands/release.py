@@ -14,10 +14,11 @@ it has really exited; ``bin/<app> daemon`` is the only VM we start.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from deployer.commands.flavours import Flavour
+from deployer.commands.flavours import CLEAN_BOOT_EVAL, Flavour
 from deployer.commands.shell import Part, Script, Secret, SecretText, join, template, words
 from deployer.paths import RemoteLayout
 
@@ -44,21 +45,25 @@ NODE_FUNCTIONS = r"""node_pids() {
     case "$p" in ''|*[!0-9]*) ;; *) if is_alive "$p"; then echo "$p"; fi ;; esac
   fi
 }
+# is_alive and clock run in the polling loops while every node of a fleet boots at once: they use only
+# shell builtins (no fork, no exec), so polling does not take CPU from the booting VMs.
 is_alive() {
-  [ -r "/proc/$1/stat" ] || return 1
-  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
-  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+  { read -r _stat < "/proc/$1/stat"; } 2>/dev/null || return 1
+  _stat=${_stat##*) }
+  case "${_stat%% *}" in ''|Z|X) return 1 ;; esac
 }
 any_alive() { for p in "$@"; do if is_alive "$p"; then return 0; fi; done; return 1; }
 now() { date +%s; }
+clock() { read -r NOW _ < /proc/uptime; NOW=${NOW%%.*}; }
 stop_node() {
   pids=$(node_pids | sort -u | tr '\n' ' ')
   if [ -z "$pids" ]; then echo "stopped=none"; return 0; fi
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null || true
-  end=$(( $(now) + $1 ))
+  clock; end=$(( NOW + $1 ))
   while any_alive $pids; do
-    if [ "$(now)" -ge "$end" ]; then
+    clock
+    if [ "$NOW" -ge "$end" ]; then
       printf 'node (pid %s) did not exit within %ss of SIGTERM; sending SIGKILL\n' "$pids" >&2
       kill -KILL $pids 2>/dev/null || true
       sleep 1
@@ -85,12 +90,21 @@ load_env() {
     HOME="$d/shared/home"
     ERL_AFLAGS="-setcookie ${ERL_AFLAGS:-}"
     export HOME ERL_AFLAGS
-    COOKIE_VALUE=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    if [ "${script_cookie:-0}" = 1 ]; then
+      # relx's script hands the cookie to erl_call -c (to wait for the node, ping, rpc, stop): it needs the
+      # real one, in its environment; the VM still reads $HOME/.erlang.cookie, never its argv.
+      COOKIE_VALUE=$(cat "$d/shared/.cookie")
+    else
+      COOKIE_VALUE=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    fi
   else
     COOKIE_VALUE=$(cat "$d/shared/.cookie")
   fi
   export RELEASE_COOKIE="$COOKIE_VALUE" RELX_COOKIE="$COOKIE_VALUE" COOKIE="$COOKIE_VALUE"
   unset COOKIE_VALUE
+  # relx renders vm.args/sys.config (perhaps with secrets) into RELX_OUT_FILE_PATH if it exists, else
+  # into the release directory: make it, private.
+  if [ -n "${RELX_OUT_FILE_PATH:-}" ]; then (umask 077; mkdir -p "$RELX_OUT_FILE_PATH"); fi
 }
 node_log_tail() {
   for f in $(ls -t "$d"/shared/tmp/log/erlang.log.* 2>/dev/null | head -n 1); do
@@ -297,18 +311,25 @@ def migrate(
     """
     argv = flavour.eval(expression)
     limit = int(max(1, round(timeout)))
+    if argv is None:  # no fresh-VM verb in the release script (relx): boot the release clean
+        run: tuple[Part, ...] = template(
+            "clean_boot_eval {{root}} {{expression}}", root=layout.release(release_id), expression=expression
+        )
+    else:
+        run = join(("$limit ",), words([layout.bin(release_id), *argv]))
     body = join(
         cookie_mode(flavour),
+        (CLEAN_BOOT_EVAL,) if argv is None else (),
         template(
             "step migrate\n"
             # The deadline is enforced on the host too, so a hung migration VM is killed, not orphaned.
             'if command -v timeout >/dev/null 2>&1; then limit="timeout -k 10 {{limit}}"; else limit=; fi\n'
             "set +e\n"
-            '( load_env {{id}}\ncd "$d/shared"\n$limit ',
+            '( load_env {{id}}\ncd "$d/shared"\n',
             id=release_id,
             limit=limit,
         ),
-        words([layout.bin(release_id), *argv]),
+        run,
         template(
             " )\n"
             "status=$?\n"
@@ -350,7 +371,21 @@ def _health(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> tupl
                 url=health.http,
             )
         )
-    if health.rpc:
+    if health.rpc and flavour.rpc_error_output:
+        # relx's eval exits 0 when the expression raised; the printed result tells.
+        failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in flavour.rpc_error_output)
+        checks.append(
+            join(
+                ('  if [ -n "$ok" ]; then\n    out=$( load_env "$rid"; ',),
+                words([f"{layout.current}/bin/{layout.app}", *flavour.rpc(health.rpc)]),
+                (
+                    ' 2>"$d/shared/tmp/health.err" ) || ok=\n'
+                    f'    case "$out" in {failed}) printf \'%s\\n\' "$out" >> "$d/shared/tmp/health.err"; ok= ;; esac\n'
+                    "  fi\n",
+                ),
+            )
+        )
+    elif health.rpc:
         checks.append(
             join(
                 ('  if [ -n "$ok" ]; then ( load_env "$rid"; ',),
@@ -361,11 +396,17 @@ def _health(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> tupl
     return join(
         template(
             "step health\n"
-            "end=$(( $(now) + {{deadline}} ))\n"
-            "grace=$(( $(now) + {{grace}} ))\n"
+            "clock\n"
+            "end=$(( NOW + {{deadline}} ))\n"
+            "grace=$(( NOW + {{grace}} ))\n"
             "seen=\n"
+            "pids=\n"
             "while :; do\n"
-            "  pids=$(node_pids | sort -u | tr '\\n' ' ')\n"
+            # Scanning /proc costs several processes: keep the pids found while they live.
+            "  live=\n"
+            '  for p in $pids; do if is_alive "$p"; then live="$live$p "; fi; done\n'
+            '  pids=$live\n'
+            "  if [ -z \"$pids\" ]; then pids=$(node_pids | sort -u | tr '\\n' ' '); fi\n"
             "  ok=1\n"
             '  if [ -z "$pids" ]; then ok=; fi\n',
             deadline=int(max(1, round(health.deadline))),
@@ -380,10 +421,11 @@ def _health(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> tupl
             '  if [ -n "$seen" ] && [ -z "$pids" ]; then\n'
             '    echo "the node exited while starting" >&2; node_log_tail; exit {{unhealthy}}\n'
             "  fi\n"
-            '  if [ -z "$seen" ] && [ "$(now)" -ge "$grace" ]; then\n'
+            "  clock\n"
+            '  if [ -z "$seen" ] && [ "$NOW" -ge "$grace" ]; then\n'
             '    echo "the node did not start within {{grace_text}}s" >&2; node_log_tail; exit {{unhealthy}}\n'
             "  fi\n"
-            '  if [ "$(now)" -ge "$end" ]; then\n'
+            '  if [ "$NOW" -ge "$end" ]; then\n'
             '    echo "the node did not become healthy within {{deadline_text}}s:" >&2\n'
             '    cat "$d/shared/tmp/health.err" >&2 2>/dev/null || true; node_log_tail; exit {{unhealthy}}\n'
             "  fi\n"
@@ -412,16 +454,41 @@ def _switch(release_id: str, tmp_suffix: str) -> tuple[Part, ...]:
 
 
 def cookie_mode(flavour: Flavour) -> tuple[Part, ...]:
-    """Tells ``load_env`` how the node gets the cookie: from ``$HOME/.erlang.cookie`` (default) or argv."""
-    return () if flavour.cookie_from_home else ("cookie_from_home=0\n",)
+    """Tells ``load_env`` how the node gets the cookie: from ``$HOME/.erlang.cookie`` (default) or argv,
+    and whether the release script itself needs the real one (relx)."""
+    mode: tuple[Part, ...] = () if flavour.cookie_from_home else ("cookie_from_home=0\n",)
+    return mode + (("script_cookie=1\n",) if flavour.script_cookie else ())
 
 
-def _restart(layout: RemoteLayout, flavour: Flavour, stop_timeout: float) -> tuple[Part, ...]:
+def _restart(
+    layout: RemoteLayout, flavour: Flavour, stop_timeout: float, start_wait: float = 60.0
+) -> tuple[Part, ...]:
+    start = words([f"{layout.current}/bin/{layout.app}", *flavour.daemon])
+    if flavour.daemon_waits:
+        # relx's daemon polls until the node answers, without end (a node that crashes at boot would hang
+        # the deploy): bound the wait and let the health gate judge the node.
+        wait = int(max(1, round(start_wait)))
+        return join(
+            cookie_mode(flavour),
+            template(
+                "step stop\nstop_node {{timeout}}\nstep start\n"
+                "if command -v timeout >/dev/null 2>&1; then\n"
+                '  start_limit="timeout -k 5 {{wait}}"\nelse\n  start_limit=\nfi\n',
+                timeout=int(max(1, round(stop_timeout))),
+                wait=wait,
+            ),
+            ('( load_env "$rid"; cd "$d/shared"; exec $start_limit ',),
+            start,
+            (
+                " ) || { s=$?; [ \"$s\" -eq 124 ] || exit \"$s\"; "
+                f"echo \"the release script still waited for the node after {wait}s\" >&2; }}\n",
+            ),
+        )
     return join(
         cookie_mode(flavour),
         template("step stop\nstop_node {{timeout}}\nstep start\n", timeout=int(max(1, round(stop_timeout)))),
         ('( load_env "$rid"; cd "$d/shared"; exec ',),
-        words([f"{layout.current}/bin/{layout.app}", *flavour.daemon]),
+        start,
         (" )\n",),
     )
 
@@ -472,7 +539,7 @@ def activate(
         _vars(layout),
         (NODE_FUNCTIONS,),
         _switch(release_id, tmp_suffix),
-        _restart(layout, flavour, stop_timeout),
+        _restart(layout, flavour, stop_timeout, health.deadline),
         _health(layout, flavour, health),
         _record([success_record]),
         prune,
@@ -506,7 +573,7 @@ def revert(
         (NODE_FUNCTIONS,),
         _record(records),
         _switch(previous_id, tmp_suffix),
-        _restart(layout, flavour, stop_timeout),
+        _restart(layout, flavour, stop_timeout, health.deadline),
         _health(layout, flavour, health),
         timeout=stop_timeout + health.deadline + 120,
     )

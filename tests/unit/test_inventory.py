@@ -107,6 +107,7 @@ def test_missing_secret_names_where_it_looked(tmp_path: Path) -> None:
 def test_secret_from_secrets_file(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.env"
     secrets.write_text("# comment\nexport HELLO_SECRET='from file'\n")
+    secrets.chmod(0o600)
     data = mutate(env={"secret": ["HELLO_SECRET"], "secrets_file": str(secrets)})
     write_inventory(tmp_path / "inventory", data)
     inv = load_inventory("test", tmp_path / "inventory", environ={})
