@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from deployer import compat
 from deployer.artifact import Artifact
 from deployer.commands import release as rc
 from deployer.config import HostConfig
@@ -84,6 +85,8 @@ class Options:
     events: Events | None = None
     connector: Connector | None = None
     cancel: threading.Event | None = None
+    force: bool = False
+    """Deploy even when the compatibility preflight finds hosts the release cannot run on."""
 
 
 @dataclass
@@ -160,6 +163,9 @@ def deploy(inventory: Inventory, artifact: Artifact, options: Options | None = N
         try:
             facts = executor.preflight(names, lock=not options.dry_run, release=artifact.version)
             check_disk(artifact, facts)
+            forced = compat.preflight(artifact.path, artifact.sha256, facts, force=options.force)
+            for warning in forced:
+                executor.events.warning(warning)
             cookie: SecretStr | None = None
             if not options.dry_run and not all(f.has_cookie for f in facts.values()):
                 existing = executor.read_cookie(facts)
@@ -180,6 +186,7 @@ def deploy(inventory: Inventory, artifact: Artifact, options: Options | None = N
                 )
                 return Result(report, plan)
             report = executor.execute(plan)
+            report.warnings.extend(forced)
         except DeployerError as exc:
             report = _failed_report("deploy", inventory, executor, names, exc, started, options.dry_run)
             report.version = artifact.version

@@ -117,23 +117,83 @@ class AppConfig(_Model):
     )
 
 
-class BuildConfig(_Model):
-    """How the release tarball is produced on this machine."""
+class BuildHostConfig(_Model):
+    """A build machine that is not one of the targets, reached with the `ssh` settings (strict host keys)."""
 
+    name: HostName = Field("build", description="Name used in output and error messages.")
+    address: Address = Field(description="Hostname or IP address to connect to.")
+    port: Port | None = Field(None, description="Overrides ssh.port.")
+    user: UserName | None = Field(None, description="Overrides ssh.user.")
+
+
+# A Docker image reference or build stage name; they reach docker's argv (never a shell).
+DOCKER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+
+
+def _relative_dir(value: str) -> str:
+    parts = PurePosixPath(value).parts
+    if value.startswith("/") or not parts or ".." in parts or value.strip("./") == "":
+        raise ValueError(f"{value!r} must be a directory inside build.path (relative, no '..', not '.')")
+    return value
+
+
+class BuildConfig(_Model):
+    """How the release tarball is produced: on this machine, on a build host over SSH, or in Docker."""
+
+    strategy: Literal["local", "host", "docker"] = Field(
+        "local",
+        description="`local`: run `command` here; `host`: send the source to `host` over SSH, build there, "
+        "fetch the tarball; `docker`: `docker build` with `dockerfile`, exporting the release stage.",
+    )
     path: str = Field(".", description="Project directory, relative to the current directory.")
     command: str | None = Field(
         None,
-        description="Build command run by `sh -c` in `path`; default per flavour "
+        description="Build command run by `sh -c` in `path` (here or on the build host); default per flavour "
         "(mix: `MIX_ENV=prod mix release --overwrite`, rebar3: `rebar3 as prod tar`).",
     )
     env: dict[EnvName, str] = Field(
-        default_factory=dict, description="Extra environment for the build (e.g. MIX_ENV is set for mix)."
+        default_factory=dict,
+        description="Extra environment for the build (e.g. MIX_ENV is set for mix); with docker, passed as "
+        "`--build-arg NAME` (the value travels in the environment, not in argv).",
     )
     tarball: str | None = Field(
         None,
-        description="Glob (relative to `path`) where the tarball lands; default per flavour "
-        "(mix: `_build/prod/<name>-*.tar.gz`). The newest match written by the build is used.",
+        description="Glob (relative to `path`, here or on the build host) where the tarball lands; default per "
+        "flavour (mix: `_build/prod/<name>-*.tar.gz`). The newest match written by the build is used.",
     )
+    host: HostName | BuildHostConfig | None = Field(
+        None,
+        description="strategy `host`: the name of an inventory host, or a machine of its own "
+        "(name/address/port/user). It needs the build tools (Erlang, Elixir/rebar3) and the targets' "
+        "architecture and libc.",
+    )
+    remote_path: RemotePath = Field(
+        "/var/tmp/deployer-build",
+        description="strategy `host`: each build gets a fresh directory under this one on the build host, "
+        "removed afterwards.",
+    )
+    dockerfile: str = Field("Dockerfile", description="strategy `docker`: the Dockerfile, relative to `path`.")
+    image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference")] | None = Field(
+        None, description="strategy `docker`: passed as `--build-arg BUILDER_IMAGE=<image>` for the build stage."
+    )
+    target: Annotated[str, _check_pattern(DOCKER_REF_RE, "build stage name")] | None = Field(
+        None, description="strategy `docker`: the stage whose files are exported (`--target`; default: the last)."
+    )
+    platform: Annotated[str, _check_pattern(DOCKER_REF_RE, "platform")] | None = Field(
+        None, description="strategy `docker`: `--platform`, e.g. `linux/arm64` for targets of that architecture."
+    )
+    output: Annotated[str, AfterValidator(_relative_dir)] = Field(
+        "_build/deployer",
+        description="strategies `host` and `docker`: local directory (relative to `path`) that receives the "
+        "tarball; emptied before each build.",
+    )
+    timeout: PositiveSeconds = Field(3600.0, description="Seconds a build on a build host or in Docker may take.")
+
+    @model_validator(mode="after")
+    def _strategy(self) -> BuildConfig:
+        if self.strategy == "host" and self.host is None:
+            raise ValueError("strategy `host` needs `host`: an inventory host name or name/address of a build machine")
+        return self
 
 
 class SSHConfig(_Model):
@@ -313,6 +373,8 @@ class InventoryConfig(_Model):
                     f"hosts.{index}.name: duplicate host name {host.name!r} (also hosts.{seen[host.name]}.name)"
                 )
             seen[host.name] = index
+        if isinstance(self.build.host, str) and self.build.host not in seen:
+            raise ValueError(f"build.host: no host named {self.build.host!r} in hosts")
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
             raise ValueError(f"migrate.role: no host has the role {self.migrate.role!r}")
         return self

@@ -1,20 +1,31 @@
-"""Generates docs/inventory.md from the Pydantic models, so the reference cannot drift from the code.
+"""Generates the reference pages of the manual from the code, so they cannot drift from it.
 
-``python -m deployer.docgen > docs/inventory.md``; a unit test fails when the file is stale.
+* ``python -m deployer.docgen > docs/inventory.md``: the inventory keys, from the Pydantic models;
+* ``python -m deployer.docgen tasks > docs/tasks-reference.md``: every task and flag, from the Invoke
+  collection's docstrings and flag help (what ``deployer <task> --help`` prints).
+
+A unit test fails when either file is stale.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import re
 import sys
 import types
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from deployer.config import InventoryConfig
+
+if TYPE_CHECKING:
+    from invoke.collection import Collection
+    from invoke.tasks import Task
 
 INTRO = """# Inventory reference
 
@@ -109,5 +120,90 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+# --- the task reference ---------------------------------------------------------------------------------
+
+TASKS_INTRO = """# Task reference
+
+Every task and flag, generated from the tasks' docstrings and flag help — exactly what
+`deployer <task> --help` prints (`python -m deployer.docgen tasks > docs/tasks-reference.md`). For
+explanations, examples and exit statuses, read [Tasks](tasks.md).
+
+Run a task as `deployer <task> [flags]` (the console script installed with the package), or as
+`invoke <task> [flags]` in a project whose `tasks.py` imports the collection
+(`from deployer.tasks import ns`). `deployer --list` lists the tasks.
+"""
+
+
+def _escape_html(text: str) -> str:
+    """Escape ``<``/``>`` outside code spans, so ``inventory/<env>.yml`` is not read as an HTML tag."""
+    parts = text.split("`")
+    for index in range(0, len(parts), 2):
+        parts[index] = parts[index].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
+
+
+def _slug(text: str) -> str:
+    """The anchor Python-Markdown's toc extension gives a heading."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower())
+
+
+def _flag(argument: Any) -> str:
+    names = sorted(argument.names, key=len)
+    flags = [f"-{n}" if len(n) == 1 else f"--{n}" for n in names]
+    if argument.kind is bool:
+        if argument.default is True:
+            flags = [f"--[no-]{n}" if len(n) > 1 else f"-{n}" for n in names]
+        return ", ".join(f"`{f}`" for f in flags)
+    value = {int: "INT", float: "FLOAT"}.get(argument.kind, "STRING")
+    return ", ".join(f"`{f} {value}`" if len(f) == 2 else f"`{f}={value}`" for f in flags)
+
+
+def _task_section(name: str, task: Task[Any]) -> list[str]:
+    out = [f"\n## {name}\n"]
+    doc = inspect.getdoc(task.body) or ""
+    out.append(f"    deployer {name} [flags]\n")
+    if doc:
+        out.append(_escape_html(doc) + "\n")
+    # Invoke's get_arguments() pops each flag's help from the task: read it from a copy.
+    clone = copy.copy(task)
+    clone.help = dict(task.help)
+    arguments = [a for a in clone.get_arguments() if not a.positional]
+    if not arguments:
+        out.append("No flags.")
+        return out
+    out.append("| flag | default | meaning |")
+    out.append("|---|---|---|")
+    for argument in sorted(arguments, key=lambda a: a.name or ""):
+        default = argument.default
+        shown = "" if default is None or default is False else f"`{default}`"
+        meaning = _escape_html(argument.help or "").replace("|", "\\|")
+        out.append(f"| {_flag(argument)} | {shown} | {meaning} |")
+    return out
+
+
+def _all_tasks(collection: Collection, prefix: str = "") -> list[tuple[str, Task[Any]]]:
+    found = [(f"{prefix}{name}", collection.tasks[name]) for name in sorted(collection.tasks)]
+    for sub in sorted(collection.collections):
+        found.extend(_all_tasks(collection.collections[sub], f"{prefix}{sub}."))
+    return found
+
+
+def render_tasks(collection: Collection | None = None) -> str:
+    """The task reference page for ``collection`` (default: :data:`deployer.tasks.ns`)."""
+    if collection is None:
+        from deployer.tasks import ns
+
+        collection = ns
+    tasks = _all_tasks(collection)
+    out = [TASKS_INTRO, "| task | what it does |", "|---|---|"]
+    for name, task in tasks:
+        summary = (inspect.getdoc(task.body) or "").strip().split("\n\n")[0].replace("\n", " ")
+        cell = _escape_html(summary).replace("|", "\\|")
+        out.append(f"| [{name}](#{_slug(name)}) | {cell} |")
+    for name, task in tasks:
+        out.extend(_task_section(name, task))
+    return "\n".join(out).rstrip() + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.stdout.write(render_tasks() if sys.argv[1:] == ["tasks"] else render())

@@ -85,6 +85,8 @@ class HostFacts:
     now: float | None = None
     arch: str | None = None
     libc: str | None = None
+    libcrypto: frozenset[str] | None = None
+    """``libcrypto.so.*`` sonames found in the usual library directories (None: not probed)."""
     tools: frozenset[str] = frozenset()
     exists: bool = False
     writable: bool = False
@@ -151,6 +153,7 @@ def parse_probe(output: str) -> HostFacts:
         now=float(now) if now.isdigit() else None,
         arch=values.get("arch") or None,
         libc=values.get("libc") or None,
+        libcrypto=frozenset(values["libcrypto"].split()) if "libcrypto" in values else None,
         tools=frozenset(tools),
         exists=values.get("exists") == "1",
         writable=values.get("writable") == "1",

@@ -56,7 +56,7 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
     env.update({k: expand(v) for k, v in host.env.items()})
     for name, value in inventory.secrets.items():
         env[name] = Secret(name, value)
-    env.update(dict(spec.runtime_env))
+    env.update({k: expand(v) for k, v in spec.runtime_env})
     env["RELEASE_TMP"] = layout.release_tmp
     env["RELEASE_NODE"] = config.node_name
     env["RELEASE_DISTRIBUTION"] = config.node.distribution

@@ -24,8 +24,8 @@ from invoke.tasks import task
 from rich.console import Console
 from rich.markup import escape
 
-from deployer import api
-from deployer.artifact import Artifact, build_release, inspect_tarball, version_from_filename
+from deployer import api, build
+from deployer.artifact import Artifact, inspect_tarball, version_from_filename
 from deployer.errors import DeployerError
 from deployer.inventory import Inventory, load_inventory
 from deployer.report import (
@@ -110,11 +110,13 @@ def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Ar
     if tarball:
         path = Path(tarball)
     else:
+        what = inventory.config.build.command or "default build"
+        if inventory.config.build.strategy == "docker":
+            what = f"docker build -f {inventory.config.build.dockerfile}"
         console.print(
-            f"[bold blue]==>[/] [bold]build[/] {escape(inventory.config.build.command or 'default build')}",
-            highlight=False,
+            f"[bold blue]==>[/] [bold]build[/] ({inventory.config.build.strategy}) {escape(what)}", highlight=False
         )
-        path = build_release(inventory.config)
+        path = build.build(inventory, log=lambda text: console.print(f"    {escape(text)}", highlight=False))
         # The build names the tarball after the version it built; the contents must agree.
         expected = version_from_filename(path, app)
     artifact = inspect_tarball(path, app, expected_version=expected)
@@ -176,6 +178,7 @@ def _finish(result: api.Result, human: Console, json_: bool, dry_run: bool, verb
         canary="Switch one host first; nothing else proceeds until it is healthy.",
         max_fail="Failed hosts tolerated before no further batch starts (count or %).",
         pause="Seconds to wait between batches.",
+        force="Deploy even to hosts the release cannot run on (architecture, libc or OpenSSL mismatch).",
     ),
 )
 def deploy(
@@ -192,6 +195,7 @@ def deploy(
     canary: bool = False,
     max_fail: str | None = None,
     pause: str | None = None,
+    force: bool = False,
     inventory_dir: str = "inventory",
 ) -> None:
     """Build the release and ship it: upload, extract, migrate once, switch atomically, restart, health-check.
@@ -215,6 +219,7 @@ def deploy(
                     strategy=_strategy(strategy, batch_size, canary, max_fail, pause),
                     events=ConsoleEvents(human, verbose=verbose),
                     cancel=cancel,
+                    force=force,
                 ),
             )
     except DeployerError as exc:
@@ -369,10 +374,10 @@ ns.add_collection(_fleet_collection())
 
 
 def main() -> None:
-    """The ``deployer`` console script: the same tasks without a tasks.py."""
-    from invoke.program import Program
+    """The ``deployer`` console script (kept for compatibility: see :mod:`deployer.cli`)."""
+    from deployer.cli import main as cli_main
 
-    Program(namespace=ns, name="deployer", binary="deployer").run(sys.argv)
+    cli_main()
 
 
 def _trust_task() -> Any:
@@ -393,3 +398,13 @@ def _ops_tasks() -> tuple[Any, ...]:
 
 for _ops_task in _ops_tasks():
     ns.add_task(_ops_task)
+
+
+def _init_task() -> Any:
+    # `deployer init` / `invoke init`: adopt deployer in a Mix or rebar3 project (deployer/init.py).
+    from deployer.init import init
+
+    return init
+
+
+ns.add_task(_init_task())

@@ -152,6 +152,10 @@ def probe(layout: RemoteLayout, *, lock_info: str | None = None, history_lines: 
         'echo "now=$(date +%s)"\n'
         'echo "arch=$(uname -m)"\n'
         'echo "libc=$( (ldd --version 2>&1 || true) | head -n 1)"\n'
+        # What the release's crypto NIF may link (compatibility preflight, deployer.compat).
+        "echo \"libcrypto=$(for f in /lib/*/libcrypto.so.* /usr/lib/*/libcrypto.so.* /lib64/libcrypto.so.* "
+        "/usr/lib64/libcrypto.so.* /lib/libcrypto.so.* /usr/lib/libcrypto.so.* /usr/local/lib/libcrypto.so.*; "
+        "do if [ -e \"$f\" ]; then echo \"${f##*/}\"; fi; done | sort -u | tr '\\n' ' ')\"\n"
         "for t in tar sha256sum curl wget; do if command -v $t >/dev/null 2>&1; then echo tool=$t; fi; done\n"
         'if [ -d "$d" ]; then echo exists=1; fi\n'
         'p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done\n'
@@ -543,7 +547,8 @@ def activate(
         _health(layout, flavour, health),
         _record([success_record]),
         prune,
-        timeout=stop_timeout + health.deadline + 120,
+        # relx's bounded daemon wait (up to the deadline) comes before the health gate's own deadline.
+        timeout=stop_timeout + health.deadline * (2 if flavour.daemon_waits else 1) + 120,
     )
 
 
@@ -575,5 +580,6 @@ def revert(
         _switch(previous_id, tmp_suffix),
         _restart(layout, flavour, stop_timeout, health.deadline),
         _health(layout, flavour, health),
-        timeout=stop_timeout + health.deadline + 120,
+        # relx's bounded daemon wait (up to the deadline) comes before the health gate's own deadline.
+        timeout=stop_timeout + health.deadline * (2 if flavour.daemon_waits else 1) + 120,
     )

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Final
 
 __all__ = [
+    "HELLO_ERL_PROJECT_DIR",
     "HELLO_PROJECT_DIR",
     "HELLO_VARIANTS",
     "build_hello",
+    "build_hello_erl",
     "hello_source_fingerprint",
 ]
 
@@ -39,6 +41,9 @@ REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
 
 HELLO_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello"
 """The Mix project of the example application."""
+
+HELLO_ERL_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello_erl"
+"""The rebar3 (relx) project of the Erlang example application."""
 
 DEFAULT_CACHE_DIR: Final[Path] = REPO_ROOT / ".cache" / "examples"
 """Where built tarballs are kept between runs (git-ignored)."""
@@ -239,6 +244,149 @@ def build_hello(
         if cached():  # built by another process while we waited
             return target
         built = _run_mix_release(version, variant, migrations, HELLO_PROJECT_DIR / "_build" / "mix-home")
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(built, tmp)
+            os.chmod(tmp, 0o644)
+            stamp.unlink(missing_ok=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
+        stamp_tmp.write_text(fingerprint + "\n")
+        os.replace(stamp_tmp, stamp)
+    return target
+
+
+# --- the Erlang example (rebar3 / relx) -------------------------------------------------------------------
+
+_ERL_SOURCE_GLOBS: Final[tuple[str, ...]] = ("rebar.config", "rebar.config.script", "config/**/*", "src/**/*")
+# rebar3 settings from the caller's environment that would redirect or alter the build.
+_SCRUBBED_REBAR_ENV: Final[tuple[str, ...]] = (
+    "REBAR_BASE_DIR",
+    "REBAR_CONFIG",
+    "REBAR_PROFILE",
+    "REBAR_GLOBAL_CONFIG_DIR",
+    "ERL_AFLAGS",
+    "ERL_FLAGS",
+    "ERL_ZFLAGS",
+    "ERL_LIBS",
+)
+
+
+def hello_erl_source_fingerprint() -> str:
+    """A short SHA-256 over the Erlang example's sources (part of its cache key)."""
+    digest = hashlib.sha256()
+    files: set[Path] = set()
+    for pattern in _ERL_SOURCE_GLOBS:
+        files.update(p for p in HELLO_ERL_PROJECT_DIR.glob(pattern) if p.is_file())
+    for path in sorted(files):
+        digest.update(path.relative_to(HELLO_ERL_PROJECT_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def hello_erl_build_env(version: str, migrations: int, base_dir: Path) -> dict[str, str]:
+    """Environment for an offline ``rebar3 as prod tar`` of the Erlang example into ``base_dir``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _SCRUBBED_REBAR_ENV and not k.startswith(("HELLO_", "RELX_"))
+    }
+    env.update(
+        {
+            "REBAR_BASE_DIR": str(base_dir),
+            "REBAR_CACHE_DIR": str(HELLO_ERL_PROJECT_DIR / "_build" / "rebar3-cache"),
+            "REBAR_OFFLINE": "1",
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "HELLO_ERL_VERSION": version,
+            "HELLO_ERL_MIGRATIONS": str(migrations),
+        }
+    )
+    return env
+
+
+def _run_rebar3_tar(version: str, migrations: int) -> Path:
+    rebar3 = shutil.which("rebar3")
+    if rebar3 is None:
+        raise RuntimeError("cannot build examples/hello_erl: `rebar3` is not on PATH")
+    # One build directory per (version, migrations): rebar3 does not track the environment.
+    base = HELLO_ERL_PROJECT_DIR / "_build" / f"{version}-{migrations}"
+    built = base / "prod" / "rel" / "hello_erl" / f"hello_erl-{version}.tar.gz"
+    built.unlink(missing_ok=True)
+    cmd = [rebar3, "as", "prod", "tar"]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=HELLO_ERL_PROJECT_DIR,
+            env=hello_erl_build_env(version, migrations, base),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        raise RuntimeError(f"building hello_erl {version} timed out; output tail:\n{_tail(out)}") from exc
+    if proc.returncode != 0 or not built.is_file():
+        reason = f"exit status {proc.returncode}" if proc.returncode else f"no tarball at {built}"
+        raise RuntimeError(
+            f"building hello_erl {version} migrations={migrations} failed ({reason}): "
+            f"{' '.join(cmd)} in {HELLO_ERL_PROJECT_DIR}; output tail:\n{_tail(proc.stdout)}"
+        )
+    with tarfile.open(built, "r:gz") as tar:
+        names = set(tar.getnames())
+    for required in ("bin/hello_erl", f"releases/{version}/start.boot", "releases/start_erl.data"):
+        if required not in names:
+            raise RuntimeError(f"{built} is not a hello_erl {version} release: {required} missing")
+    return built
+
+
+def build_hello_erl(version: str = "0.1.0", migrations: int = 2, *, cache_dir: Path | None = None) -> Path:
+    """Build (or fetch from the cache) the Erlang example release with ``rebar3 as prod tar``.
+
+    Args:
+        version: Release and application version (``HELLO_ERL_VERSION``).
+        migrations: Number of migrations the build knows (``HELLO_ERL_MIGRATIONS``), numbered ``1..N``.
+        cache_dir: Where tarballs are cached; default ``<repo>/.cache/examples``.
+
+    Returns:
+        Absolute path of ``hello_erl-<version>-<migrations>.tar.gz`` in ``cache_dir`` (read-only, shared).
+
+    Raises:
+        ValueError: For an invalid version or migration count.
+        RuntimeError: If ``rebar3`` is missing or the build fails (with the tail of its output).
+
+    Cached and serialised like :func:`build_hello`: keyed on the arguments and a fingerprint of the
+    example's sources, built under an exclusive ``fcntl`` lock, published with an atomic rename.
+    """
+    _validate(version, "", migrations)
+    cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
+    target = cache / f"hello_erl-{version}-{migrations}.tar.gz"
+    stamp = target.with_name(target.name + ".src")
+    fingerprint = hello_erl_source_fingerprint()
+
+    def cached() -> bool:
+        try:
+            return target.is_file() and stamp.read_text().strip() == fingerprint
+        except FileNotFoundError:
+            return False
+
+    if cached():
+        return target
+    with _exclusive_lock(HELLO_ERL_PROJECT_DIR / "_build" / ".deployer-build.lock"):
+        if cached():
+            return target
+        built = _run_rebar3_tar(version, migrations)
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)

@@ -1,0 +1,13 @@
+%% @doc Supervises the stand-alone httpd instance.
+-module(hello_erl_sup).
+-behaviour(supervisor).
+
+-export([start_link/1, init/1]).
+
+start_link(HttpdConfig) ->
+    supervisor:start_link({local, ?MODULE}, ?MODULE, HttpdConfig).
+
+init(HttpdConfig) ->
+    Httpd = #{id => httpd,
+              start => {inets, start, [httpd, HttpdConfig, stand_alone]}},
+    {ok, {#{strategy => one_for_one, intensity => 3, period => 10}, [Httpd]}}.

@@ -1,0 +1,126 @@
+"""The `deployer` console script, the package version, the changelog and the manual's generated pages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+import deployer
+from deployer.cli import main
+from deployer.docgen import render_tasks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> int:
+    """``deployer ARGS`` in this process; its exit status (Invoke exits 0 after --list and --version)."""
+    try:
+        main(["deployer", *args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_version_matches_pyproject_and_changelog() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert deployer.__version__ == pyproject["project"]["version"]
+    assert f"## [{deployer.__version__}] - " in (REPO / "CHANGELOG.md").read_text()
+
+
+def test_console_script_points_at_cli_main() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["deployer"] == "deployer.cli:main"
+
+
+def test_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--version") == 0
+    assert capsys.readouterr().out.strip() == f"deployer {deployer.__version__}"
+    assert run("--list") == 0
+    listed = capsys.readouterr().out
+    for name in ("deploy", "rollback", "migrate", "status", "init", "fleet.up"):
+        assert f"  {name} " in listed
+
+
+def test_task_help_and_unknown_task() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "deployer.cli", "deploy", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: deployer [--core-opts] deploy [--options]" in done.stdout
+    assert "--dry-run" in done.stdout and "--env=STRING" in done.stdout
+    unknown = subprocess.run(
+        [sys.executable, "-m", "deployer.cli", "nosuchtask"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert unknown.returncode == 1 and "No idea what 'nosuchtask' is!" in unknown.stderr
+
+
+def test_missing_env_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("status") == 2
+    assert "--env is required" in capsys.readouterr().err
+
+
+def test_task_reference_is_current() -> None:
+    run("--list")  # running the program must not change what the reference says
+    assert render_tasks() == render_tasks()
+    assert (REPO / "docs" / "tasks-reference.md").read_text() == render_tasks(), (
+        "run: python -m deployer.docgen tasks > docs/tasks-reference.md"
+    )
+
+
+def test_task_reference_covers_every_task_and_flag() -> None:
+    from deployer.tasks import ns
+
+    text = render_tasks()
+    for name in ns.task_names:
+        assert f"\n## {name}\n" in text, name
+    assert "| `--dry-run` |" in text and "| `--[no-]edit-mix` |" in text
+    assert "| `-h INT`, `--hosts=INT` | `3` |" in text  # fleet.up: short flags and defaults
+    assert "inventory/&lt;env&gt;.yml" in text  # not an HTML tag
+
+
+def _nav_files(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [f for item in node for f in _nav_files(item)]
+    if isinstance(node, dict):
+        return [f for value in node.values() for f in _nav_files(value)]
+    return []
+
+
+def test_every_page_of_the_manual_is_in_the_nav() -> None:
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    assert config["theme"]["name"] == "material" and config["strict"] is True
+    nav = _nav_files(config["nav"])
+    pages = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+    assert [p for p in pages if p not in nav] == []
+    for page in (
+        "quickstart.md",
+        "concepts.md",
+        "failures.md",
+        "inventory.md",
+        "tasks-reference.md",
+        "security.md",
+        "troubleshooting.md",
+        "building.md",
+        "migrating.md",
+        "adopting.md",
+    ):
+        assert page in nav
