@@ -408,3 +408,4 @@ def _init_task() -> Any:
 
 
 ns.add_task(_init_task())
+

@@ -7,7 +7,7 @@ bash scripts/setup.sh
 if [ "$(id -u)" -eq 0 ]; then
   export DEPLOYER_REQUIRE_FLEET=1
 fi
-.venv/bin/ruff check deployer tests tasks.py
+.venv/bin/ruff check deployer tests benchmarks tasks.py
 .venv/bin/mypy
 # The manual: fails on a broken link, a missing page or a page left out of the nav (mkdocs.yml: strict).
 # (Not --quiet: it hides the warnings that --strict counts.) Writes site/, which is git-ignored.
