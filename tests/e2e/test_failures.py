@@ -290,10 +290,11 @@ def test_sigint_during_upload_undoes_and_unlocks(app: App, tmp_path: Path, v2: P
     assert deploy(app, v2).report.ok  # a later deploy succeeds
 
 
-def test_sigterm_during_restart_finishes_the_host_step_and_reports_mixed(app: App, v2: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_restart_finishes_the_host_step_and_reports_mixed(app: App, v2: Path, signum: int) -> None:
     proc = cli(app, "deploy", "--tarball", str(v2), "--verbose", "--batch-size", "1")
     wait_for(proc, "activate", "start")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
     versions = app.versions()
