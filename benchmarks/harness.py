@@ -323,12 +323,27 @@ class CpuMeter:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
 
-    def snapshot(self) -> tuple[float, float]:
-        return self.hosts(), self.clients()
+    @staticmethod
+    def machine() -> float:
+        """CPU seconds the whole machine has been busy (all processes, kernel included)."""
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return (sum(values) - values[3] - values[4]) / _TICK  # minus idle and iowait
 
-    def since(self, before: tuple[float, float]) -> dict[str, float]:
+    def snapshot(self) -> tuple[float, float, float, float]:
+        return self.hosts(), self.clients(), self.machine(), time.monotonic()
+
+    def since(self, before: tuple[float, float, float, float]) -> dict[str, float]:
         hosts, clients = self.hosts() - before[0], self.clients() - before[1]
-        return {"hosts": round(hosts, 2), "client": round(clients, 2), "total": round(hosts + clients, 2)}
+        # Everything else the machine did meanwhile (other work on a shared machine, this process, the
+        # latency proxies, kernel threads), in cores: how noisy this run's wall time is.
+        others = max(0.0, self.machine() - before[2] - hosts - clients)
+        return {
+            "hosts": round(hosts, 2),
+            "client": round(clients, 2),
+            "total": round(hosts + clients, 2),
+            "others_cores": round(others / max(1e-3, time.monotonic() - before[3]), 2),
+        }
 
     def settle(self, quiet: float = 0.1, window: float = 0.5, limit: float = 15.0) -> float:
         """Wait (up to ``limit`` s) until the hosts use less than ``quiet`` of a core: the nodes a deploy
@@ -670,6 +685,9 @@ class Bench:
         return pair, True
 
     def _measure(self, side: str, deployment: Deployment, variant: Path, sha: str) -> dict[str, Any]:
+        if self.settle:
+            # Write back what earlier runs left dirty now, not (30 s later, by the kernel) during this run.
+            os.sync()
         waited = self.meter.settle() if self.settle else 0.0
         load = os.getloadavg()[0]
         before = self.meter.snapshot()
@@ -715,7 +733,16 @@ class Bench:
                     "deployer": _brief(self._measure("deployer", ours, warmup, sha)),
                     "baseline": _brief(self._measure("baseline", theirs, warmup, sha)),
                 }
-                warmup.unlink()
+                # The first upgrade after a first deploy ran slower for whoever went first (first-boot
+                # effects on the hosts); one untimed upgrade on each side makes every timed run a
+                # steady-state upgrade.
+                again = self.maker.make(64, f"{name}-warmup2")
+                sha = sha256_of(again)
+                for side, deployment in (("baseline", theirs), ("deployer", ours)):
+                    self._measure(side, deployment, again, sha)
+                log(f"[{name}] warm-up upgrade done on both sides")
+                for path in (warmup, again):
+                    path.unlink()
             for index, variant in enumerate(variants):
                 order = ("deployer", "baseline") if index % 2 == 0 else ("baseline", "deployer")
                 for side in order:
@@ -725,7 +752,7 @@ class Bench:
                         f"[{name}] repeat {index + 1}/{scenario.repeats} {side:<8} "
                         f"{outcome['seconds']:7.2f}s  upload phase {outcome['upload_phase'] or 0:6.2f}s  "
                         f"cpu {outcome['cpu']['total']:6.2f}s (hosts {outcome['cpu']['hosts']:.2f})  "
-                        f"load {outcome['loadavg_1m']:.1f}"
+                        f"other work {outcome['cpu']['others_cores']:.2f} cores"
                     )
             if scenario.redeploy:
                 again = self._measure("deployer", ours, variants[-1], shas[variants[-1]])
@@ -813,6 +840,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "baseline_client_cpu_seconds": median([r["cpu"]["client"] for r in theirs]),
         "cpu_ratio": ratio(median([r["cpu"]["total"] for r in ours]), median([r["cpu"]["total"] for r in theirs])),
         "phase_medians": _phase_medians(ours),
+        "other_work_cores": median([r["cpu"].get("others_cores") for r in ours + theirs]),
     }
 
 

@@ -125,11 +125,14 @@ def table(data: dict[str, Any]) -> str:
         f"{m['openssh']}; Python {m['python']}, paramiko {m['paramiko']}, cryptography {m['cryptography']}.",
         "",
         "Upgrade of a running node (new artifact, must be uploaded); deployer = `api.deploy` in a child "
-        "process (process = + interpreter start and imports); baseline = parallel `scp` + one `ssh` script per host.",
+        "process (process = + interpreter start and imports); baseline = parallel `scp` + one `ssh` script per host; "
+        "CPU = seconds used by the hosts and the client processes; other work = median CPU the rest of the "
+        "machine used meanwhile (it is shared), in cores out of "
+        f"{m['cores']}.",
         "",
         "| scenario | deployer | (process) | baseline | ratio | upload phase deployer / scp "
-        "| CPU deployer / baseline | sessions/host (migrator) | uploaded/host | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU deployer / baseline | sessions/host (migrator) | uploaded/host | peak RSS | other work |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["scenarios"]:
         u = r["upgrade"]
@@ -141,7 +144,8 @@ def table(data: dict[str, Any]) -> str:
             f"| {u['upload_phase_deployer']:.2f} s / {u['upload_phase_baseline']:.2f} s ({u['upload_ratio']:.2f}) "
             f"| {u['deployer_cpu_seconds']:.1f} s / {u['baseline_cpu_seconds']:.1f} s "
             f"| {u['sessions_non_migrator_max'] or '-'} ({u['sessions_migrator']}) "
-            f"| {u['bytes_uploaded_per_host'] / 1e6:.1f} MB | {u['peak_rss_mb']:.0f} MB |"
+            f"| {u['bytes_uploaded_per_host'] / 1e6:.1f} MB | {u['peak_rss_mb']:.0f} MB "
+            f"| {u['other_work_cores']:.2f} cores |"
         )
     redeploys = [r for r in data["scenarios"] if "redeploy" in r]
     if redeploys:
