@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deployer.outcome import Report
 from deployer.testing.examples import HELLO_ERL_PROJECT_DIR
 from deployer.testing.fleet import Fleet
 
@@ -38,10 +37,3 @@ def make_erl_app(
         }
     )
     return app
-
-
-def explain(report: Report) -> str:
-    lines = [f"{report.operation}: {report.error}"]
-    lines += [f"  {h.host}: {h.outcome} step={h.step} error={h.error}" for h in report.hosts]
-    lines += [f"  warning: {w}" for w in report.warnings]
-    return "\n".join(lines)

@@ -13,6 +13,7 @@ import yaml
 
 from deployer.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
 from deployer.inventory import Inventory, load_inventory
+from deployer.outcome import Report
 from deployer.testing.fleet import Fleet
 
 _ports = itertools.count(4100)
@@ -75,6 +76,14 @@ class App:
                 "| sed 's|.*/proc/\\([0-9]*\\)/exe.*|\\1|'); do kill -KILL $p; done; true",
                 check=False,
             )
+
+
+def explain(report: Report) -> str:
+    """A report as assertion text: the error, then each host's outcome, step and error, then warnings."""
+    lines = [f"{report.operation}: {report.error}"]
+    lines += [f"  {h.host}: {h.outcome} step={h.step} error={h.error}" for h in report.hosts]
+    lines += [f"  warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
 
 
 def make_app(fleet: Fleet, tmp_path: Path, name: str, **overrides: Any) -> App:

@@ -26,8 +26,8 @@ from deployer.compat import BuildPlatform, write_sidecar
 from deployer.testing.examples import build_hello_erl
 from deployer.testing.fleet import Fleet
 
-from .build_support import explain, make_erl_app
-from .support import App, remove_app
+from .build_support import make_erl_app
+from .support import App, explain, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 _names = itertools.count(1)
@@ -86,8 +86,22 @@ def test_a_release_built_for_another_machine_is_refused_before_upload(compat_app
     # --force proceeds (the sidecar lied: the tarball's own ERTS is x86_64) and says what it overrode.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO), "deploy", "--env", "e2e",
-         "--inventory-dir", str(app.inventory_dir), "--tarball", str(tarball), "--force", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "--search-root",
+            str(REPO),
+            "deploy",
+            "--env",
+            "e2e",
+            "--inventory-dir",
+            str(app.inventory_dir),
+            "--tarball",
+            str(tarball),
+            "--force",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -19,8 +19,8 @@ from deployer.compat import read_sidecar
 from deployer.testing.examples import HELLO_ERL_PROJECT_DIR
 from deployer.testing.fleet import Fleet
 
-from .build_support import explain, make_erl_app
-from .support import App, remove_app
+from .build_support import make_erl_app
+from .support import App, explain, remove_app
 
 _DOCKER = build.docker_unavailable()
 pytestmark = pytest.mark.skipif(_DOCKER is not None, reason=f"no Docker here: {_DOCKER}")

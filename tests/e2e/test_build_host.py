@@ -59,8 +59,19 @@ def test_invoke_deploy_builds_on_the_build_host(host_built: App, project: Path) 
     app = host_built
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO), "deploy", "--env", "e2e",
-         "--inventory-dir", str(app.inventory_dir), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "--search-root",
+            str(REPO),
+            "deploy",
+            "--env",
+            "e2e",
+            "--inventory-dir",
+            str(app.inventory_dir),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=env,

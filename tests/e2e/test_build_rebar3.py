@@ -20,8 +20,8 @@ from deployer.artifact import inspect_tarball
 from deployer.testing.examples import build_hello_erl
 from deployer.testing.fleet import Fleet
 
-from .build_support import explain, make_erl_app
-from .support import App, remove_app
+from .build_support import make_erl_app
+from .support import App, explain, remove_app
 
 _names = itertools.count(1)
 

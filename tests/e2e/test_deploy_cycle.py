@@ -20,11 +20,10 @@ import pytest
 
 from deployer import api
 from deployer.artifact import Artifact, inspect_tarball
-from deployer.outcome import Report
 from deployer.testing.examples import build_hello
 from deployer.testing.fleet import Fleet
 
-from .support import App, make_app, remove_app
+from .support import App, explain, make_app, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 _names = itertools.count(1)
@@ -40,12 +39,6 @@ def app(session_fleet: Fleet, tmp_path: Path) -> Iterator[App]:
     deployment = make_app(session_fleet, tmp_path, f"app{next(_names)}", keep_releases=2)
     yield deployment
     remove_app(deployment)
-
-
-def explain(report: Report) -> str:
-    lines = [f"{report.operation}: {report.error}"]
-    lines += [f"  {h.host}: {h.outcome} step={h.step} error={h.error}" for h in report.hosts]
-    return "\n".join(lines)
 
 
 def artifact(path: Path) -> Artifact:

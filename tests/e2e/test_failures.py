@@ -25,7 +25,7 @@ from deployer.outcome import Report
 from deployer.testing.examples import build_hello
 from deployer.testing.fleet import Fleet
 
-from .support import App, Recorder, make_app, padded_tarball, remove_app
+from .support import App, Recorder, explain, make_app, padded_tarball, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 _names = itertools.count(1)
@@ -52,12 +52,6 @@ def app(fleet: Fleet, tmp_path: Path, v1: Path) -> Iterator[App]:
     assert first.report.ok, explain(first.report)
     yield deployment
     remove_app(deployment)
-
-
-def explain(report: Report) -> str:
-    lines = [f"{report.operation}: {report.error}"]
-    lines += [f"  {h.host}: {h.outcome} step={h.step} error={h.error}" for h in report.hosts]
-    return "\n".join(lines)
 
 
 def outcomes(report: Report) -> dict[str, str]:

@@ -316,7 +316,7 @@ def test_console_never_puts_the_cookie_in_argv(app: App) -> None:
 
 def ping_through(tunnel: ops.ObserverTunnel) -> subprocess.CompletedProcess[str]:
     then = (
-        "io:format(\"~s ~s ~p~n\", [net_adm:ping(N), rpc:call(N, erlang, system_info, [otp_release]), "
+        'io:format("~s ~s ~p~n", [net_adm:ping(N), rpc:call(N, erlang, system_info, [otp_release]), '
         "list_to_integer(rpc:call(N, os, getpid, []))]), halt()"
     )
     return subprocess.run(
@@ -396,7 +396,7 @@ def test_observer_print_shows_a_command_without_the_cookie(app: App) -> None:
             key, _, value = words.pop(0).partition("=")
             env[key] = value
         assert words[-2] == "-eval" and ops.OBSERVER_START in words[-1]
-        words[-1] = words[-1].replace(ops.OBSERVER_START, "io:format(\"~s~n\", [net_adm:ping(N)]), halt()")
+        words[-1] = words[-1].replace(ops.OBSERVER_START, 'io:format("~s~n", [net_adm:ping(N)]), halt()')
         done = subprocess.run(words, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.stdout.strip() == "pong", done.stdout + done.stderr
     finally:

@@ -81,8 +81,17 @@ def test_build_host_of_its_own(tmp_path: Path) -> None:
 
 def test_source_archive_leaves_out_build_output_deps_and_git(tmp_path: Path) -> None:
     project = tmp_path / "proj"
-    for name in ("mix.exs", "lib/app.ex", "deps/dep/mix.exs", "_build/prod/x.beam", ".git/HEAD",
-                 "apps/a/_build/y", "apps/a/lib/deps/keep.ex", "_build/deployer/old.tar.gz", "rel/env.sh.eex"):
+    for name in (
+        "mix.exs",
+        "lib/app.ex",
+        "deps/dep/mix.exs",
+        "_build/prod/x.beam",
+        ".git/HEAD",
+        "apps/a/_build/y",
+        "apps/a/lib/deps/keep.ex",
+        "_build/deployer/old.tar.gz",
+        "rel/env.sh.eex",
+    ):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text(name)
     (project / "rel" / "env.sh.eex").chmod(0o755)

@@ -221,7 +221,7 @@ def test_load_env_makes_the_relx_output_dir_private(tmp_path: Path) -> None:
     (d / "shared" / "env").mkdir(parents=True)
     (d / "shared" / "env" / "r1.env").write_text(f"RELX_OUT_FILE_PATH='{d}/shared/tmp/relx'\n")
     (d / "shared" / ".cookie").write_text("COOKIE123")
-    script = rc.PRELUDE + f"d='{d}'\n" + rc.NODE_FUNCTIONS + "script_cookie=1\nload_env r1\necho \"$RELX_COOKIE\"\n"
+    script = rc.PRELUDE + f"d='{d}'\n" + rc.NODE_FUNCTIONS + 'script_cookie=1\nload_env r1\necho "$RELX_COOKIE"\n'
     done = sh(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "COOKIE123"

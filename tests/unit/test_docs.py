@@ -13,6 +13,16 @@ def test_inventory_reference_is_current() -> None:
 
 def test_every_section_and_key_is_documented() -> None:
     text = render()
-    for key in ("`deploy_to`", "`keep_releases`", "## `hosts[]`", "`identity_file`", "`secrets_file`",
-                "## `migrate`", "`deadline`", "`max_fail`", "`stop_timeout`", "`keepalive_count`"):
+    for key in (
+        "`deploy_to`",
+        "`keep_releases`",
+        "## `hosts[]`",
+        "`identity_file`",
+        "`secrets_file`",
+        "## `migrate`",
+        "`deadline`",
+        "`max_fail`",
+        "`stop_timeout`",
+        "`keepalive_count`",
+    ):
         assert key in text

@@ -283,9 +283,7 @@ def test_cancel_stops_before_the_next_batch(inv: Inventory) -> None:
         return ok()
 
     fleet.responses[("web1", "restart")] = restart_and_cancel
-    result = ops.lifecycle(
-        inv, "restart", options(fleet, cancel=cancel, strategy={"kind": "rolling", "batch_size": 1})
-    )
+    result = ops.lifecycle(inv, "restart", options(fleet, cancel=cancel, strategy={"kind": "rolling", "batch_size": 1}))
     assert result.report.interrupted and not result.report.ok
     assert [h.outcome for h in result.report.hosts] == ["success", "untouched", "untouched"]
     assert all(fleet.names(h)[-1] == "unlock" for h in ("web1", "web2", "web3"))
@@ -369,7 +367,13 @@ def test_local_node_argv_never_holds_the_cookie(tmp_path: Path) -> None:
             self.port = port
 
     tunnel = ops.ObserverTunnel(
-        "h1", "it's@127.0.0.1", 40001, Forward(4370), Forward(40001), cookie, None  # type: ignore[arg-type]
+        "h1",
+        "it's@127.0.0.1",
+        40001,
+        Forward(4370),
+        Forward(40001),
+        cookie,
+        None,  # type: ignore[arg-type]
     )
     argv = tunnel.erl_argv("halt()")
     command = tunnel.shell_command()
