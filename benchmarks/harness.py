@@ -3,11 +3,12 @@ OpenSSH baseline doing the same work, measured alternately in the same run.
 
 A *scenario* is N hosts reached directly (LAN) or through one :class:`LatencyProxy` per host, and an
 artifact size. It makes two deployments of the example app on those hosts (each with its own
-``deploy_to``, HTTP port and node name): one driven by deployer, one by the baseline. Both first
-deploy a warm-up variant of the release (a *first deploy*, untimed for the comparison but recorded),
-then each repeat deploys a new variant (a different sha256, so it must be uploaded) as an *upgrade*
-of a running node, deployer and baseline alternating who goes first. Finally deployer re-deploys the
-last variant, which every host already has (0 bytes uploaded).
+``deploy_to``, HTTP port and node name): one driven by deployer, one by the baseline (scenarios on
+the same hosts share them, see :class:`Bench`). Both first deploy a warm-up variant of the release (a
+*first deploy*, recorded, not compared) and upgrade once untimed; then each repeat deploys a new
+variant (a different sha256, so it must be uploaded) as an *upgrade* of a running node, deployer and
+baseline alternating who goes first. Finally deployer re-deploys the last variant, which every host
+already has (0 bytes uploaded).
 
 The baseline does per host, all hosts in parallel: one ``scp`` (tarball + env file) and one ``ssh``
 running a shell script that verifies the sha256, extracts into a new release directory, migrates
@@ -665,6 +666,8 @@ class Bench:
     def close(self) -> None:
         for hosts in list(self.pairs):
             self.release(hosts)
+        with contextlib.suppress(OSError):  # the fleet's shared 'database' directory, unless others use it
+            common_dir(self.fleet.runid).rmdir()
 
     def release(self, hosts: int) -> None:
         """Stop the nodes of the deployments on ``hosts`` hosts and remove their files."""
@@ -736,12 +739,12 @@ class Bench:
                 # The first upgrade after a first deploy ran slower for whoever went first (first-boot
                 # effects on the hosts); one untimed upgrade on each side makes every timed run a
                 # steady-state upgrade.
-                again = self.maker.make(64, f"{name}-warmup2")
-                sha = sha256_of(again)
+                upgrade = self.maker.make(64, f"{name}-warmup2")
+                sha = sha256_of(upgrade)
                 for side, deployment in (("baseline", theirs), ("deployer", ours)):
-                    self._measure(side, deployment, again, sha)
+                    self._measure(side, deployment, upgrade, sha)
                 log(f"[{name}] warm-up upgrade done on both sides")
-                for path in (warmup, again):
+                for path in (warmup, upgrade):
                     path.unlink()
             for index, variant in enumerate(variants):
                 order = ("deployer", "baseline") if index % 2 == 0 else ("baseline", "deployer")

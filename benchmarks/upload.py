@@ -74,34 +74,6 @@ def child(argv: list[str]) -> int:
         paramiko.Transport._preferred_macs = (args.mac,)  # type: ignore[attr-defined]
     if args.chunk:
         transport.UPLOAD_CHUNK = args.chunk
-    if os.environ.get("BENCH_NODELAY") == "0":  # exploration: Nagle back on for the upload connections
-        import socket
-
-        opener = transport.SSHTransport._open_socket
-
-        def no_nodelay(self: transport.SSHTransport) -> Any:
-            sock = opener(self)
-            if isinstance(sock, socket.socket):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-            return sock
-
-        transport.SSHTransport._open_socket = no_nodelay  # type: ignore[method-assign]
-    if os.environ.get("BENCH_CORK") == "1":  # exploration: TCP_CORK while uploading
-        import socket
-
-        upload = transport.SSHTransport.upload
-
-        def corked(self: transport.SSHTransport, *a: Any, **kw: Any) -> Any:
-            sock = self.paramiko_transport.sock
-            if not isinstance(sock, socket.socket):
-                return upload(self, *a, **kw)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            try:
-                return upload(self, *a, **kw)
-            finally:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-        transport.SSHTransport.upload = corked  # type: ignore[method-assign]
     inventory = load_inventory("bench", args.inventory_dir)
     layout = RemoteLayout(inventory.config.deploy_to, inventory.config.app.name)
     script = rc.receive_artifact(layout, args.sha)

@@ -406,6 +406,7 @@ class SSHTransport:
         payload = max(1024, channel.out_max_packet_size - 64)
         block = max(1, UPLOAD_CHUNK // payload) * payload
         sent = 0
+        _cork(self._transport.sock, True)
         try:
             with source.open("rb") as handle:
                 while chunk := handle.read(block):
@@ -427,9 +428,11 @@ class SSHTransport:
                     self.bytes_uploaded += len(chunk)
                     if progress is not None:
                         progress(sent, total)
+            _cork(self._transport.sock, False)  # the last partial frame and the EOF go now
             channel.shutdown_write()
             return self._collect(channel, script, started, timeout, None)
         finally:
+            _cork(self._transport.sock, False)
             channel.close()
 
     def _collect(
@@ -630,6 +633,18 @@ class SSHTransport:
                 termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
             if previous_winch is not None:
                 signal.signal(signal.SIGWINCH, previous_winch)
+
+
+def _cork(sock: object, on: bool) -> None:
+    """TCP_CORK on the connection's socket while a file streams (Linux; not through a gateway channel).
+
+    The socket has TCP_NODELAY for the command round trips, so each 32 KiB SSH packet would leave as its
+    own burst and wake the host's sshd on arrival; corked, the kernel sends full frames. With 20 uploads
+    at once that took 40 % less CPU on the hosts (benchmarks/README.md). Uncorking sends what is left.
+    """
+    if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
 
 
 def _last_step(stderr_chunks: list[bytes]) -> str | None:
