@@ -1,9 +1,15 @@
-"""Invoke entry point: `invoke --list` shows deployer's tasks (deploy, migrate, rollback, fleet.up, ...).
+"""This repository's Invoke entry point: deployer's user tasks plus the development tasks.
 
-A project of yours needs only the first import; `bench` exists in this repository alone (benchmarks/).
+``fleet.up/down/show`` (a local fleet of real sshd hosts) and ``bench`` live in ``tests/harness`` and are
+registered only here, never in the installed package: a project of yours needs only
+``from deployer.tasks import ns``.
 """
 
-from deployer.bench_tasks import bench
-from deployer.tasks import ns
+from invoke.collection import Collection
 
+from deployer.tasks import ns
+from tests.harness import fleet_tasks
+from tests.harness.bench_tasks import bench
+
+ns.add_collection(Collection.from_module(fleet_tasks, name="fleet"))
 ns.add_task(bench)

@@ -46,12 +46,12 @@ from typing import Any
 
 import yaml
 
-from deployer.commands.shell import env_file_text
-from deployer.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
-from deployer.inventory import Inventory, load_inventory
-from deployer.plan import node_env
-from deployer.testing.fleet import Fleet, FleetHost
-from deployer.testing.proxy import LatencyProxy
+from deployer.core.inventory import Inventory, load_inventory
+from deployer.core.plan import node_env
+from deployer.remote.shell import env_file_text
+from tests.harness.fleet import Fleet, FleetHost
+from tests.harness.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
+from tests.harness.proxy import LatencyProxy
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = "bench"
@@ -112,7 +112,7 @@ class VariantMaker:
 
 
 def sha256_of(path: Path) -> str:
-    from deployer.artifact import sha256_file
+    from deployer.core.artifact import sha256_file
 
     return sha256_file(path)
 

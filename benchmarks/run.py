@@ -196,8 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from deployer.testing.examples import build_hello
-    from deployer.testing.fleet import Fleet
+    from tests.harness.examples import build_hello
+    from tests.harness.fleet import Fleet
 
     started = time.monotonic()
     print("building the example release (cached after the first build) ...", flush=True)

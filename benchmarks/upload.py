@@ -42,8 +42,8 @@ OPENSSH_CIPHERS = ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "a
 
 
 def _receive_script(deploy_to: str, sha: str) -> str:
-    from deployer.commands import release as rc
-    from deployer.paths import RemoteLayout
+    from deployer.core.paths import RemoteLayout
+    from deployer.remote import release as rc
 
     return rc.receive_artifact(RemoteLayout(deploy_to, "hello"), sha).render()
 
@@ -63,10 +63,11 @@ def child(argv: list[str]) -> int:
 
     import paramiko
 
-    from deployer import api, transport
-    from deployer.commands import release as rc
-    from deployer.inventory import load_inventory
-    from deployer.paths import RemoteLayout
+    from deployer.core.inventory import load_inventory
+    from deployer.core.paths import RemoteLayout
+    from deployer.remote import release as rc
+    from deployer.ssh import transport
+    from deployer.ssh.endpoints import endpoint
 
     if args.cipher:
         paramiko.Transport._preferred_ciphers = (args.cipher,)  # type: ignore[attr-defined]
@@ -77,7 +78,7 @@ def child(argv: list[str]) -> int:
     inventory = load_inventory("bench", args.inventory_dir)
     layout = RemoteLayout(inventory.config.deploy_to, inventory.config.app.name)
     script = rc.receive_artifact(layout, args.sha)
-    conns = [transport.SSHTransport(api.endpoint(inventory, h)) for h in inventory.hosts]
+    conns = [transport.SSHTransport(endpoint(inventory, h)) for h in inventory.hosts]
     negotiated = sorted({f"{c.paramiko_transport.local_cipher} / {c.paramiko_transport.local_mac}" for c in conns})
     failures: list[str] = []
     times: dict[str, float] = {}
@@ -230,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings of the method names to run")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    from deployer.artifact import sha256_file
-    from deployer.testing.fleet import Fleet
+    from deployer.core.artifact import sha256_file
+    from tests.harness.fleet import Fleet
 
     chunks = [int(c) * 1024 for c in args.chunks.split(",") if c.strip()]
     with tempfile.TemporaryDirectory(prefix="deployer-upload-") as tmp, Fleet(args.hosts) as fleet:

@@ -38,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", default="hello")
     args = parser.parse_args(argv)
 
-    from deployer import api
-    from deployer.artifact import inspect_tarball
-    from deployer.config import HostConfig
-    from deployer.inventory import load_inventory
-    from deployer.outcome import NullEvents
-    from deployer.transport import SSHTransport, Transport
+    from deployer.core.artifact import inspect_tarball
+    from deployer.core.config import HostConfig
+    from deployer.core.inventory import load_inventory
+    from deployer.core.outcome import NullEvents
+    from deployer.operations import release as api
+    from deployer.ssh.endpoints import endpoint
+    from deployer.ssh.transport import SSHTransport, Transport
 
     class UploadClock(NullEvents):
         """When the first upload started and the last one ended: the upload phase, however scheduled."""
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ciphers: dict[str, str] = {}
 
     def connect(host: HostConfig) -> Transport:
-        transport = SSHTransport(api.endpoint(inventory, host))
+        transport = SSHTransport(endpoint(inventory, host))
         raw = transport.paramiko_transport
         ciphers[host.name] = f"{raw.local_cipher} / {raw.local_mac}"
         return transport

@@ -1,4 +1,4 @@
-"""pytest plugin: fleets of real sshd hosts (see :mod:`deployer.testing.fleet`).
+"""pytest plugin: fleets of real sshd hosts (see :mod:`tests.harness.fleet`).
 
 Register it from ``tests/conftest.py`` with ``pytest_plugins = ["tests.fleet_fixtures"]``.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.testing.fleet import Fleet, FleetUnavailable, check_environment
+from tests.harness.fleet import Fleet, FleetUnavailable, check_environment
 
 FLEET_FIXTURES = frozenset({"fleet", "session_fleet", "make_fleet"})
 REQUIRE_ENV = "DEPLOYER_REQUIRE_FLEET"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deployer.testing.examples import HELLO_ERL_PROJECT_DIR
-from deployer.testing.fleet import Fleet
+from tests.harness.examples import HELLO_ERL_PROJECT_DIR
+from tests.harness.fleet import Fleet
 
 from .support import App, make_app
 

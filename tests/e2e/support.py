@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
-from deployer.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
-from deployer.inventory import Inventory, load_inventory
-from deployer.outcome import Report
-from deployer.testing.fleet import Fleet
+from deployer.core.inventory import Inventory, load_inventory
+from deployer.core.outcome import Report
+from tests.harness.fleet import Fleet
+from tests.harness.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
 
 _ports = itertools.count(4100)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from benchmarks.harness import Scenario, run_scenario
 from benchmarks.run import evaluate, table
-from deployer.testing.examples import build_hello
-from deployer.testing.fleet import Fleet
+from tests.harness.examples import build_hello
+from tests.harness.fleet import Fleet
 
 # lock+probe, upload, prepare, activate, unlock; the migrator also runs the migration.
 SESSIONS = 5

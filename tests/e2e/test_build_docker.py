@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from deployer import api, build
-from deployer.artifact import inspect_tarball, version_from_filename
-from deployer.compat import read_sidecar
-from deployer.testing.examples import HELLO_ERL_PROJECT_DIR
-from deployer.testing.fleet import Fleet
+from deployer.build import builder as build
+from deployer.core.artifact import inspect_tarball, version_from_filename
+from deployer.core.compat import read_sidecar
+from deployer.operations import release as api
+from tests.harness.examples import HELLO_ERL_PROJECT_DIR
+from tests.harness.fleet import Fleet
 
 from .build_support import make_erl_app
 from .support import App, explain, remove_app

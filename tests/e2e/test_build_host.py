@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from deployer.compat import read_sidecar
-from deployer.testing.examples import HELLO_ERL_PROJECT_DIR
-from deployer.testing.fleet import Fleet
+from deployer.core.compat import read_sidecar
+from tests.harness.examples import HELLO_ERL_PROJECT_DIR
+from tests.harness.fleet import Fleet
 
 from .build_support import make_erl_app
 from .support import App, remove_app

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from deployer import api
-from deployer.artifact import inspect_tarball
-from deployer.testing.examples import build_hello_erl
-from deployer.testing.fleet import Fleet
+from deployer.core.artifact import inspect_tarball
+from deployer.operations import release as api
+from tests.harness.examples import build_hello_erl
+from tests.harness.fleet import Fleet
 
 from .build_support import make_erl_app
 from .support import App, explain, remove_app

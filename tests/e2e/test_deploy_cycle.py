@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from deployer import api
-from deployer.artifact import Artifact, inspect_tarball
-from deployer.testing.examples import build_hello
-from deployer.testing.fleet import Fleet
+from deployer.core.artifact import Artifact, inspect_tarball
+from deployer.operations import release as api
+from tests.harness.examples import build_hello
+from tests.harness.fleet import Fleet
 
 from .support import App, explain, make_app, remove_app
 

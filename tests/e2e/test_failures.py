@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from deployer import api
-from deployer.artifact import inspect_tarball
-from deployer.outcome import Report
-from deployer.testing.examples import build_hello
-from deployer.testing.fleet import Fleet
+from deployer.core.artifact import inspect_tarball
+from deployer.core.outcome import Report
+from deployer.operations import release as api
+from tests.harness.examples import build_hello
+from tests.harness.fleet import Fleet
 
 from .support import App, Recorder, explain, make_app, padded_tarball, remove_app
 

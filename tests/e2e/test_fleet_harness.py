@@ -19,9 +19,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deployer.testing import fleet as fleet_mod
-from deployer.testing.fleet import REGISTRY, Fleet, FleetHost, reap_stale_fleets
-from deployer.testing.proxy import LatencyProxy
+from tests.harness import fleet as fleet_mod
+from tests.harness.fleet import REGISTRY, Fleet, FleetHost, reap_stale_fleets
+from tests.harness.proxy import LatencyProxy
 
 # The lead registers the plugin from tests/conftest.py too; registering twice is harmless.
 pytest_plugins = ["tests.fleet_fixtures"]
@@ -530,7 +530,7 @@ def test_sigterm_to_the_owner_tears_the_fleet_down() -> None:
     fleet_mod.check_environment()
     owner = spawn_owner("""
         import json, time
-        from deployer.testing.fleet import Fleet
+        from tests.harness.fleet import Fleet
         f = Fleet(2).start()
         print(json.dumps({"netns": [h.netns for h in f.hosts], "base": str(f.base_dir), "runid": f.runid}),
               flush=True)
@@ -557,7 +557,7 @@ def test_serve_runs_a_demo_fleet_until_interrupted() -> None:
     fleet_mod.check_environment()
     owner = spawn_owner("""
         import json
-        from deployer.testing.fleet import Fleet
+        from tests.harness.fleet import Fleet
         f = Fleet(1).start()
         print(json.dumps({"netns": f.hosts[0].netns, "base": str(f.base_dir)}), flush=True)
         f.serve(poll=0.1)
@@ -583,7 +583,7 @@ def test_detached_fleet_outlives_its_owner_and_is_stopped_from_elsewhere(tmp_pat
     with subreaper():
         owner = spawn_owner(f"""
             from pathlib import Path
-            from deployer.testing.fleet import Fleet
+            from tests.harness.fleet import Fleet
             f = Fleet(2).start()
             f.detach()
             f.save(Path({str(state)!r}))
@@ -611,7 +611,7 @@ def test_fleets_of_killed_owners_are_reaped() -> None:
     with subreaper():
         owner = spawn_owner("""
             import json, time
-            from deployer.testing.fleet import Fleet
+            from tests.harness.fleet import Fleet
             f = Fleet(1).start()
             print(json.dumps({"runid": f.runid, "netns": f.hosts[0].netns}), flush=True)
             time.sleep(120)

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer import api
-from deployer.inventory import load_inventory
-from deployer.testing.fleet import Fleet
+from deployer.core.inventory import load_inventory
+from deployer.operations import release as api
+from tests.harness.fleet import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "demo_app"
@@ -30,7 +30,7 @@ APP = "demo_app"
 def deployer_cmd(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "deployer.cli", *args],
+        [sys.executable, "-m", "deployer.cli.program", *args],
         cwd=project,
         env=env,
         capture_output=True,

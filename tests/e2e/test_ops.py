@@ -21,13 +21,14 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from deployer import api, ops
-from deployer.artifact import Artifact, inspect_tarball
-from deployer.commands import ops as oc
-from deployer.commands.flavours import flavour
-from deployer.plan import layout_for
-from deployer.testing.examples import build_hello
-from deployer.testing.fleet import Fleet
+from deployer.core.artifact import Artifact, inspect_tarball
+from deployer.core.plan import layout_for
+from deployer.operations import node as ops
+from deployer.operations import release as api
+from deployer.remote import ops as oc
+from deployer.remote.flavours import flavour
+from tests.harness.examples import build_hello
+from tests.harness.fleet import Fleet
 
 from .support import App, make_app, remove_app
 

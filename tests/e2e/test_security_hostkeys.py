@@ -15,9 +15,9 @@ from pathlib import Path
 
 import paramiko
 
-from deployer.testing.examples import build_hello
-from deployer.testing.fleet import Fleet
-from deployer.transport import fingerprint
+from deployer.ssh.transport import fingerprint
+from tests.harness.examples import build_hello
+from tests.harness.fleet import Fleet
 
 from .support import App, make_app, remove_app
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from deployer.inventory import Inventory, load_inventory
+from deployer.core.inventory import Inventory, load_inventory
 
 BASE: dict[str, Any] = {
     "app": {"name": "hello"},

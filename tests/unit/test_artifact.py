@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.artifact import find_tarball, inspect_tarball, sha256_file, version_from_filename
+from deployer.core.artifact import find_tarball, inspect_tarball, sha256_file, version_from_filename
 from deployer.errors import ArtifactError
 
 from .helpers import release_tarball

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from deployer import build
-from deployer.api import endpoint
-from deployer.compat import read_sidecar
-from deployer.config import BuildHostConfig
+from deployer.build import builder as build
+from deployer.core.compat import read_sidecar
+from deployer.core.config import BuildHostConfig
 from deployer.errors import ArtifactError
+from deployer.ssh.endpoints import endpoint
 
 from .helpers import BASE, inventory
 from .test_inventory import load_error

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer import api
-from deployer.artifact import Artifact, inspect_tarball, sha256_file
-from deployer.compat import (
+from deployer.core.artifact import Artifact, inspect_tarball, sha256_file
+from deployer.core.compat import (
     BuildPlatform,
     CompatibilityError,
     ElfInfo,
@@ -27,9 +26,10 @@ from deployer.compat import (
     requirements_of,
     write_sidecar,
 )
-from deployer.facts import HostFacts, parse_probe
-from deployer.inventory import Inventory
-from deployer.testing.fake import FakeFleet
+from deployer.core.facts import HostFacts, parse_probe
+from deployer.core.inventory import Inventory
+from deployer.operations import release as api
+from deployer.testing import FakeFleet
 
 from .helpers import add_file, inventory, release_tarball
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from deployer.commands import release as rc
-from deployer.commands.flavours import CLEAN_BOOT_EVAL, flavour
-from deployer.paths import RemoteLayout
-from deployer.plan import node_env
+from deployer.core.paths import RemoteLayout
+from deployer.core.plan import node_env
+from deployer.remote import release as rc
+from deployer.remote.flavours import CLEAN_BOOT_EVAL, flavour
 
 from .helpers import BASE, inventory
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import deployer
-from deployer.cli import main
-from deployer.docgen import render_tasks
+from deployer.cli.docgen import render_tasks
+from deployer.cli.program import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_version_matches_pyproject_and_changelog() -> None:
 
 def test_console_script_points_at_cli_main() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["deployer"] == "deployer.cli:main"
+    assert pyproject["project"]["scripts"]["deployer"] == "deployer.cli.program:main"
 
 
 def test_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,14 +43,16 @@ def test_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"deployer {deployer.__version__}"
     assert run("--list") == 0
     listed = capsys.readouterr().out
-    for name in ("deploy", "rollback", "migrate", "status", "init", "fleet.up"):
+    for name in ("deploy", "rollback", "migrate", "status", "init"):
         assert f"  {name} " in listed
+    # The repository's own development tasks (test fleet, benchmark) are never shown to users.
+    assert "fleet." not in listed and "bench" not in listed
 
 
 def test_task_help_and_unknown_task() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "deployer.cli", "deploy", "--help"],
+        [sys.executable, "-m", "deployer.cli.program", "deploy", "--help"],
         capture_output=True,
         text=True,
         env=env,
@@ -61,7 +63,7 @@ def test_task_help_and_unknown_task() -> None:
     assert "Usage: deployer [--core-opts] deploy [--options]" in done.stdout
     assert "--dry-run" in done.stdout and "--env=STRING" in done.stdout
     unknown = subprocess.run(
-        [sys.executable, "-m", "deployer.cli", "nosuchtask"],
+        [sys.executable, "-m", "deployer.cli.program", "nosuchtask"],
         capture_output=True,
         text=True,
         env=env,
@@ -80,7 +82,7 @@ def test_task_reference_is_current() -> None:
     run("--list")  # running the program must not change what the reference says
     assert render_tasks() == render_tasks()
     assert (REPO / "docs" / "tasks-reference.md").read_text() == render_tasks(), (
-        "run: python -m deployer.docgen tasks > docs/tasks-reference.md"
+        "run: python -m deployer.cli.docgen tasks > docs/tasks-reference.md"
     )
 
 
@@ -91,7 +93,7 @@ def test_task_reference_covers_every_task_and_flag() -> None:
     for name in ns.task_names:
         assert f"\n## {name}\n" in text, name
     assert "| `--dry-run` |" in text and "| `--[no-]edit-mix` |" in text
-    assert "| `-h INT`, `--hosts=INT` | `3` |" in text  # fleet.up: short flags and defaults
+    assert "| `--lines=INT` | `100` |" in text  # logs: typed flags and defaults
     assert "inventory/&lt;env&gt;.yml" in text  # not an HTML tag
 
 

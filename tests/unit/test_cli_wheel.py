@@ -35,7 +35,8 @@ def test_wheel_installs_a_working_deployer_command(tmp_path: Path) -> None:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
-    shutil.copytree(REPO / "deployer", source / "deployer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for tree in ("deployer", "tests"):  # tests/ beside it: the wheel must still hold the tool only
+        shutil.copytree(REPO / tree, source / tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
     dist = tmp_path / "dist"
     built = _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)], cwd=source)
@@ -45,8 +46,10 @@ def test_wheel_installs_a_working_deployer_command(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheels[0]) as wheel:
         names = wheel.namelist()
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-        assert "deployer = deployer.cli:main" in wheel.read(entry_points).decode()
-    assert {"deployer/cli.py", "deployer/init.py", "deployer/tasks.py", "deployer/testing/fleet.py"} <= set(names)
+        assert "deployer = deployer.cli.program:main" in wheel.read(entry_points).decode()
+    assert {"deployer/cli/program.py", "deployer/tasks.py", "deployer/testing.py"} <= set(names)
+    shipped_harness = [n for n in names if n.startswith("tests/") or "fleet" in n or "proxy" in n or "examples" in n]
+    assert shipped_harness == [], f"the wheel ships test tooling: {shipped_harness}"
 
     venv = tmp_path / "venv"
     created = _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)  # with pip (ensurepip: offline)
@@ -69,8 +72,9 @@ def test_wheel_installs_a_working_deployer_command(tmp_path: Path) -> None:
 
     listed = _run([str(script), "--list"], cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    for name in ("deploy", "rollback", "init", "status", "fleet.up"):
+    for name in ("deploy", "rollback", "init", "status"):
         assert f"  {name} " in listed.stdout
+    assert "fleet." not in listed.stdout and "bench" not in listed.stdout
     helped = _run([str(script), "deploy", "--help"], cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
     assert "Usage: deployer [--core-opts] deploy [--options]" in helped.stdout

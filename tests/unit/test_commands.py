@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from deployer.commands import release as rc
-from deployer.commands.flavours import flavour
-from deployer.commands.shell import MASK, Script, Secret, env_file_text, template, words
-from deployer.paths import RemoteLayout
+from deployer.core.paths import RemoteLayout
+from deployer.remote import release as rc
+from deployer.remote.flavours import flavour
+from deployer.remote.shell import MASK, Script, Secret, env_file_text, template, words
 
 LAYOUT = RemoteLayout("/srv/hello", "hello")
 SECRET = Secret("HELLO_SECRET", SecretStr("hunter2-sentinel"))

@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from deployer.docgen import render
+from deployer.cli.docgen import render
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_inventory_reference_is_current() -> None:
-    assert (DOCS / "inventory.md").read_text() == render(), "run: python -m deployer.docgen > docs/inventory.md"
+    assert (DOCS / "inventory.md").read_text() == render(), "run: python -m deployer.cli.docgen > docs/inventory.md"
 
 
 def test_every_section_and_key_is_documented() -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from deployer import api
-from deployer.artifact import Artifact, inspect_tarball
-from deployer.commands.release import EXIT_UNHEALTHY
+from deployer.core.artifact import Artifact, inspect_tarball
+from deployer.core.facts import parse_probe
+from deployer.core.inventory import Inventory
+from deployer.core.plan import batches, plan_rollback
 from deployer.errors import PlanError
-from deployer.facts import parse_probe
-from deployer.inventory import Inventory
-from deployer.plan import batches, plan_rollback
-from deployer.testing.fake import FakeFleet, fail, ok
+from deployer.operations import release as api
+from deployer.remote.release import EXIT_UNHEALTHY
+from deployer.testing import FakeFleet, fail, ok
 
 from .helpers import BASE, inventory, release_tarball
 
@@ -296,7 +296,7 @@ def test_lost_connection_is_replaced_for_cleanup(inv: Inventory, artifact: Artif
 
 
 def test_migration_records_do_not_make_a_release_good() -> None:
-    from deployer.history import History
+    from deployer.core.history import History
 
     lines = [
         "t\t" + json.dumps({"release": "r1", "event": "deploy", "outcome": "success"}),
@@ -314,8 +314,8 @@ def test_stale_lock_from_this_machine_is_called_stale() -> None:
     import socket
     import subprocess as sp
 
-    from deployer.executor import describe_holder
-    from deployer.facts import LockInfo
+    from deployer.core.facts import LockInfo
+    from deployer.engine.executor import describe_holder
 
     dead = sp.Popen(["true"])
     dead.wait()
@@ -332,8 +332,8 @@ def test_console_output_never_interprets_remote_text_as_markup() -> None:
 
     from rich.console import Console
 
-    from deployer.outcome import HostResult, Report
-    from deployer.report import ConsoleEvents, print_report
+    from deployer.cli.render import ConsoleEvents, print_report
+    from deployer.core.outcome import HostResult, Report
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=200)
@@ -354,7 +354,7 @@ def test_console_output_never_interprets_remote_text_as_markup() -> None:
 
 
 def test_dry_run_without_secret_values_still_shows_them_masked(tmp_path: Path, artifact: Artifact) -> None:
-    from deployer.inventory import load_inventory
+    from deployer.core.inventory import load_inventory
 
     from .helpers import write_inventory
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from deployer.facts import LockInfo, format_age, parse_probe
-from deployer.history import History
+from deployer.core.facts import LockInfo, format_age, parse_probe
+from deployer.core.history import History
 
 
 def rev(release: str, outcome: str = "success", event: str = "deploy", version: str | None = None) -> str:

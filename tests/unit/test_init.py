@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.cli import main as cli_main
-from deployer.init import (
+from deployer.build.init import (
     InitError,
     add_mix_release,
     camelize,
@@ -18,7 +17,8 @@ from deployer.init import (
     render_inventory,
     render_release_module,
 )
-from deployer.inventory import load_inventory
+from deployer.cli.program import main as cli_main
+from deployer.core.inventory import load_inventory
 
 # What `mix new demo_app --sup` writes (Elixir 1.14).
 MIX_NEW = """\

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from deployer.core.inventory import load_inventory, read_secrets_file
 from deployer.errors import InventoryError
-from deployer.inventory import load_inventory, read_secrets_file
 
 from .helpers import BASE, inventory, write_inventory
 

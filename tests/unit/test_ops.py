@@ -11,17 +11,18 @@ from typing import Any
 
 import pytest
 
-from deployer import api, ops
-from deployer.artifact import Artifact
-from deployer.commands import ops as oc
-from deployer.commands import release as rc
-from deployer.commands.flavours import flavour
-from deployer.commands.release import EXIT_UNHEALTHY, HealthCheck
+from deployer.core.artifact import Artifact
+from deployer.core.facts import parse_probe
+from deployer.core.inventory import Inventory
+from deployer.core.paths import RemoteLayout
 from deployer.errors import DeployerError, InventoryError, PlanError
-from deployer.facts import parse_probe
-from deployer.inventory import Inventory
-from deployer.paths import RemoteLayout
-from deployer.testing.fake import FakeFleet, fail, ok
+from deployer.operations import node as ops
+from deployer.operations import release as api
+from deployer.remote import ops as oc
+from deployer.remote import release as rc
+from deployer.remote.flavours import flavour
+from deployer.remote.release import EXIT_UNHEALTHY, HealthCheck
+from deployer.testing import FakeFleet, fail, ok
 
 from .helpers import BASE, inventory
 

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from deployer.artifact import inspect_tarball
-from deployer.commands import release as rc
-from deployer.commands.flavours import flavour
-from deployer.commands.shell import MASK, Secret, env_file_text
+from deployer.core.artifact import inspect_tarball
+from deployer.core.facts import parse_probe
+from deployer.core.inventory import load_inventory
+from deployer.core.paths import RemoteLayout
+from deployer.core.plan import generate_cookie, node_env, plan_deploy
 from deployer.errors import InventoryError
-from deployer.facts import parse_probe
-from deployer.inventory import load_inventory
-from deployer.paths import RemoteLayout
-from deployer.plan import generate_cookie, node_env, plan_deploy
+from deployer.remote import release as rc
+from deployer.remote.flavours import flavour
+from deployer.remote.shell import MASK, Secret, env_file_text
 
 from .helpers import BASE, inventory, release_tarball, write_inventory
 

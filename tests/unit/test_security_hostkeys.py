@@ -20,8 +20,8 @@ import paramiko
 import pytest
 
 from deployer.errors import ConnectError, DeployerError, HostKeyError
-from deployer.transport import Endpoint, SSHTransport, fingerprint, load_known_hosts, verify_host_key
-from deployer.trust import (
+from deployer.ssh.transport import Endpoint, SSHTransport, fingerprint, load_known_hosts, verify_host_key
+from deployer.ssh.trust import (
     HostKeyCheck,
     check_host_key,
     fetch_host_key,
@@ -188,7 +188,7 @@ def test_agent_is_forwarded_only_when_asked(monkeypatch: pytest.MonkeyPatch, for
 
 
 def test_forward_agent_is_off_by_default() -> None:
-    from deployer.config import SSHConfig
+    from deployer.core.config import SSHConfig
 
     assert SSHConfig().forward_agent is False
     assert Endpoint("h", "10.0.0.1", 22, "u").forward_agent is False
@@ -430,8 +430,8 @@ def run_trust(monkeypatch: pytest.MonkeyPatch, offers: dict[str, paramiko.PKey],
     from invoke.context import Context
     from invoke.exceptions import Exit
 
-    from deployer import trust as trust_module
-    from deployer.trust_tasks import trust as trust_task
+    from deployer.cli.trust_tasks import trust as trust_task
+    from deployer.ssh import trust as trust_module
 
     monkeypatch.setattr(trust_module, "fetch_host_key", fake_fetch(offers))
     try:
@@ -448,7 +448,7 @@ def test_task_refuses_without_a_project_known_hosts(
     from invoke.context import Context
     from invoke.exceptions import Exit
 
-    from deployer.trust_tasks import trust as trust_task
+    from deployer.cli.trust_tasks import trust as trust_task
 
     with pytest.raises(Exit) as info:
         trust_task(Context(), env="test", inventory_dir=str(directory), yes=True)

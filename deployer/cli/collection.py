@@ -1,0 +1,16 @@
+"""The one collection of user tasks: what ``deployer --list`` and a project's ``invoke --list`` show.
+
+Only tasks for operating your own fleet belong here; the repository's test fleet and benchmark tasks are
+registered by the repository's root ``tasks.py``, never shipped to users.
+"""
+
+from invoke.collection import Collection
+
+from deployer.build.init import init
+from deployer.cli.ops_tasks import TASKS as OPS_TASKS
+from deployer.cli.release_tasks import deploy, history, migrate, rollback, unlock
+from deployer.cli.trust_tasks import trust
+
+ns = Collection(deploy, migrate, rollback, history, unlock, trust, init, *OPS_TASKS)
+
+__all__ = ["ns"]

@@ -1,1 +1,0 @@
-"""Remote commands as data: pure functions returning scripts, rendered (quoted, masked) later."""

@@ -1,0 +1,777 @@
+"""The one module that talks SSH.
+
+One Paramiko connection per host per run, reused for every step (uploads
+included). Host keys are checked strictly against the user's known_hosts plus
+the project's: an unknown or changed key refuses the connection and shows the
+key type and SHA256 fingerprint — Fabric's auto-accepting policy is not used.
+
+Scripts are sent on the session's stdin to ``sh -s`` so neither their text nor
+any secret in them appears in the remote process list; uploads stream the
+tarball into ``sh -c`` on a plain session channel (no SFTP round trips) with a
+large window and TCP_NODELAY.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+
+from deployer.errors import ConnectError, HostKeyError, RemoteCommandError
+from deployer.remote.shell import Script
+
+# Paramiko's defaults (2 MiB window, 32 KiB packets) throttle uploads; OpenSSH accepts these.
+WINDOW_SIZE = 64 * 1024 * 1024
+MAX_PACKET = 32768
+UPLOAD_CHUNK = 256 * 1024
+# AES-GCM encrypts and authenticates in one pass: the least client CPU per uploaded byte of the
+# ciphers paramiko has (benchmarks/upload.py). Offered first; paramiko's own order follows for servers
+# without them (OpenSSH has had them since 6.2), and encrypt-then-MAC before MAC-then-encrypt.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+
+OutputCallback = Callable[[str, str], None]  # (stream "stdout"/"stderr", text)
+ProgressCallback = Callable[[int, int], None]  # (bytes sent, total)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a remote script did."""
+
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect to one host."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    connect_timeout: float = 10.0
+    command_timeout: float = 600.0
+    keepalive: int = 15
+    keepalive_count: int = 3
+    identity_file: str | None = None
+    known_hosts: tuple[str, ...] = ()
+    use_user_known_hosts: bool = True
+    forward_agent: bool = False
+    gateway: Endpoint | None = None
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name known_hosts uses: ``host``, or ``[host]:port`` off port 22."""
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+
+class Transport(Protocol):
+    """What the executor needs from a connection; :class:`SSHTransport` and the fake implement it."""
+
+    name: str
+    sessions: int
+    bytes_uploaded: int
+
+    def run(self, script: Script, *, on_output: OutputCallback | None = None) -> CommandResult: ...
+
+    def upload(
+        self,
+        script: Script,
+        source: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> CommandResult: ...
+
+    def is_alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class UploadStopped(RemoteCommandError):
+    """The upload was stopped on purpose (the operator interrupted the run)."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style ``SHA256:<base64>`` fingerprint."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class KnownHosts(paramiko.HostKeys):
+    """``paramiko.HostKeys`` plus the keys marked ``@revoked``, which are never accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked: list[paramiko.PKey] = []
+
+    def read(self, path: str) -> None:
+        """Add one OpenSSH known_hosts file. Unlike ``HostKeys.load`` (which raises on them), marker lines
+        are understood: ``@revoked`` keys are collected, ``@cert-authority`` lines are skipped (CA-signed host
+        keys are not supported, so they vouch for nothing); a line that cannot be parsed is skipped, as
+        OpenSSH does. For a name and key type, the first file and line win."""
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                marker = None
+                if line.startswith("@"):
+                    marker, _, line = line.replace("\t", " ").partition(" ")
+                    line = line.strip()
+                try:
+                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+                except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
+                    continue
+                if entry is None or entry.key is None:
+                    continue
+                if marker == "@revoked":
+                    self.revoked.append(entry.key)
+                    continue
+                if marker is not None:
+                    continue
+                for name in entry.hostnames:
+                    recorded = self.lookup(name)
+                    if recorded is None or entry.key.get_name() not in recorded:
+                        self.add(name, entry.key.get_name(), entry.key)
+
+
+def read_known_hosts(files: list[str]) -> KnownHosts:
+    """The keys in ``files`` (missing files are skipped); raises ``OSError`` when one cannot be read."""
+    keys = KnownHosts()
+    for file in files:
+        if os.path.isfile(file):
+            keys.read(file)
+    return keys
+
+
+def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
+    """The user's ``~/.ssh/known_hosts`` (unless disabled) plus the project's files; hashed entries work."""
+    files = list(endpoint.known_hosts)
+    if endpoint.use_user_known_hosts:
+        files.insert(0, os.path.expanduser("~/.ssh/known_hosts"))
+    try:
+        return read_known_hosts(files)
+    except OSError as exc:
+        raise ConnectError(endpoint.name, f"cannot read known_hosts file {exc.filename}: {exc.strerror}") from None
+
+
+_RSA_ALIASES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+
+
+def _prefer(first: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a for a in first if a in available) + tuple(a for a in available if a not in first)
+
+
+def _preferred_key_types(known: dict[str, paramiko.PKey], available: tuple[str, ...]) -> tuple[str, ...]:
+    wanted: list[str] = []
+    for key_type in known:
+        wanted.extend(_RSA_ALIASES if key_type == "ssh-rsa" else (key_type,))
+    ordered = tuple(t for t in available if t in wanted)
+    return ordered or available
+
+
+def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: paramiko.HostKeys) -> None:
+    """Raise :class:`HostKeyError` unless ``offered`` is the key known_hosts has for this endpoint."""
+    known = known_hosts.lookup(endpoint.known_hosts_name)
+    key_type = offered.get_name()
+    where = f"{endpoint.address} port {endpoint.port}"
+    if any(k.asbytes() == offered.asbytes() for k in getattr(known_hosts, "revoked", ())):
+        raise HostKeyError(
+            endpoint.name,
+            f"host key for {where} is REVOKED in known_hosts: {key_type} {fingerprint(offered)}",
+            hint="this key must never be accepted again; find out why the host still offers it",
+        )
+    if not known:
+        raise HostKeyError(
+            endpoint.name,
+            f"host key for {where} is not known: {key_type} {fingerprint(offered)}",
+            hint=(
+                "check this fingerprint with the host's administrator, then run "
+                f"`invoke trust --env <env> --host {endpoint.name}` or add it to the project's known_hosts"
+            ),
+        )
+    expected = known.get(key_type)
+    if expected is None and key_type.startswith("rsa-sha2"):
+        expected = known.get("ssh-rsa")
+    if expected is None or expected.asbytes() != offered.asbytes():
+        recorded = ", ".join(f"{t} {fingerprint(k)}" for t, k in known.items())
+        raise HostKeyError(
+            endpoint.name,
+            f"HOST KEY CHANGED for {where}: known_hosts has {recorded}, the host offered "
+            f"{key_type} {fingerprint(offered)}. Someone may be intercepting the connection, "
+            "or the host was reinstalled",
+            hint="do not deploy until you know why; if the host was rebuilt, remove the old entry "
+            f"(ssh-keygen -R {endpoint.known_hosts_name}) and trust the new key explicitly",
+        )
+
+
+def _set_dead_peer_detection(sock: socket.socket, interval: int, count: int) -> None:
+    """Make the kernel declare a silent peer dead instead of letting a dropped network hang the run.
+
+    Paramiko's own keepalive expects no reply, so it never notices a dead link; TCP keepalive notices an
+    idle one and TCP_USER_TIMEOUT one that stops acknowledging data (e.g. mid-upload).
+    """
+    if interval <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", interval),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+        ("TCP_USER_TIMEOUT", interval * count * 1000),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _default_keys() -> list[paramiko.PKey]:
+    keys: list[paramiko.PKey] = []
+    with contextlib.suppress(paramiko.SSHException):
+        keys.extend(paramiko.Agent().get_keys())
+    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        path = Path.home() / ".ssh" / name
+        if path.is_file():
+            try:
+                keys.append(paramiko.PKey.from_path(path))
+            except (paramiko.SSHException, OSError):
+                continue
+    return keys
+
+
+class SSHTransport:
+    """A live SSH connection to one host. Thread-confined: one worker uses it at a time."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self.sessions = 0
+        self.bytes_uploaded = 0
+        self._gateway: SSHTransport | None = None
+        self._transport = self._connect()
+
+    # --- connection ------------------------------------------------------------------------------------
+
+    def _open_socket(self) -> socket.socket | paramiko.Channel:
+        ep = self.endpoint
+        if ep.gateway is not None:
+            self._gateway = SSHTransport(ep.gateway)
+            try:
+                return self._gateway._transport.open_channel(
+                    "direct-tcpip", (ep.address, ep.port), ("127.0.0.1", 0), timeout=ep.connect_timeout
+                )
+            except (paramiko.SSHException, OSError) as exc:
+                raise ConnectError(
+                    ep.name, f"gateway {ep.gateway.name} cannot reach {ep.address}:{ep.port}: {exc}"
+                ) from None
+        try:
+            sock = socket.create_connection((ep.address, ep.port), timeout=ep.connect_timeout)
+        except TimeoutError:
+            raise ConnectError(
+                ep.name,
+                f"cannot connect to {ep.address}:{ep.port}: timed out after {ep.connect_timeout:g}s",
+                hint="is the host up and the address right? (ssh.connect_timeout sets the limit)",
+            ) from None
+        except OSError as exc:
+            raise ConnectError(
+                ep.name,
+                f"cannot connect to {ep.address}:{ep.port}: {exc.strerror or exc}",
+                hint="is sshd running on the host, and the address and port right?",
+            ) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _set_dead_peer_detection(sock, ep.keepalive, ep.keepalive_count)
+        return sock
+
+    def _connect(self) -> paramiko.Transport:
+        ep = self.endpoint
+        known_hosts = load_known_hosts(ep)
+        sock = self._open_socket()
+        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        transport.banner_timeout = ep.connect_timeout
+        transport.handshake_timeout = ep.connect_timeout
+        transport.auth_timeout = ep.connect_timeout
+        options = transport.get_security_options()
+        options.ciphers = _prefer(PREFERRED_CIPHERS, tuple(options.ciphers))
+        options.digests = _prefer(PREFERRED_MACS, tuple(options.digests))
+        known = known_hosts.lookup(ep.known_hosts_name)
+        if known:
+            options.key_types = _preferred_key_types(dict(known), tuple(options.key_types))
+        try:
+            transport.start_client(timeout=ep.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport.close()
+            raise ConnectError(ep.name, f"SSH handshake with {ep.address}:{ep.port} failed: {exc}") from None
+        try:
+            verify_host_key(ep, transport.get_remote_server_key(), known_hosts)
+            self._authenticate(transport)
+        except BaseException:
+            transport.close()
+            raise
+        if ep.keepalive:
+            transport.set_keepalive(ep.keepalive)
+        return transport
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        ep = self.endpoint
+        if ep.identity_file:
+            path = Path(os.path.expanduser(ep.identity_file))
+            try:
+                keys = [paramiko.PKey.from_path(path)]
+            except (OSError, paramiko.SSHException) as exc:
+                raise ConnectError(ep.name, f"cannot load identity file {path}: {exc}") from None
+        else:
+            keys = _default_keys()
+        if not keys:
+            raise ConnectError(
+                ep.name, "no SSH key to authenticate with", hint="set ssh.identity_file or load a key into ssh-agent"
+            )
+        errors: list[str] = []
+        for key in keys:
+            try:
+                transport.auth_publickey(ep.user, key)
+            except paramiko.AuthenticationException as exc:
+                errors.append(str(exc))
+                continue
+            except (paramiko.SSHException, OSError) as exc:
+                raise ConnectError(ep.name, f"authentication failed: {exc}") from None
+            if transport.is_authenticated():
+                return
+        raise ConnectError(
+            ep.name,
+            f"{ep.user}@{ep.address} refused all {len(keys)} key(s)",
+            hint="check ssh.user / the host's user and that its authorized_keys holds your public key",
+        )
+
+    # --- running -----------------------------------------------------------------------------------------
+
+    def _open(self, command: str, timeout: float) -> paramiko.Channel:
+        try:
+            channel = self._transport.open_session(timeout=min(timeout, self.endpoint.connect_timeout + 20))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {exc}") from None
+        self.sessions += 1
+        if self.endpoint.forward_agent:
+            paramiko.agent.AgentRequestHandler(channel)
+        channel.exec_command(command)
+        return channel
+
+    def run(self, script: Script, *, on_output: OutputCallback | None = None) -> CommandResult:
+        timeout = script.timeout or self.endpoint.command_timeout
+        started = time.monotonic()
+        channel = self._open(script.remote_command(), timeout)
+        try:
+            if script.stdin:
+                channel.sendall(script.render(reveal=True).encode())
+            channel.shutdown_write()
+            return self._collect(channel, script, started, timeout, on_output)
+        finally:
+            channel.close()
+
+    def upload(
+        self,
+        script: Script,
+        source: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> CommandResult:
+        """Stream ``source`` into ``script``'s stdin. ``should_stop`` is polled between chunks: when it
+        turns true the channel is closed, the remote side discards its temp file, and
+        :class:`UploadStopped` is raised."""
+        timeout = script.timeout or self.endpoint.command_timeout
+        started = time.monotonic()
+        total = source.stat().st_size
+        channel = self._open(script.remote_command(), timeout)
+        # Whole packets only: paramiko puts at most max_packet - 64 bytes of data in one packet, and a
+        # chunk that is not a multiple of that ends in a runt packet the host must wake up for.
+        payload = max(1024, channel.out_max_packet_size - 64)
+        block = max(1, UPLOAD_CHUNK // payload) * payload
+        sent = 0
+        _cork(self._transport.sock, True)
+        try:
+            with source.open("rb") as handle:
+                while chunk := handle.read(block):
+                    if should_stop is not None and should_stop():
+                        raise UploadStopped(self.name, script.name, f"upload stopped after {sent} of {total} bytes")
+                    if time.monotonic() - started > timeout:
+                        raise RemoteCommandError(self.name, script.name, f"upload timed out after {timeout:g}s")
+                    if channel.exit_status_ready():
+                        break  # the remote side gave up; its stderr says why
+                    channel.settimeout(max(1.0, timeout - (time.monotonic() - started)))
+                    try:
+                        # One packet per call: sendall copies what is left of its argument after every
+                        # packet, which for a whole chunk is quadratic in the chunk size.
+                        for start in range(0, len(chunk), payload):
+                            channel.sendall(chunk[start : start + payload])
+                    except (TimeoutError, OSError, paramiko.SSHException) as exc:
+                        raise RemoteCommandError(self.name, script.name, f"upload interrupted: {exc}") from None
+                    sent += len(chunk)
+                    self.bytes_uploaded += len(chunk)
+                    if progress is not None:
+                        progress(sent, total)
+            _cork(self._transport.sock, False)  # the last partial frame and the EOF go now
+            channel.shutdown_write()
+            return self._collect(channel, script, started, timeout, None)
+        finally:
+            _cork(self._transport.sock, False)
+            channel.close()
+
+    def _collect(
+        self,
+        channel: paramiko.Channel,
+        script: Script,
+        started: float,
+        timeout: float,
+        on_output: OutputCallback | None,
+    ) -> CommandResult:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        fd = channel.fileno()
+        deadline = started + timeout
+        while True:
+            while channel.recv_ready():
+                data = channel.recv(65536)
+                out.append(data)
+                if on_output is not None:
+                    on_output("stdout", data.decode("utf-8", "replace"))
+            while channel.recv_stderr_ready():
+                data = channel.recv_stderr(65536)
+                err.append(data)
+                if on_output is not None:
+                    on_output("stderr", data.decode("utf-8", "replace"))
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if not self._transport.is_active():
+                raise RemoteCommandError(
+                    self.name,
+                    _last_step(err) or script.name,
+                    "the SSH connection was lost while the step ran",
+                    hint="the step may have completed or not on the host: check `invoke status`",
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RemoteCommandError(
+                    self.name,
+                    _last_step(err) or script.name,
+                    f"no result after {timeout:g}s; gave up waiting",
+                    hint="the host may be hung or the network dropped; check `invoke status` before retrying",
+                )
+            select.select([fd], [], [], min(remaining, 1.0))
+        status = channel.recv_exit_status()
+        return CommandResult(
+            exit_status=status,
+            stdout=b"".join(out).decode("utf-8", "replace"),
+            stderr=b"".join(err).decode("utf-8", "replace"),
+            duration=time.monotonic() - started,
+        )
+
+    def is_alive(self) -> bool:
+        return self._transport.is_active()
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._gateway is not None:
+            self._gateway.close()
+
+    @property
+    def paramiko_transport(self) -> paramiko.Transport:
+        """For port forwarding (observer tunnel) and interactive sessions."""
+        return self._transport
+
+    # --- operating a node: streams, port forwarding, interactive sessions ------------------------------
+
+    def _open_pty_session(self, command: str, *, term: str, width: int, height: int) -> paramiko.Channel:
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout + 20)
+            self.sessions += 1
+            channel.get_pty(term=term, width=width, height=height)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {exc}") from None
+        return channel
+
+    def stream(
+        self,
+        script: Script,
+        *,
+        on_output: OutputCallback,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int | None:
+        """Run an argv ``script`` on a pty with no deadline, passing its output to ``on_output`` as it comes.
+
+        Ends when the script exits (returns its exit status) or when ``should_stop`` turns true or the
+        caller is interrupted (returns None / re-raises): closing the channel hangs up the pty, so every
+        process the script started on the host (``tail -F``) ends with it. A pty merges stderr into stdout.
+        """
+        if script.stdin:
+            raise ValueError(f"stream() runs argv scripts only; {script.name!r} needs stdin")
+        channel = self._open_pty_session(script.remote_command(), term="dumb", width=200, height=50)
+        try:
+            while True:
+                if should_stop is not None and should_stop():
+                    return None
+                if channel.recv_ready():
+                    on_output("stdout", channel.recv(65536).decode("utf-8", "replace"))
+                    continue
+                if channel.recv_stderr_ready():
+                    on_output("stderr", channel.recv_stderr(65536).decode("utf-8", "replace"))
+                    continue
+                if channel.exit_status_ready():
+                    return channel.recv_exit_status()
+                if not self._transport.is_active():
+                    raise RemoteCommandError(self.name, script.name, "the SSH connection was lost")
+                select.select([channel], [], [], 0.2)
+        finally:
+            channel.close()
+
+    def forward_local(
+        self, remote_port: int, *, remote_host: str = "127.0.0.1", local_port: int = 0, bind: str = "127.0.0.1"
+    ) -> LocalForward:
+        """Listen on ``bind:local_port`` (0: any free port) and carry every connection to
+        ``remote_host:remote_port`` as seen from the host, over this SSH connection (``direct-tcpip``,
+        like ``ssh -L``). Raises ``OSError`` when the local port is taken. Close the result to stop."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((bind, local_port))
+            listener.listen(16)
+        except OSError:
+            listener.close()
+            raise
+        return LocalForward(self._transport, listener, (remote_host, remote_port), self.name).start()
+
+    def interactive(
+        self,
+        command: str,
+        *,
+        stdin: int = 0,
+        stdout: int = 1,
+        leave: bytes | None = b"\x04",
+        term: str | None = None,
+    ) -> int | None:
+        """Run ``command`` on a pty wired to the local terminal until it ends, or until the operator
+        types the ``leave`` byte (Ctrl-D): then the channel closes, which hangs up only the remote
+        session. The local terminal is put in raw mode (and restored) when ``stdin`` is a tty, and
+        window size changes are passed on. Returns the command's exit status, None when left.
+        """
+        import signal
+        import termios
+        import tty
+
+        is_tty = os.isatty(stdin)
+        try:
+            size = os.get_terminal_size(stdout if os.isatty(stdout) else stdin)
+            width, height = size.columns, size.lines
+        except OSError:
+            width, height = 80, 24
+        channel = self._open_pty_session(
+            command, term=term or os.environ.get("TERM", "xterm"), width=width, height=height
+        )
+        saved = termios.tcgetattr(stdin) if is_tty else None
+        previous_winch = None
+
+        def resize(signum: int, frame: object) -> None:
+            with contextlib.suppress(OSError, paramiko.SSHException):
+                new = os.get_terminal_size(stdin)
+                channel.resize_pty(width=new.columns, height=new.lines)
+
+        if is_tty and threading.current_thread() is threading.main_thread():
+            previous_winch = signal.signal(signal.SIGWINCH, resize)
+        try:
+            if is_tty:
+                tty.setraw(stdin)
+            channel_fd = channel.fileno()
+            while True:
+                readable, _, _ = select.select([channel_fd, stdin], [], [], 0.5)
+                if channel_fd in readable or channel.recv_ready() or channel.recv_stderr_ready():
+                    while channel.recv_stderr_ready():
+                        os.write(stdout, channel.recv_stderr(65536))
+                    if channel.recv_ready():
+                        data = channel.recv(65536)
+                        if not data:
+                            break
+                        os.write(stdout, data)
+                    elif channel.closed or channel.eof_received:
+                        break
+                if stdin in readable:
+                    data = os.read(stdin, 4096)
+                    if not data:
+                        return None
+                    if leave is not None and leave in data:
+                        before = data.split(leave, 1)[0]
+                        if before:
+                            channel.sendall(before)
+                        return None
+                    channel.sendall(data)
+                if channel.exit_status_ready() and not channel.recv_ready():
+                    break
+                if not self._transport.is_active():
+                    raise RemoteCommandError(self.name, "console", "the SSH connection was lost")
+            return channel.recv_exit_status()
+        finally:
+            channel.close()
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            if previous_winch is not None:
+                signal.signal(signal.SIGWINCH, previous_winch)
+
+
+def _cork(sock: object, on: bool) -> None:
+    """TCP_CORK on the connection's socket while a file streams (Linux; not through a gateway channel).
+
+    The socket has TCP_NODELAY for the command round trips, so each 32 KiB SSH packet would leave as its
+    own burst and wake the host's sshd on arrival; corked, the kernel sends full frames. With 20 uploads
+    at once that took 40 % less CPU on the hosts (benchmarks/README.md). Uncorking sends what is left.
+    """
+    if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+
+
+def _last_step(stderr_chunks: list[bytes]) -> str | None:
+    text = b"".join(stderr_chunks).decode("utf-8", "replace")
+    for line in reversed(text.splitlines()):
+        if line.startswith("@@step "):
+            return line[len("@@step ") :].strip()
+    return None
+
+
+@dataclass
+class ConnectionPool:
+    """Opens one transport per host on first use and keeps it for the whole run."""
+
+    connect: Callable[[str], Transport]
+    _open: dict[str, Transport] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, host: str) -> Transport:
+        with self._lock:
+            existing = self._open.get(host)
+        if existing is not None:
+            return existing
+        transport = self.connect(host)
+        with self._lock:
+            self._open[host] = transport
+        return transport
+
+    def reconnect(self, host: str) -> Transport:
+        """A fresh connection when the old one died (cleanup after a lost link must still be tried)."""
+        with self._lock:
+            old = self._open.pop(host, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        return self.get(host)
+
+    def opened(self) -> dict[str, Transport]:
+        with self._lock:
+            return dict(self._open)
+
+    def close_all(self) -> None:
+        for transport in self.opened().values():
+            with contextlib.suppress(Exception):
+                transport.close()
+        with self._lock:
+            self._open.clear()
+
+
+class LocalForward:
+    """A local listening socket whose connections are carried over SSH to one remote address.
+
+    One thread accepts; each connection gets a ``direct-tcpip`` channel and a thread that copies
+    bytes both ways. :meth:`close` stops accepting and closes every open connection.
+    """
+
+    def __init__(
+        self, transport: paramiko.Transport, listener: socket.socket, remote: tuple[str, int], host: str
+    ) -> None:
+        self._transport = transport
+        self._listener = listener
+        self.remote = remote
+        self.host = host
+        self.port: int = listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._open: list[tuple[socket.socket, paramiko.Channel]] = []
+        self._thread = threading.Thread(target=self._accept, name=f"forward-{self.port}", daemon=True)
+        self.connections = 0
+
+    def start(self) -> LocalForward:
+        self._listener.settimeout(0.2)
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.settimeout(None)
+            try:
+                channel = self._transport.open_channel("direct-tcpip", self.remote, peer, timeout=10)
+            except (paramiko.SSHException, OSError, EOFError):
+                # The remote port is closed (or the connection died): the client sees a reset.
+                sock.close()
+                continue
+            with self._lock:
+                self._open.append((sock, channel))
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(sock, channel), daemon=True).start()
+
+    def _pump(self, sock: socket.socket, channel: paramiko.Channel) -> None:
+        try:
+            sock_fd, channel_fd = sock.fileno(), channel.fileno()
+            while not self._closed.is_set():
+                readable, _, _ = select.select([sock_fd, channel_fd], [], [], 0.5)
+                if sock_fd in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel_fd in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    sock.sendall(data)
+        except (OSError, paramiko.SSHException, EOFError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            channel.close()
+            with self._lock, contextlib.suppress(ValueError):
+                self._open.remove((sock, channel))
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self._thread.join(timeout=2)
+        with self._lock:
+            pending = list(self._open)
+        for sock, channel in pending:
+            with contextlib.suppress(OSError):
+                sock.close()
+            channel.close()

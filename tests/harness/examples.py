@@ -1,0 +1,402 @@
+"""Build the example OTP release (``examples/hello``) for tests.
+
+The example is a dependency-free Mix project; :func:`build_hello` runs
+``MIX_ENV=prod mix release --overwrite`` with the build-time knobs
+(``HELLO_VERSION``, ``HELLO_VARIANT``, ``HELLO_MIGRATIONS``) and returns the
+resulting tarball. Builds are cached per (version, variant, migrations, source
+fingerprint) under ``<repo>/.cache/examples`` and serialised across processes
+with an ``fcntl`` lock, so concurrent test workers can call it safely.
+
+The tarball has no top-level directory (``bin/``, ``erts-*/``, ``lib/``,
+``releases/`` at its root): extract it straight into the release directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+__all__ = [
+    "HELLO_ERL_PROJECT_DIR",
+    "HELLO_PROJECT_DIR",
+    "HELLO_VARIANTS",
+    "build_hello",
+    "build_hello_erl",
+    "hello_source_fingerprint",
+]
+
+REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
+"""Root of the deployer repository."""
+
+HELLO_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello"
+"""The Mix project of the example application."""
+
+HELLO_ERL_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello_erl"
+"""The rebar3 (relx) project of the Erlang example application."""
+
+DEFAULT_CACHE_DIR: Final[Path] = REPO_ROOT / ".cache" / "examples"
+"""Where built tarballs are kept between runs (git-ignored)."""
+
+HELLO_VARIANTS: Final[tuple[str, ...]] = ("", "crash", "unhealthy", "bad_migration")
+"""Build variants: normal, halts 2 s after boot, /health 503, migrate raises."""
+
+BUILD_TIMEOUT_S: Final[float] = 900.0
+_OUTPUT_TAIL_LINES: Final[int] = 60
+_VERSION_RE: Final[re.Pattern[str]] = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+# Files of the project that determine the build output.
+_SOURCE_GLOBS: Final[tuple[str, ...]] = ("mix.exs", "config/**/*", "lib/**/*", "priv/**/*", "rel/**/*")
+# Mix settings from the caller's environment that would redirect or alter the build.
+_SCRUBBED_ENV: Final[tuple[str, ...]] = (
+    "MIX_BUILD_PATH",
+    "MIX_BUILD_ROOT",
+    "MIX_DEPS_PATH",
+    "MIX_EXS",
+    "MIX_LOCKFILE",
+    "MIX_TARGET",
+    "MIX_PROFILE",
+    "MIX_QUIET",
+    "ERL_AFLAGS",
+    "ERL_FLAGS",
+    "ERL_ZFLAGS",
+    "ELIXIR_ERL_OPTIONS",
+)
+
+
+def _variant_tag(variant: str) -> str:
+    """Name used for ``variant`` in paths (``normal`` for the empty variant)."""
+    return variant or "normal"
+
+
+def _validate(version: str, variant: str, migrations: int) -> None:
+    """Reject arguments that mix would refuse or that are unsafe in file names."""
+    if not _VERSION_RE.fullmatch(version):
+        raise ValueError(f"version must be a semantic version like 1.2.3, got {version!r}")
+    if variant not in HELLO_VARIANTS:
+        raise ValueError(f"variant must be one of {HELLO_VARIANTS!r}, got {variant!r}")
+    if isinstance(migrations, bool) or not isinstance(migrations, int) or migrations < 0:
+        raise ValueError(f"migrations must be a non-negative int, got {migrations!r}")
+
+
+def hello_source_fingerprint() -> str:
+    """Return a short SHA-256 over the example's source files (names and contents).
+
+    It is part of the cache key, so editing the example invalidates cached
+    tarballs.
+    """
+    digest = hashlib.sha256()
+    files: set[Path] = set()
+    for pattern in _SOURCE_GLOBS:
+        files.update(p for p in HELLO_PROJECT_DIR.glob(pattern) if p.is_file())
+    for path in sorted(files):
+        digest.update(path.relative_to(HELLO_PROJECT_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _built_tarball(version: str, variant: str, migrations: int) -> Path:
+    """Where ``mix release`` leaves the tarball (mirrors ``build_path`` in mix.exs)."""
+    build_dir = HELLO_PROJECT_DIR / "_build" / f"{version}-{_variant_tag(variant)}-{migrations}"
+    return build_dir / "prod" / f"hello-{version}.tar.gz"
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` (created if missing)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _build_env(version: str, variant: str, migrations: int, mix_home: Path) -> dict[str, str]:
+    """Environment for an offline, reproducible ``mix release`` of the example."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV and not k.startswith("HELLO_")}
+    env.update(
+        {
+            "MIX_ENV": "prod",
+            "MIX_HOME": str(mix_home),
+            "HEX_OFFLINE": "1",
+            "HEX_HOME": str(mix_home / "hex"),
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "HELLO_VERSION": version,
+            "HELLO_VARIANT": variant,
+            "HELLO_MIGRATIONS": str(migrations),
+        }
+    )
+    return env
+
+
+def _check_tarball(tarball: Path, version: str) -> None:
+    """Make sure ``tarball`` is a release of ``version`` (fails loudly otherwise)."""
+    with tarfile.open(tarball, "r:gz") as tar:
+        names = set(tar.getnames())
+    for required in ("bin/hello", f"releases/{version}/start.boot", "releases/start_erl.data"):
+        if required not in names:
+            raise RuntimeError(f"{tarball} is not a hello {version} release: {required} missing")
+
+
+def _run_mix_release(version: str, variant: str, migrations: int, mix_home: Path) -> Path:
+    """Run the build; return the tarball mix produced. Raise RuntimeError on failure."""
+    mix = shutil.which("mix")
+    if mix is None:
+        raise RuntimeError("cannot build examples/hello: `mix` (Elixir) is not on PATH")
+    built = _built_tarball(version, variant, migrations)
+    built.unlink(missing_ok=True)  # never mistake an older tarball for this build's
+    cmd = [mix, "release", "--overwrite"]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=HELLO_PROJECT_DIR,
+            env=_build_env(version, variant, migrations, mix_home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        raise RuntimeError(
+            f"building hello {version} variant={variant!r} migrations={migrations} "
+            f"timed out after {BUILD_TIMEOUT_S:.0f}s; output tail:\n{_tail(out)}"
+        ) from exc
+    if proc.returncode != 0 or not built.is_file():
+        reason = f"exit status {proc.returncode}" if proc.returncode else f"no tarball at {built}"
+        raise RuntimeError(
+            f"building hello {version} variant={variant!r} migrations={migrations} failed "
+            f"({reason}): MIX_ENV=prod {' '.join(cmd)} in {HELLO_PROJECT_DIR}; output tail:\n"
+            f"{_tail(proc.stdout)}"
+        )
+    _check_tarball(built, version)
+    return built
+
+
+def _tail(output: str) -> str:
+    """Last lines of a build's output."""
+    return "\n".join(output.splitlines()[-_OUTPUT_TAIL_LINES:])
+
+
+def build_hello(
+    version: str = "0.1.0",
+    variant: str = "",
+    migrations: int = 2,
+    *,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Build (or fetch from the cache) the example release and return its tarball.
+
+    Args:
+        version: Release version (``HELLO_VERSION``), a semantic version.
+        variant: ``""`` (normal), ``"crash"``, ``"unhealthy"`` or ``"bad_migration"``.
+        migrations: Number of migrations the build knows (``HELLO_MIGRATIONS``).
+        cache_dir: Where tarballs are cached; default ``<repo>/.cache/examples``.
+
+    Returns:
+        Absolute path of ``hello-<version>-<variant or 'normal'>-<migrations>.tar.gz``
+        in ``cache_dir``. Treat it as read-only: it is shared by every caller.
+
+    Raises:
+        ValueError: For an invalid version, variant or migration count.
+        RuntimeError: If ``mix`` is missing or the build fails (with the tail of
+            the build's output).
+
+    The cache is keyed on the arguments and on a fingerprint of the example's
+    sources (stored beside the tarball), so a second call is instant and an
+    edited example is rebuilt. Concurrent callers, in any process, are
+    serialised by an exclusive ``fcntl`` lock; the tarball is published with an
+    atomic rename, so nobody ever sees a partial file.
+    """
+    _validate(version, variant, migrations)
+    cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
+    target = cache / f"hello-{version}-{_variant_tag(variant)}-{migrations}.tar.gz"
+    stamp = target.with_name(target.name + ".src")
+    fingerprint = hello_source_fingerprint()
+
+    def cached() -> bool:
+        try:
+            return target.is_file() and stamp.read_text().strip() == fingerprint
+        except FileNotFoundError:
+            return False
+
+    if cached():
+        return target
+    # One lock per example project: all builds share its _build/ tree and mix home.
+    with _exclusive_lock(HELLO_PROJECT_DIR / "_build" / ".deployer-build.lock"):
+        if cached():  # built by another process while we waited
+            return target
+        built = _run_mix_release(version, variant, migrations, HELLO_PROJECT_DIR / "_build" / "mix-home")
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(built, tmp)
+            os.chmod(tmp, 0o644)
+            stamp.unlink(missing_ok=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
+        stamp_tmp.write_text(fingerprint + "\n")
+        os.replace(stamp_tmp, stamp)
+    return target
+
+
+# --- the Erlang example (rebar3 / relx) -------------------------------------------------------------------
+
+_ERL_SOURCE_GLOBS: Final[tuple[str, ...]] = ("rebar.config", "rebar.config.script", "config/**/*", "src/**/*")
+# rebar3 settings from the caller's environment that would redirect or alter the build.
+_SCRUBBED_REBAR_ENV: Final[tuple[str, ...]] = (
+    "REBAR_BASE_DIR",
+    "REBAR_CONFIG",
+    "REBAR_PROFILE",
+    "REBAR_GLOBAL_CONFIG_DIR",
+    "ERL_AFLAGS",
+    "ERL_FLAGS",
+    "ERL_ZFLAGS",
+    "ERL_LIBS",
+)
+
+
+def hello_erl_source_fingerprint() -> str:
+    """A short SHA-256 over the Erlang example's sources (part of its cache key)."""
+    digest = hashlib.sha256()
+    files: set[Path] = set()
+    for pattern in _ERL_SOURCE_GLOBS:
+        files.update(p for p in HELLO_ERL_PROJECT_DIR.glob(pattern) if p.is_file())
+    for path in sorted(files):
+        digest.update(path.relative_to(HELLO_ERL_PROJECT_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def hello_erl_build_env(version: str, migrations: int, base_dir: Path) -> dict[str, str]:
+    """Environment for an offline ``rebar3 as prod tar`` of the Erlang example into ``base_dir``."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in _SCRUBBED_REBAR_ENV and not k.startswith(("HELLO_", "RELX_"))
+    }
+    env.update(
+        {
+            "REBAR_BASE_DIR": str(base_dir),
+            "REBAR_CACHE_DIR": str(HELLO_ERL_PROJECT_DIR / "_build" / "rebar3-cache"),
+            "REBAR_OFFLINE": "1",
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "HELLO_ERL_VERSION": version,
+            "HELLO_ERL_MIGRATIONS": str(migrations),
+        }
+    )
+    return env
+
+
+def _run_rebar3_tar(version: str, migrations: int) -> Path:
+    rebar3 = shutil.which("rebar3")
+    if rebar3 is None:
+        raise RuntimeError("cannot build examples/hello_erl: `rebar3` is not on PATH")
+    # One build directory per (version, migrations): rebar3 does not track the environment.
+    base = HELLO_ERL_PROJECT_DIR / "_build" / f"{version}-{migrations}"
+    built = base / "prod" / "rel" / "hello_erl" / f"hello_erl-{version}.tar.gz"
+    built.unlink(missing_ok=True)
+    cmd = [rebar3, "as", "prod", "tar"]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=HELLO_ERL_PROJECT_DIR,
+            env=hello_erl_build_env(version, migrations, base),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        raise RuntimeError(f"building hello_erl {version} timed out; output tail:\n{_tail(out)}") from exc
+    if proc.returncode != 0 or not built.is_file():
+        reason = f"exit status {proc.returncode}" if proc.returncode else f"no tarball at {built}"
+        raise RuntimeError(
+            f"building hello_erl {version} migrations={migrations} failed ({reason}): "
+            f"{' '.join(cmd)} in {HELLO_ERL_PROJECT_DIR}; output tail:\n{_tail(proc.stdout)}"
+        )
+    with tarfile.open(built, "r:gz") as tar:
+        names = set(tar.getnames())
+    for required in ("bin/hello_erl", f"releases/{version}/start.boot", "releases/start_erl.data"):
+        if required not in names:
+            raise RuntimeError(f"{built} is not a hello_erl {version} release: {required} missing")
+    return built
+
+
+def build_hello_erl(version: str = "0.1.0", migrations: int = 2, *, cache_dir: Path | None = None) -> Path:
+    """Build (or fetch from the cache) the Erlang example release with ``rebar3 as prod tar``.
+
+    Args:
+        version: Release and application version (``HELLO_ERL_VERSION``).
+        migrations: Number of migrations the build knows (``HELLO_ERL_MIGRATIONS``), numbered ``1..N``.
+        cache_dir: Where tarballs are cached; default ``<repo>/.cache/examples``.
+
+    Returns:
+        Absolute path of ``hello_erl-<version>-<migrations>.tar.gz`` in ``cache_dir`` (read-only, shared).
+
+    Raises:
+        ValueError: For an invalid version or migration count.
+        RuntimeError: If ``rebar3`` is missing or the build fails (with the tail of its output).
+
+    Cached and serialised like :func:`build_hello`: keyed on the arguments and a fingerprint of the
+    example's sources, built under an exclusive ``fcntl`` lock, published with an atomic rename.
+    """
+    _validate(version, "", migrations)
+    cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
+    target = cache / f"hello_erl-{version}-{migrations}.tar.gz"
+    stamp = target.with_name(target.name + ".src")
+    fingerprint = hello_erl_source_fingerprint()
+
+    def cached() -> bool:
+        try:
+            return target.is_file() and stamp.read_text().strip() == fingerprint
+        except FileNotFoundError:
+            return False
+
+    if cached():
+        return target
+    with _exclusive_lock(HELLO_ERL_PROJECT_DIR / "_build" / ".deployer-build.lock"):
+        if cached():
+            return target
+        built = _run_rebar3_tar(version, migrations)
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(built, tmp)
+            os.chmod(tmp, 0o644)
+            stamp.unlink(missing_ok=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
+        stamp_tmp.write_text(fingerprint + "\n")
+        os.replace(stamp_tmp, stamp)
+    return target

@@ -1,0 +1,171 @@
+"""``invoke fleet.up`` / ``invoke fleet.down``: a local fleet of real sshd hosts to play with (needs root).
+
+``fleet.up`` starts N OpenSSH servers, each in its own network, mount and pid
+namespace, and writes ``inventory/<env>.yml`` (default ``local``) pointing at
+them with strict host key checking, plus a secrets file outside the repository.
+The hosts share one directory at the same path, standing in for the database
+that real app servers would share, so the example's migrations are visible from
+every host.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+STATE_DIR = Path(".fleet")
+COMMON_ROOT = Path("/var/tmp/deployer-fleet-db")
+
+
+def state_file(env: str) -> Path:
+    return STATE_DIR / f"{env}.json"
+
+
+def common_dir(runid: str) -> Path:
+    """The 'database' directory every host of fleet ``runid`` sees at the same path."""
+    return COMMON_ROOT / runid
+
+
+def local_inventory(fleet: Any, *, project: str = "examples/hello", port: int = 4000) -> dict[str, Any]:
+    """An inventory for the example app on ``fleet`` (a :class:`tests.harness.fleet.Fleet`)."""
+    hosts = []
+    for index, host in enumerate(fleet.hosts):
+        roles = ["app", "migrator"] if index == 0 else ["app"]
+        hosts.append({"name": host.name, "address": host.address, "port": host.port, "roles": roles})
+    return {
+        "app": {"name": "hello", "flavour": "mix"},
+        "deploy_to": f"{fleet.deploy_root}/hello",
+        "keep_releases": 3,
+        "build": {
+            "path": project,
+            "command": "MIX_ENV=prod mix release --overwrite",
+            "tarball": "_build/*/prod/hello-*.tar.gz",
+        },
+        "ssh": {
+            "user": fleet.user,
+            "identity_file": str(fleet.client_key),
+            "known_hosts": str(fleet.known_hosts),
+            "use_user_known_hosts": False,
+            "connect_timeout": 10,
+        },
+        "hosts": hosts,
+        "env": {
+            "clear": {
+                "HELLO_PORT": str(port),
+                "HELLO_DATA_DIR": str(common_dir(fleet.runid)),
+                "HELLO_GREETING": "hello from the local fleet",
+            },
+            "secret": ["HELLO_SECRET"],
+            "secrets_file": str(fleet.base_dir / "secrets.env"),
+        },
+        "migrate": {"eval": "Hello.Release.migrate()"},
+        "health": {"http": f"http://127.0.0.1:{port}/health", "deadline": 60},
+        "node": {"stop_timeout": 30},
+    }
+
+
+def prepare_fleet_files(fleet: Any) -> None:
+    """The shared 'database' directory and a secrets file outside the repository (0600)."""
+    directory = common_dir(fleet.runid)
+    directory.mkdir(parents=True, exist_ok=True)
+    secrets_file = fleet.base_dir / "secrets.env"
+    secrets_file.touch(mode=0o600)
+    secrets_file.write_text(f"HELLO_SECRET={secrets.token_urlsafe(24)}\n")
+
+
+def remove_fleet_files(fleet: Any) -> None:
+    shutil.rmtree(common_dir(fleet.runid), ignore_errors=True)
+
+
+@task(
+    help={
+        "hosts": "How many hosts (default 3).",
+        "env": "Inventory to write (default local).",
+        "inventory_dir": "Where inventories live (default inventory).",
+    }
+)
+def up(c: Context, hosts: int = 3, env: str = "local", inventory_dir: str = "inventory") -> None:
+    """Start N real OpenSSH hosts in network/mount/pid namespaces and write inventory/<env>.yml for them."""
+    from tests.harness.fleet import Fleet, FleetUnavailable, reap_stale_fleets
+
+    state = state_file(env)
+    if state.exists():
+        raise Exit(f"a fleet for '{env}' is already up ({state}); run `invoke fleet.down --env {env}` first", 1)
+    reap_stale_fleets()
+    try:
+        fleet = Fleet(hosts).start()
+    except FleetUnavailable as exc:
+        raise Exit(f"cannot start a fleet here: {exc}", 1) from None
+    try:
+        prepare_fleet_files(fleet)
+        inventory = Path(inventory_dir) / f"{env}.yml"
+        inventory.parent.mkdir(parents=True, exist_ok=True)
+        inventory.write_text(
+            f"# written by `invoke fleet.up` for fleet {fleet.runid}; removed by `invoke fleet.down`\n"
+            + yaml.safe_dump(local_inventory(fleet), sort_keys=False)
+        )
+        fleet.save(state)
+        fleet.detach()
+    except BaseException:
+        remove_fleet_files(fleet)
+        fleet.stop()
+        raise
+    for host in fleet.hosts:
+        print(f"  {host.name:<4} {host.address}:{host.port}")
+    print(f"fleet {fleet.runid} is up: {len(fleet.hosts)} hosts; inventory written to {inventory}")
+
+
+@task(help={"env": "Which fleet (default local)."})
+def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> None:
+    """Tear down the fleet started by fleet.up: processes, namespaces, links, files, its inventory."""
+    from tests.harness.fleet import Fleet
+
+    state = state_file(env)
+    if not state.exists():
+        print(f"no fleet for '{env}' is up")
+        return
+    fleet = Fleet.load(state)
+    fleet.stop()
+    remove_fleet_files(fleet)
+    state.unlink()
+    inventory = Path(inventory_dir) / f"{env}.yml"
+    if inventory.exists() and inventory.read_text().startswith("# written by `invoke fleet.up`"):
+        inventory.unlink()
+    print(f"fleet {fleet.runid} is down")
+
+
+@task(
+    help={
+        "env": "Which inventory (default local).",
+        "path": "HTTP path to fetch (default /health).",
+        "inventory_dir": "Where inventories live (default inventory).",
+    }
+)
+def show(c: Context, env: str = "local", path: str = "/health", inventory_dir: str = "inventory") -> None:
+    """Fetch the example app's HTTP endpoint from every host over the network, as a client would."""
+    import urllib.error
+    import urllib.request
+
+    from deployer.core.inventory import load_inventory
+
+    inventory = load_inventory(env, inventory_dir, resolve_secrets=False)
+    port = inventory.config.env.clear.get("HELLO_PORT", "4000")
+    failed = False
+    for host in inventory.hosts:
+        url = f"http://{host.address}:{port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # fleet addresses only
+                body = response.read().decode().strip()
+                print(f"  {host.name:<4} {url} -> {response.status} {body}")
+        except (urllib.error.URLError, OSError) as exc:
+            failed = True
+            print(f"  {host.name:<4} {url} -> {exc}")
+    if failed:
+        raise Exit(code=1)
