@@ -359,3 +359,44 @@ def test_owner_killed_tears_down_or_is_reaped(sig: signal.Signals) -> None:
                 owner.kill()
                 owner.wait()
             reap_stale_machines()
+
+
+# --------------------------------------------------------------------------- releases
+
+
+def test_example_release_runs_on_a_machine_as_deploy(machines: MachineFleet) -> None:
+    """What the root filesystem must hold for a deployed OTP release: every library its
+    bundled ERTS and NIFs link (ldd), crypto working, and a system ERTS of the same OTP."""
+    from tests.harness.examples import build_hello
+
+    tarball = build_hello()
+    with tarball.open("rb") as data:
+        upload = subprocess.run(
+            [*machines.ssh_argv("m1"), "rm -rf ~/rel && mkdir ~/rel && tar -C ~/rel -xzf -"],
+            stdin=data,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert upload.returncode == 0, upload.stderr
+    ldd = must(
+        ssh(
+            machines,
+            "m1",
+            "cd ~/rel && find . -type f | while read -r f; do "
+            'head -c4 "$f" | grep -q ELF && { echo "## $f"; ldd "$f" 2>&1; }; done; true',
+        )
+    )
+    assert ldd.count("## ") >= 5, ldd  # beam.smp, erlexec, epmd, NIFs...
+    assert "not found" not in ldd, [line for line in ldd.splitlines() if "not found" in line]
+    out = must(ssh(machines, "m1", "~/rel/bin/hello eval 'IO.puts(byte_size(:crypto.strong_rand_bytes(16)))'"))
+    assert out.strip() == "16"
+    here = subprocess.run(
+        ["erl", "-noshell", "-eval", 'io:format("~s", [erlang:system_info(otp_release)]), halt().'],
+        capture_output=True,
+        text=True,
+    ).stdout
+    there = must(
+        ssh(machines, "m1", "erl -noshell -eval 'io:format(\"~s\", [erlang:system_info(otp_release)]), halt().'")
+    )
+    assert there == here != ""
