@@ -400,3 +400,39 @@ def test_example_release_runs_on_a_machine_as_deploy(machines: MachineFleet) -> 
         ssh(machines, "m1", "erl -noshell -eval 'io:format(\"~s\", [erlang:system_info(otp_release)]), halt().'")
     )
     assert there == here != ""
+
+
+def test_fleet_up_machines_writes_an_inventory_for_deploy_and_reboots(tmp_path: Path) -> None:
+    """``invoke fleet.up --machines`` / ``fleet.reboot`` / ``fleet.down``, as the demo uses them."""
+    _require_machines()
+    import yaml
+
+    invoke = [str(Path(sys.executable).with_name("invoke")), "-r", str(REPO)]
+    env = f"machines{os.getpid()}"
+    inventories = tmp_path / "inventory"
+
+    def inv(*args: str) -> str:
+        result = subprocess.run(
+            [*invoke, *args, "--env", env], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+        return result.stdout
+
+    with subreaper():
+        inv("fleet.up", "--machines", "--hosts", "1", "--inventory-dir", str(inventories))
+        try:
+            data = yaml.safe_load((inventories / f"{env}.yml").read_text())
+            assert data["ssh"]["user"] == "deploy" and data["deploy_to"] == "/srv/hello"
+            fleet = MachineFleet.load(tmp_path / ".fleet" / f"{env}.json")
+            host = data["hosts"][0]
+            assert (host["name"], host["address"]) == ("m1", fleet.hosts[0].address)
+            assert must(ssh(fleet, "m1", "stat -c %U /srv/hello; id -un")).split() == ["deploy", "deploy"]
+            before = boot_id(fleet, "m1")
+            assert "reboot done" in inv("fleet.reboot", "--host", "m1")
+            assert boot_id(fleet, "m1") != before
+            snap = _snapshot(MachineFleet.load(tmp_path / ".fleet" / f"{env}.json"))
+        finally:
+            down = inv("fleet.down", "--inventory-dir", str(inventories))
+        _reap_children()
+    assert "is down" in down and not (inventories / f"{env}.yml").exists()
+    assert_nothing_left(snap)

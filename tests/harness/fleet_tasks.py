@@ -6,6 +6,11 @@ them with strict host key checking, plus a secrets file outside the repository.
 The hosts share one directory at the same path, standing in for the database
 that real app servers would share, so the example's migrations are visible from
 every host.
+
+``fleet.up --machines`` boots real Debian machines instead (systemd as PID 1, journald,
+sudo; see :mod:`tests.harness.machines`): the inventory logs in as the non-root user
+``deploy``, which owns ``/srv/hello``.  ``fleet.reboot --host m1 [--power-cut]``
+reboots one of them, or cuts its power, and waits until it is back.
 """
 
 from __future__ import annotations
@@ -84,25 +89,50 @@ def remove_fleet_files(fleet: Any) -> None:
     shutil.rmtree(common_dir(fleet.runid), ignore_errors=True)
 
 
+def _start_machines(hosts: int) -> Any:
+    """Booted Debian machines (systemd, user ``deploy``) with ``deploy_to`` ready for ``deploy``."""
+    from tests.harness.machines import MachineFleet, MachinesUnavailable
+
+    try:
+        fleet = MachineFleet(hosts, shared_dir=COMMON_ROOT / "{runid}").start()
+    except MachinesUnavailable as exc:
+        raise Exit(f"cannot start machines here: {exc}", 1) from None
+    try:
+        # What `deployer setup` would do on a fresh host: a deploy root the login user owns.
+        for host in fleet.hosts:
+            fleet.exec(host, ["install", "-d", "-o", fleet.user, "-g", fleet.user, f"{fleet.deploy_root}/hello"])
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
 @task(
     help={
         "hosts": "How many hosts (default 3).",
         "env": "Inventory to write (default local).",
         "inventory_dir": "Where inventories live (default inventory).",
+        "machines": "Boot real Debian machines (systemd, journald, user deploy) instead of bare sshd hosts.",
     }
 )
-def up(c: Context, hosts: int = 3, env: str = "local", inventory_dir: str = "inventory") -> None:
-    """Start N real OpenSSH hosts in network/mount/pid namespaces and write inventory/<env>.yml for them."""
+def up(
+    c: Context, hosts: int = 3, env: str = "local", inventory_dir: str = "inventory", machines: bool = False
+) -> None:
+    """Start N real OpenSSH hosts (or booted machines) in namespaces and write inventory/<env>.yml for them."""
     from tests.harness.fleet import Fleet, FleetUnavailable, reap_stale_fleets
 
     state = state_file(env)
     if state.exists():
         raise Exit(f"a fleet for '{env}' is already up ({state}); run `invoke fleet.down --env {env}` first", 1)
     reap_stale_fleets()
-    try:
-        fleet = Fleet(hosts).start()
-    except FleetUnavailable as exc:
-        raise Exit(f"cannot start a fleet here: {exc}", 1) from None
+    fleet: Any
+    if machines:
+        fleet = _start_machines(hosts)
+    else:
+        try:
+            fleet = Fleet(hosts).start()
+        except FleetUnavailable as exc:
+            raise Exit(f"cannot start a fleet here: {exc}", 1) from None
     try:
         prepare_fleet_files(fleet)
         inventory = Path(inventory_dir) / f"{env}.yml"
@@ -119,19 +149,23 @@ def up(c: Context, hosts: int = 3, env: str = "local", inventory_dir: str = "inv
         raise
     for host in fleet.hosts:
         print(f"  {host.name:<4} {host.address}:{host.port}")
-    print(f"fleet {fleet.runid} is up: {len(fleet.hosts)} hosts; inventory written to {inventory}")
+    kind = "machines (systemd; ssh as deploy)" if machines else "hosts"
+    print(f"fleet {fleet.runid} is up: {len(fleet.hosts)} {kind}; inventory written to {inventory}")
 
 
 @task(help={"env": "Which fleet (default local)."})
 def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> None:
     """Tear down the fleet started by fleet.up: processes, namespaces, links, files, its inventory."""
+    import json
+
     from tests.harness.fleet import Fleet
+    from tests.harness.machines import MachineFleet
 
     state = state_file(env)
     if not state.exists():
         print(f"no fleet for '{env}' is up")
         return
-    fleet = Fleet.load(state)
+    fleet: Any = MachineFleet.load(state) if "machines" in json.loads(state.read_text()) else Fleet.load(state)
     fleet.stop()
     remove_fleet_files(fleet)
     state.unlink()
@@ -169,3 +203,34 @@ def show(c: Context, env: str = "local", path: str = "/health", inventory_dir: s
             print(f"  {host.name:<4} {url} -> {exc}")
     if failed:
         raise Exit(code=1)
+
+
+@task(
+    help={
+        "env": "Which fleet (default local); it must have been started with --machines.",
+        "host": "Which machine (m1, m2, ...).",
+        "power_cut": "Cut the power (every process dies at once) instead of `systemctl reboot`.",
+    }
+)
+def reboot(c: Context, host: str, env: str = "local", power_cut: bool = False) -> None:
+    """Reboot one machine of a `fleet.up --machines` fleet (or cut its power) and wait until it is back."""
+    import json
+    import time
+
+    from tests.harness.machines import MachineError, MachineFleet
+
+    state = state_file(env)
+    if not state.exists() or "machines" not in json.loads(state.read_text()):
+        raise Exit(f"no machine fleet for '{env}' is up; start one with `invoke fleet.up --machines --env {env}`", 1)
+    fleet = MachineFleet.load(state)
+    started = time.monotonic()
+    try:
+        if power_cut:
+            fleet.power_cut(host)
+        else:
+            fleet.reboot(host)
+    except (KeyError, MachineError) as exc:
+        raise Exit(f"{host}: {exc}", 1) from None
+    fleet.save(state)  # the machine's new processes, for fleet.down
+    what = "power cut and boot" if power_cut else "reboot"
+    print(f"{host}: {what} done in {time.monotonic() - started:.1f}s; systemd is running and sshd answers")

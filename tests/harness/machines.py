@@ -401,11 +401,27 @@ class MachineFleet:
     SIGTERM/SIGHUP; a fleet whose owner was SIGKILLed is reaped by the next one started.
     """
 
-    def __init__(self, size: int, *, boot_timeout: float = 180.0, port: int = 22) -> None:
-        """Describe ``size`` machines; ``boot_timeout`` bounds each boot (start, reboot, power cut)."""
+    user: str = DEPLOY_USER
+    """The non-root login every machine has (``root`` also accepts the client key)."""
+    deploy_root: str = "/srv"
+    """Where deployments go on a machine (root's: prepare it, or let ``deployer setup`` do it)."""
+
+    def __init__(
+        self, size: int, *, boot_timeout: float = 180.0, port: int = 22, shared_dir: Path | None = None
+    ) -> None:
+        """Describe ``size`` machines; ``boot_timeout`` bounds each boot (start, reboot, power cut).
+
+        ``shared_dir`` (absolute, on this machine) is created world-writable and bind-mounted
+        at the same path in every machine: a stand-in for the database that real app
+        servers share (``{runid}`` in it is replaced by the fleet's run id).
+        """
         if not 1 <= size <= MAX_MACHINES:
             raise ValueError(f"size must be 1..{MAX_MACHINES}, got {size}")
+        if shared_dir is not None and not shared_dir.is_absolute():
+            raise ValueError(f"shared_dir must be absolute, got {shared_dir}")
         self.size = size
+        self._shared_arg = shared_dir
+        self.shared_dir: Path | None = None
         self.boot_timeout = boot_timeout
         self.port = port
         self.hosts: list[Machine] = []
@@ -449,6 +465,11 @@ class MachineFleet:
     def known_hosts_path(self) -> Path:
         """known_hosts listing the exact host key of every machine (for strict checking)."""
         return self._require_base() / "known_hosts"
+
+    @property
+    def known_hosts(self) -> Path:
+        """Same as :attr:`known_hosts_path` (the namespace fleet's name, for shared helpers)."""
+        return self.known_hosts_path
 
     @property
     def running(self) -> bool:
@@ -527,6 +548,8 @@ class MachineFleet:
             base = REGISTRY / runid
             base.mkdir(mode=0o700)
             self._runid, self._octet, self._base = runid, octet, base
+            if self._shared_arg is not None:
+                self.shared_dir = Path(str(self._shared_arg).replace("{runid}", runid))
             _nsfleet._write(base / "owner.pid", _nsfleet._owner_record(os.getpid()))
             for i in range(1, self.size + 1):
                 name = f"m{i}"
@@ -544,6 +567,9 @@ class MachineFleet:
         base = self._require_base()
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"deployer-machines-{self._runid}",
               "-f", str(self.client_key)])  # fmt: skip
+        if self.shared_dir is not None:
+            self.shared_dir.mkdir(parents=True, exist_ok=True)
+            self.shared_dir.chmod(0o1777)
         rts = list(self._rt.values())
         with ThreadPoolExecutor(max_workers=min(len(rts), 16), thread_name_prefix="machines") as pool:
             try:
@@ -647,6 +673,8 @@ class MachineFleet:
             "--timezone=off",
             "--console=read-only",
         ]
+        if self.shared_dir is not None:
+            argv.append(f"--bind={self.shared_dir}")
         with open(rt.console_log, "ab") as console:
             console.write(f"---- boot {rt.boots + 1} at {time.strftime('%H:%M:%S')}\n".encode())
             console.flush()
@@ -1040,6 +1068,7 @@ class MachineFleet:
             "port": self.port,
             "base_dir": str(self._base),
             "rootfs": str(self._rootfs),
+            "shared_dir": None if self.shared_dir is None else str(self.shared_dir),
             "route_added": self._route_added,
             "machines": [rt.to_json() for rt in self._rt.values()],
         }
@@ -1071,6 +1100,8 @@ class MachineFleet:
         fleet._octet = int(data["octet"])
         fleet._base = Path(data["base_dir"])
         fleet._rootfs = Path(data["rootfs"])
+        shared = data.get("shared_dir")
+        fleet.shared_dir = None if shared is None else Path(shared)
         fleet._route_added = bool(data.get("route_added", True))
         for item in data["machines"]:
             rt = _Runtime.from_json(item)
