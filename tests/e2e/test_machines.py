@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,6 +301,34 @@ def test_teardown_leaves_nothing_behind() -> None:
     fleet.stop()  # idempotent
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5, 3.0])
+def test_teardown_in_the_middle_of_a_reboot_leaves_nothing(delay: float) -> None:
+    """Whether the machine is shutting down, between boots or booting: stop() still cleans up."""
+    _require_machines()
+    fleet = MachineFleet(1).start()
+    snap = _snapshot(fleet)
+    errors: list[BaseException] = []
+
+    def reboot() -> None:
+        try:
+            fleet.reboot("m1")
+        except BaseException as exc:  # the fleet goes away under it: expected
+            errors.append(exc)
+
+    rebooter = threading.Thread(target=reboot)
+    rebooter.start()
+    time.sleep(delay)
+    try:
+        fleet.stop()
+    finally:
+        rebooter.join(timeout=240)
+    assert not rebooter.is_alive()
+    fleet.stop()
+    # nspawn processes of every boot, including one started after the snapshot.
+    snap["pids"] += [str(fleet._rt["m1"].nspawn_pid)]
+    assert_nothing_left(snap)
+
+
 OWNER = textwrap.dedent(
     """
     import sys, time
@@ -329,9 +358,9 @@ def _reap_children() -> None:
             pass
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "ctrl-c", "sigkill"])
 def test_owner_killed_tears_down_or_is_reaped(sig: signal.Signals) -> None:
-    """SIGTERM: the owner tears its machines down itself.  SIGKILL: the next fleet reaps them."""
+    """SIGTERM, Ctrl-C: the owner tears its machines down itself.  SIGKILL: the next fleet reaps them."""
     _require_machines()
     with subreaper():
         owner = subprocess.Popen(

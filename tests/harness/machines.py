@@ -57,7 +57,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal
@@ -137,6 +137,9 @@ class _Runtime:
     leader_start: int | None = None
     boots: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # Held while booting and while tearing down: a reboot in another thread can never start
+    # the machine again behind the back of a teardown.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def root(self) -> Path:
@@ -652,8 +655,12 @@ class MachineFleet:
 
     def _launch(self, rt: _Runtime) -> None:
         """Start ``systemd-nspawn --boot`` on the machine's overlay; return once its systemd runs."""
-        if self._cancel.is_set():
-            raise MachineError("machine fleet start was cancelled")
+        with rt.lock:
+            if self._cancel.is_set() or self._state in ("stopping", "stopped"):
+                raise MachineError(f"{rt.machine.name}: not booting, the machine fleet is being torn down")
+            self._launch_locked(rt)
+
+    def _launch_locked(self, rt: _Runtime) -> None:
         m = rt.machine
         argv = [
             _tool("systemd-nspawn") or "systemd-nspawn",
@@ -693,7 +700,7 @@ class MachineFleet:
         rt.leader_pid = rt.leader_start = None
         rt.boots += 1
         self._write_state()  # a reaper must know nspawn even if we die right now
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.boot_timeout
         while True:
             for child in _nsfleet._children_of(proc.pid):
                 if _ns_pid_one(child):
@@ -1016,11 +1023,20 @@ class MachineFleet:
                 self._lock.release()
 
     def _teardown(self, rt: _Runtime) -> list[str]:
+        with rt.lock:
+            return self._teardown_locked(rt)
+
+    def _teardown_locked(self, rt: _Runtime) -> list[str]:
         m = rt.machine
         # Power off: PID 1 of the machine dies and the kernel ends every process of its pid
         # namespace (sessions, services, exec'd commands); nspawn then cleans up and exits.
-        if self._alive(rt) and rt.leader_pid is not None:
-            _nsfleet._kill(rt.leader_pid)
+        # Killing nspawn instead would orphan the machine, so a machine caught mid-boot (its
+        # init not recorded yet) is looked up among nspawn's children first.
+        leaders = [rt.leader_pid] if self._alive(rt) and rt.leader_pid is not None else []
+        if rt.nspawn_pid is not None and _nsfleet._alive(rt.nspawn_pid, rt.nspawn_start):
+            leaders += [c for c in _nsfleet._children_of(rt.nspawn_pid) if _ns_pid_one(c)]
+        for pid in leaders:
+            _nsfleet._kill(pid)
         try:
             self._wait_nspawn_exit(rt, 20)
         except MachineError:
