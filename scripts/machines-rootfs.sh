@@ -5,11 +5,12 @@
 #   bash scripts/machines-rootfs.sh --path     # only print where it would be (no build)
 #
 # The cache lives OUTSIDE the repository, in $DEPLOYER_MACHINES_CACHE (default
-# /var/cache/deployer-machines), as bookworm-<hash of this file>/: editing the recipe below
-# (between the recipe markers) gives a new directory, so a changed recipe is always rebuilt and an unchanged one never
-# is.  A lock makes parallel callers (two test runs, CI jobs) wait for one build instead
-# of building twice.  Needs root (debootstrap, chroot).  tests/harness/machines.py uses the
-# script's --path to find it and calls the script when the cache is missing.
+# /var/cache/deployer-machines), as bookworm-<hash of the recipe>/: editing the recipe (the
+# part between the recipe markers below) gives a new directory, so a changed recipe is
+# always rebuilt and an unchanged one never is.  A lock makes parallel callers (two test
+# runs, CI jobs) wait for one build instead of building twice.  Needs root (debootstrap,
+# chroot).  tests/harness/machines.py finds the cache with --path and runs this script
+# when it is missing.  A cold build prints how long it took; every run prints the size.
 set -euo pipefail
 
 SUITE=bookworm
@@ -132,11 +133,11 @@ clean_partial_builds
 if [ ! -d "$ROOTFS" ]; then
     need_tools
     build "$CACHE_ROOT/.building-$SUITE-$HASH"
-    # Older recipes' roots are dead weight; no machine can use them (their hash is gone).
+    # Roots of other recipes are not deleted: another checkout (a branch, a parallel CI
+    # job) may be booting machines from them right now.  Say they exist, and how to clear.
     for old in "$CACHE_ROOT/$SUITE"-*; do
-        [ "$old" = "$ROOTFS" ] && continue
-        # ...unless machines of another checkout still boot from it.
-        grep -q "lowerdir=$old[,: ]" /proc/mounts || rm -rf "$old"
+        [ "$old" = "$ROOTFS" ] || echo "machines-rootfs: older recipe's root $old ($(du -sh "$old" | cut -f1)) can go:" \
+            "rm -rf --one-file-system '$old' once no machine boots from it" >&2
     done
 else
     need_tools

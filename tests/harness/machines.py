@@ -228,6 +228,16 @@ def _mounted(path: Path) -> bool:
     return False
 
 
+def _mounts_under(directory: Path) -> list[str]:
+    prefix = f"{directory}/"
+    with contextlib.suppress(OSError):
+        return [
+            f[1] for f in (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
+            if len(f) > 1 and f[1].startswith(prefix)
+        ]  # fmt: skip
+    return []
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -319,6 +329,10 @@ def reap_stale_machines() -> list[str]:
                 MachineFleet._from_state(state, owner=False)._stop(parallel=True, lock_timeout=-1)
             except Exception as exc:
                 log.warning("stale machine fleet %s: %s", entry.name, exc)
+            if _mounts_under(entry):
+                # Deleting through a mounted overlay would be wrong; the next reaper retries.
+                log.warning("stale machine fleet %s: still mounted: %s", entry.name, _mounts_under(entry))
+                continue
             shutil.rmtree(entry, ignore_errors=True)
             reaped.append(entry.name)
     return reaped
