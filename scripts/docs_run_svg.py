@@ -8,6 +8,7 @@ the SVG must render offline.
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ STYLES = (
 def render(capture: Path, command: str) -> Path:
     lines = capture.read_text().rstrip("\n").splitlines()
     width = max(len(line) for line in [*lines, command]) + 2
-    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor", file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor", file=io.StringIO())
     for line in [f"$ {command}", *lines]:
         text = Text(line)
         for pattern, style in STYLES:

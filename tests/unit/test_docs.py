@@ -26,3 +26,13 @@ def test_every_section_and_key_is_documented() -> None:
         "`keepalive_count`",
     ):
         assert key in text
+
+
+def test_defaults_are_shown_as_yaml_not_python_literals() -> None:
+    text = render()
+    assert "| `flavour` | `mix` \\| `rebar3` \\| `distillery` | `mix` |" in text
+    assert "| `use_user_known_hosts` | bool | `true` |" in text
+    assert "| `forward_agent` | bool | `false` |" in text
+    assert "| `roles` | list of str | `[app]` |" in text
+    for literal in ("`'", "`True`", "`False`", "`None`", "['"):
+        assert literal not in text, literal
