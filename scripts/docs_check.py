@@ -10,6 +10,7 @@ Serves ``site/`` on 127.0.0.1 with ``python -m http.server``, loads every page a
 * an image (``<img>``, SVG included) that does not load;
 * a Mermaid source that does not parse, or a diagram that was not drawn;
 * a code block wider than the content column (it would be cut off: the reader has to scroll sideways);
+* a key in the first column of a table broken over two lines (``keep_rele`` / ``ases``);
 * an internal link, or its ``#anchor``, that does not resolve to a page of the site.
 
 With ``--screenshots DIR`` it also saves a PNG of every diagram (``<page>-<n>.png``) and of each page
@@ -23,6 +24,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +85,8 @@ INSPECT = r"""
       .filter(c => c.scrollWidth > c.clientWidth + 1)
       .map(c => `${c.textContent.split("\n").reduce((a, b) => (b.length > a.length ? b : a), "").trim()}`
         + ` (${c.scrollWidth}px in ${c.clientWidth}px)`),
+    wrappedKeys: [...document.querySelectorAll(".md-typeset table td:first-child code")]
+      .filter(c => c.getClientRects().length > 1).map(c => c.textContent),
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
     height: document.documentElement.scrollHeight,
   });
@@ -157,17 +161,37 @@ def _wait_http(url: str, timeout: float = 30.0) -> bytes:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+def _process(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in a process group of its own, and end that whole group afterwards.
+
+    Chromium starts helper processes (renderers, zygotes) that may outlive the main one by a moment and
+    still write into the profile directory: ending the group, and waiting for it, makes cleanup safe.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                continue
+            # The leader is gone; give its helpers a moment to follow before the group is killed for good.
+            end = time.monotonic() + 5
+            while time.monotonic() < end and _group_alive(proc.pid):
+                time.sleep(0.05)
+            if not _group_alive(proc.pid):
+                break
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def pages_of(site: Path) -> list[str]:
@@ -186,14 +210,14 @@ def _target_file(site: Path, path: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def check(site: Path, chromium: str, screenshots: Path | None) -> list[str]:
+def check(site: Path, chromium: str, screenshots: Path | None, *, verbose: bool = False) -> list[str]:
     """Load every page of ``site`` in Chromium; return the problems found (empty: all good)."""
     problems: list[str] = []
     http_port = _free_port()
     origin = f"http://127.0.0.1:{http_port}"
     ids_cache: dict[Path, set[str]] = {}
     with (
-        tempfile.TemporaryDirectory(prefix="docs-check-") as profile,
+        tempfile.TemporaryDirectory(prefix="docs-check-", ignore_cleanup_errors=True) as profile,
         _process(
             [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1", "--directory", str(site)]
         ),
@@ -214,7 +238,10 @@ def check(site: Path, chromium: str, screenshots: Path | None) -> list[str]:
             page.call(f"{domain}.enable")
         page.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
         for path in pages_of(site):
+            started = time.monotonic()
             problems.extend(_check_page(page, origin, path, screenshots))
+            if verbose:
+                print(f"docs-check: {path} {time.monotonic() - started:.1f}s", file=sys.stderr)
             for link in page.links:
                 problems.extend(_check_link(site, origin, path, link, ids_cache))
     return problems
@@ -267,6 +294,7 @@ def _check_page(page: Page, origin: str, path: str, screenshots: Path | None) ->
     if len(info["diagrams"]) != info["mermaidSources"]:
         problems.append(f"{path}: {info['mermaidSources']} Mermaid diagram(s), {len(info['diagrams'])} drawn")
     problems.extend(f"{path}: code block cut off at {WIDTH}px: {line}" for line in info["overflowingCode"])
+    problems.extend(f"{path}: `{key}` wraps mid-word in the first column of a table" for key in info["wrappedKeys"])
     if screenshots is not None:
         name = path.strip("/").replace("/", "-") or "index"
         for index, clip in enumerate(info["diagrams"], start=1):
@@ -303,6 +331,7 @@ def main() -> int:
     parser.add_argument("--site", type=Path, default=Path("site"))
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     parser.add_argument("--screenshots", type=Path)
+    parser.add_argument("--verbose", action="store_true", help="print how long each page took")
     args = parser.parse_args()
     if args.screenshots is not None:
         args.screenshots.mkdir(parents=True, exist_ok=True)
@@ -311,7 +340,7 @@ def main() -> int:
     if not pages:
         print(f"docs-check: no pages under {args.site}: run mkdocs build first", file=sys.stderr)
         return 1
-    problems = sorted(set(check(args.site.resolve(), args.chromium, args.screenshots)))
+    problems = sorted(set(check(args.site.resolve(), args.chromium, args.screenshots, verbose=args.verbose)))
     for problem in problems:
         print(f"docs-check: {problem}", file=sys.stderr)
     verdict = f"{len(problems)} problem(s)" if problems else "OK"
