@@ -17,5 +17,9 @@ fi
 if [ ! -x .venv/bin/mkdocs ] || ! .venv/bin/python -c 'import websocket' 2>/dev/null; then
   bash scripts/setup.sh
 fi
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+# Not --quiet: it hides the warnings that --strict counts (a broken link would pass). Output only on failure.
+if ! build_log=$(NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict 2>&1); then
+  printf '%s\n' "$build_log" >&2
+  exit 1
+fi
 exec .venv/bin/python scripts/docs_check.py --site site --chromium "$(command -v chromium)" "$@"
