@@ -61,6 +61,17 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _yaml(value: Any) -> str:
+    """A default as it would be written in the inventory (YAML), not as a Python literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "**required**"
@@ -68,13 +79,10 @@ def _default(field: FieldInfo) -> str:
         value = field.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
             return "(section defaults)"
-        return f"`{value!r}`" if value else "empty"
+        return f"`{_yaml(value)}`" if value else "empty"
     if field.default is PydanticUndefined or field.default is None:
         return "none"
-    value = field.default
-    if isinstance(value, tuple):
-        value = list(value)
-    return f"`{value}`" if not isinstance(value, str) else f"`{value!r}`"
+    return f"`{_yaml(field.default)}`"
 
 
 def _section(prefix: str, model: type[BaseModel], out: list[str], nested: list[tuple[str, type[BaseModel]]]) -> None:
