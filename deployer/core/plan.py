@@ -122,6 +122,16 @@ class HostStep:
     def name(self) -> str:
         return self.script.name
 
+    @classmethod
+    def shell(cls, role: StepRole, name: str, command: str, *, timeout: float | None = None) -> HostStep:
+        """A step that runs ``command`` (POSIX sh, ``set -eu``) on each host at ``role``'s seam.
+
+        ``command`` is taken as written, like a hook in a config file: quote what needs quoting.
+        """
+        if role not in STEP_ROLES:
+            raise ValueError(f"unknown step role {role!r} (one of {', '.join(STEP_ROLES)})")
+        return cls(role, Script(name=name, parts=("set -eu\n", command, "\n"), timeout=timeout))
+
 
 def _by_role(steps: Iterable[HostStep]) -> tuple[HostStep, ...]:
     # Stable: steps of one role keep the order they were given in.
