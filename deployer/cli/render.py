@@ -205,53 +205,6 @@ def print_json(data: Any, stream: TextIO | None = None) -> None:
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def status_json(rows: list[HostStatus]) -> dict[str, Any]:
-    hosts = []
-    for row in rows:
-        f = row.facts
-        hosts.append(
-            {
-                "host": row.host,
-                "reachable": row.reachable,
-                "error": row.error,
-                "current": f.current_release if f else None,
-                "version": f.current_version if f else None,
-                "node_pids": list(f.node_pids) if f else [],
-                "running": bool(f and f.node_pids),
-                "releases": [
-                    {"release": r, "version": f.history.version(r), "status": f.history.status(r) or "unknown"}
-                    for r in f.releases
-                ]
-                if f
-                else [],
-                "lock": f.lock.describe() if f and f.lock else None,
-                "disk_free_kb": f.disk_free_kb if f else None,
-            }
-        )
-    currents = {h["current"] for h in hosts if h["reachable"]}
-    return {"hosts": hosts, "mixed": len(currents) > 1}
-
-
-def print_status(console: Console, rows: list[HostStatus]) -> None:
-    data = status_json(rows)
-    table = Table(title="status")
-    for column in ("host", "reachable", "current", "version", "node pid", "releases", "lock"):
-        table.add_column(column, overflow="fold")
-    for h in data["hosts"]:
-        table.add_row(
-            h["host"],
-            "yes" if h["reachable"] else f"[red]NO[/] {escape(h['error'] or '')}",
-            h["current"] or "-",
-            h["version"] or "-",
-            " ".join(map(str, h["node_pids"])) or "not running",
-            str(len(h["releases"])),
-            h["lock"] or "-",
-        )
-    console.print(table)
-    if data["mixed"]:
-        console.print("[bold yellow]mixed fleet:[/] hosts run different releases", highlight=False)
-
-
 def print_history(console: Console, rows: list[HostStatus]) -> None:
     for row in rows:
         if row.facts is None:
@@ -274,6 +227,4 @@ __all__ = [
     "print_json",
     "print_plan",
     "print_report",
-    "print_status",
-    "status_json",
 ]

@@ -274,7 +274,6 @@ def plan_deploy(
     now = now or datetime.now(UTC)
     taken = {r for f in facts.values() for r in f.releases}
     release_id = make_release_id(now, artifact.version, taken)
-    health = health_check(inventory)
     selected = [h for h in inventory.hosts if h.name in facts]
     host_plans: list[HostPlan] = []
     uploads: dict[str, Script] = {}
@@ -304,25 +303,7 @@ def plan_deploy(
                     env_file=env_file_text(node_env(inventory, host, release_id)),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
-                steps=(
-                    HostStep(
-                        "activate",
-                        rc.activate(
-                            layout,
-                            spec,
-                            release_id=release_id,
-                            health=health,
-                            stop_timeout=config.node.stop_timeout,
-                            tmp_suffix=_tmp_suffix(),
-                            success_record=_record(
-                                release=release_id, event="deploy", outcome="success", previous=before, **common
-                            ),
-                            prune_releases=prune,
-                            prune_artifacts=prune_artifacts,
-                        ),
-                    ),
-                    _revert_step(inventory, before, failed_record(release_id, "deploy", before, common), who, fact),
-                ),
+                steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, prune, prune_artifacts),
                 abort=rc.abort_prepared(layout, release_id),
                 notes=tuple(f"remove old release {r}" for r in prune),
                 version=fact.current_version,
@@ -381,23 +362,48 @@ def failed_record(release: str, event: str, previous: str | None, common: Mappin
     )
 
 
-def _revert_step(inventory: Inventory, previous: str | None, failed: str, who: str, fact: HostFacts) -> HostStep:
+def _switch_steps(
+    inventory: Inventory,
+    event: str,
+    release: str,
+    fact: HostFacts,
+    common: Mapping[str, str | None],
+    who: str,
+    prune_releases: Sequence[str] = (),
+    prune_artifacts: Sequence[str] = (),
+) -> tuple[HostStep, ...]:
+    """The activation of ``release`` on one host (switch, restart, health gate, record) and its revert."""
     config = inventory.config
-    records = [failed]
-    if previous is not None:
+    layout = layout_for(inventory)
+    spec = flavour(config.app.flavour)
+    health = health_check(inventory)
+    before = fact.current_release
+    activate = rc.activate(
+        layout,
+        spec,
+        release_id=release,
+        health=health,
+        stop_timeout=config.node.stop_timeout,
+        tmp_suffix=_tmp_suffix(),
+        success_record=_record(release=release, event=event, outcome="success", previous=before, **common),
+        prune_releases=prune_releases,
+        prune_artifacts=prune_artifacts,
+    )
+    records = [failed_record(release, event, before, common)]
+    if before is not None:
         records.append(
-            _record(release=previous, event="revert", outcome="success", version=fact.history.version(previous), by=who)
+            _record(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
         )
-    script = rc.revert(
-        layout_for(inventory),
-        flavour(config.app.flavour),
-        previous_id=previous,
-        health=health_check(inventory),
+    revert = rc.revert(
+        layout,
+        spec,
+        previous_id=before,
+        health=health,
         stop_timeout=config.node.stop_timeout,
         tmp_suffix=_tmp_suffix(),
         records=records,
     )
-    return HostStep("revert", script)
+    return HostStep("activate", activate), HostStep("revert", revert)
 
 
 def plan_rollback(
@@ -409,10 +415,6 @@ def plan_rollback(
     strategy: Mapping[str, object] | None = None,
 ) -> Plan:
     """Plan switching every host back to its previous good release, or to release ``to``."""
-    config = inventory.config
-    layout = layout_for(inventory)
-    spec = flavour(config.app.flavour)
-    health = health_check(inventory)
     selected = [h for h in inventory.hosts if h.name in facts]
     problems: list[str] = []
     host_plans: list[HostPlan] = []
@@ -445,23 +447,7 @@ def plan_rollback(
                 host=host.name,
                 before=before,
                 target=target,
-                steps=(
-                    HostStep(
-                        "activate",
-                        rc.activate(
-                            layout,
-                            spec,
-                            release_id=target,
-                            health=health,
-                            stop_timeout=config.node.stop_timeout,
-                            tmp_suffix=_tmp_suffix(),
-                            success_record=_record(
-                                release=target, event="rollback", outcome="success", previous=before, **common
-                            ),
-                        ),
-                    ),
-                    _revert_step(inventory, before, failed_record(target, "rollback", before, common), who, fact),
-                ),
+                steps=_switch_steps(inventory, "rollback", target, fact, common, who),
                 version=fact.current_version,
                 node_pids=fact.node_pids,
             )
