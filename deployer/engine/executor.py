@@ -192,11 +192,20 @@ class Executor:
         timings[script.name] = round(timings.get(script.name, 0.0) + elapsed, 3)
         if check and not outcome.ok:
             step = last_step(outcome.stderr) or script.name
-            detail = self.masker(clean_stderr(outcome.stderr)) or f"exit status {outcome.exit_status}"
+            detail = self._failure(outcome)
             self.events.step(host, step, "failed", detail)
             raise RemoteCommandError(host, step, detail)
         self.events.step(host, script.name, "done", f"{elapsed:.1f}s")
         return outcome
+
+    def _failure(self, outcome: CommandResult) -> str:
+        """Why a command failed: its stderr's tail, masked; never a bare "exit status -1"."""
+        detail = self.masker(clean_stderr(outcome.stderr))
+        if detail:
+            return detail
+        if outcome.exit_status < 0:
+            return "the command ended without an exit status: the SSH connection was lost or the session was closed"
+        return f"exit status {outcome.exit_status}"
 
     def _emitter(self, host: str, stream: str) -> Callable[[str], None]:
         def emit(text: str) -> None:
@@ -232,7 +241,7 @@ class Executor:
         result.timings["upload"] = round(elapsed, 3)
         result.uploaded_bytes += transport.bytes_uploaded - before
         if not outcome.ok:
-            detail = self.masker(clean_stderr(outcome.stderr)) or f"exit status {outcome.exit_status}"
+            detail = self._failure(outcome)
             self.events.step(host, "upload", "failed", detail)
             raise RemoteCommandError(host, "upload", detail)
         self.events.step(host, "upload", "done", f"{elapsed:.1f}s")

@@ -370,3 +370,14 @@ def test_unlock_refuses_a_young_lock_of_another_machine_and_removes_a_stale_one(
     assert "unlock" not in fake.names()
     removed = api.unlock(inv, api.Options(connector=fake.connect, hosts=["web2"]))
     assert removed["web2"] is not None and fake.names("web2")[-1] == "unlock"
+
+
+def test_a_session_without_exit_status_is_called_a_lost_connection(inv: Inventory, artifact: Artifact) -> None:
+    fake = fleet()
+    fake.responses[("web2", "activate")] = CommandResult(-1, "", "", 0.0)
+    report = api.deploy(inv, artifact, api.Options(connector=fake.connect)).report
+    web2 = {h.host: h for h in report.hosts}["web2"]
+    assert "exit status -1" not in (web2.error or "") and "connection was lost" in (web2.error or "")
+    # It never switched (the probe afterwards says so): nothing to revert, the old node still runs.
+    assert (web2.outcome, web2.after) == ("aborted", OLD) and "now runs" in (web2.error or "")
+    assert "revert" not in fake.names("web2")
