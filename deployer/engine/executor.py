@@ -47,6 +47,11 @@ class Cancelled(DeployerError):
     """The operator interrupted the run; raised between host steps, never in the middle of one."""
 
 
+class LostConnection(RemoteCommandError):
+    """The step's result never arrived (link lost, deadline passed, no exit status): the host may have
+    finished it, be still running it, or have stopped anywhere in between."""
+
+
 def clean_stderr(stderr: str, limit: int = 25) -> str:
     """The useful tail of a script's stderr: step markers removed."""
     lines = [line for line in stderr.splitlines() if not line.startswith(rc.STEP_MARKER) and line.strip()]
@@ -184,6 +189,9 @@ class Executor:
 
         try:
             outcome = transport.run(script, on_output=forward)
+        except RemoteCommandError as exc:
+            self.events.step(host, exc.step, "failed", self.describe(exc))
+            raise LostConnection(host, exc.step, self.describe(exc), hint=exc.hint) from None
         finally:
             for stream in streams.values():
                 stream.close()
@@ -194,6 +202,8 @@ class Executor:
             step = last_step(outcome.stderr) or script.name
             detail = self._failure(outcome)
             self.events.step(host, step, "failed", detail)
+            if outcome.exit_status < 0:
+                raise LostConnection(host, step, detail)
             raise RemoteCommandError(host, step, detail)
         self.events.step(host, script.name, "done", f"{elapsed:.1f}s")
         return outcome
@@ -635,7 +645,10 @@ class Executor:
             result.error += f"; could not reconnect to see what the host runs: {why}"
             return
         before = self.facts.get(host)
-        decision = recovery.decide(host_plan, plan.kind, now, since=before.now if before else None)
+        since = before.now if before else None
+        decision = recovery.decide(host_plan, plan.kind, now, since=since)
+        if decision == "revert" and isinstance(exc, LostConnection) and now.current_release == host_plan.target:
+            now, decision = self._settle(plan, host_plan, now, since)
         result.after, result.known = now.current_release, True
         if decision == "success":
             self.events.step(host, "activate", "done", "the host finished it; only its report was lost")
@@ -652,6 +665,29 @@ class Executor:
             result.error += f"; {recovery.describe_now(now)}"
             return
         self._revert(host, host_plan, result)
+
+    def settle_seconds(self) -> float:
+        """How long an activation whose result was lost may still be running on its host: stopping the
+        old node, the release script's bounded start wait and the health gate."""
+        config = self.inventory.config
+        return config.node.stop_timeout + config.health.deadline * 2 + 10
+
+    def _settle(
+        self, plan: Plan, host_plan: HostPlan, now: HostFacts, since: float | None
+    ) -> tuple[HostFacts, recovery.Decision]:
+        """The host switched but its result was lost: its activation may still be running (restart,
+        health gate). Probe again until it records success or could no longer be running, so a revert
+        never races the activation it undoes."""
+        deadline = time.monotonic() + self.settle_seconds()
+        self.events.step(host_plan.host, "activate", "start", "the result was lost; waiting for the host to finish")
+        decision: recovery.Decision = "revert"
+        while decision == "revert" and time.monotonic() < deadline and not self.cancel.is_set():
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            again, _ = self.reprobe(host_plan.host)
+            if again is not None:
+                now = again
+                decision = recovery.decide(host_plan, plan.kind, now, since=since)
+        return now, decision
 
     def _revert(self, host: str, host_plan: HostPlan, result: HostResult) -> None:
         self.events.step(host, "revert", "start", f"back to {result.before or 'nothing'}")

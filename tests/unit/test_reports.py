@@ -18,6 +18,7 @@ from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.facts import parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.plan import schema_warnings
+from deployer.engine.executor import Executor
 from deployer.engine.masking import Masker
 from deployer.errors import LockedError, RemoteCommandError
 from deployer.operations import node as ops
@@ -126,6 +127,35 @@ def test_a_link_lost_after_the_host_finished_is_a_success_not_a_revert(inv: Inve
     assert report.ok and not report.mixed
 
 
+@pytest.fixture
+def no_settling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake hosts never finish an activation later: do not wait for them to."""
+    monkeypatch.setattr(Executor, "settle_seconds", lambda self: 0.0)
+
+
+def test_a_link_lost_after_the_switch_waits_for_the_host_to_finish(inv: Inventory, artifact: Artifact) -> None:
+    """The activation was still in its health gate when the link dropped: it finishes and records success
+    a little later; the engine waits for that instead of racing it with a revert."""
+    fake = fleet()
+    state = lose_link_after(fake, "web2", recorded=False)
+    probes = {"n": 0}
+    late = fake.responses[("web2", "probe")]
+
+    def finishes_later(script: Script) -> CommandResult:
+        probes["n"] += 1
+        if probes["n"] < 2:
+            return late(script)  # type: ignore[operator,no-any-return]
+        record = rev(state["current"]).replace("2026-11-01T00:00:00Z", "2027-01-15T08:00:00Z")
+        return ok(probe(state["current"], pids="200", extra=record + "\n"))
+
+    fake.responses[("web2", "probe")] = finishes_later
+    report = api.deploy(inv, artifact, api.Options(connector=fake.connect)).report
+    web2 = {h.host: h for h in report.hosts}["web2"]
+    assert "revert" not in fake.names("web2") and probes["n"] == 2
+    assert (web2.outcome, web2.after) == ("success", state["current"])
+
+
+@pytest.mark.usefixtures("no_settling")
 def test_a_link_lost_after_the_switch_reverts_and_says_what_the_host_runs(inv: Inventory, artifact: Artifact) -> None:
     fake = fleet()
     lose_link_after(fake, "web2", recorded=False)
@@ -136,6 +166,7 @@ def test_a_link_lost_after_the_switch_reverts_and_says_what_the_host_runs(inv: I
     assert "connection was lost" in (web2.error or "")
 
 
+@pytest.mark.usefixtures("no_settling")
 def test_a_revert_that_loses_its_link_too_reports_what_the_host_now_runs(inv: Inventory, artifact: Artifact) -> None:
     fake = fleet()
     state = lose_link_after(fake, "web2", recorded=False, pids="")
