@@ -531,6 +531,8 @@ class Executor:
             output = self.run(host, plan.migrate, check=False)
             step = last_step(output.stderr) or "migrate"
             cause = self.masker(command_output(output)) if not output.ok else ""
+            if output.exit_status < 0:
+                lost, cause = True, self._failure(output)
         except DeployerError as exc:
             lost, step, cause = True, getattr(exc, "step", "migrate"), self.describe(exc)
         if cause:
