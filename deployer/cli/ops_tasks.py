@@ -212,7 +212,7 @@ def _lifecycle(
     inventory_dir: str,
 ) -> None:
     from deployer.cli import release_tasks as base
-    from deployer.cli.render_ops import print_lifecycle_plan
+    from deployer.cli.render import print_plan
 
     inventory = _load(env, inventory_dir)
     human, errors = _consoles(json_)
@@ -234,7 +234,7 @@ def _lifecycle(
     except DeployerError as exc:
         raise _fail(errors, exc) from None
     if dry_run and result.plan is not None:
-        print_lifecycle_plan(human, result.plan, full_scripts=verbose)
+        print_plan(human, result.plan, full_scripts=verbose)
     if json_:
         print_json(result.report.to_json())
     if not dry_run or result.report.error:
@@ -482,9 +482,9 @@ def check(
 ) -> None:
     """Preflight an environment without changing anything; exit status 1 on any problem.
 
-    Checks SSH reachability and host keys, deploy_to writable, free disk vs the artifact (--tarball),
-    tar and sha256sum (and curl or wget for an http health check), architecture and libc against this
-    build machine, and that no deploy lock is held.
+    Checks SSH reachability and host keys, deploy_to writable, tar and sha256sum (and curl or wget for an
+    http health check), and that no deploy lock is held; with --tarball also free disk and the deploy's
+    compatibility preflight (the release's ERTS/NIFs and where it was built against each host).
     """
     from pathlib import Path
 
@@ -495,16 +495,13 @@ def check(
     human, errors = _consoles(json_)
     try:
         artifact = inspect_tarball(Path(tarball), inventory.config.app.name) if tarball else None
-        local = ops.LocalMachine.detect()
-        rows = ops.check(
-            inventory, api.Options(hosts=_split(hosts), roles=_split(roles)), artifact=artifact, local=local
-        )
+        rows = ops.check(inventory, api.Options(hosts=_split(hosts), roles=_split(roles)), artifact=artifact)
     except DeployerError as exc:
         raise _fail(errors, exc) from None
     if json_:
-        print_json(ops.check_document(rows, local))
+        print_json(ops.check_document(rows, tarball=artifact is not None))
     else:
-        print_check(human, rows, local)
+        print_check(human, rows, ops.check_document(rows, tarball=artifact is not None)["note"])
     if not all(r.ok for r in rows):
         raise Exit(code=1)
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from deployer.core.facts import format_age
 from deployer.core.outcome import Report
 from deployer.core.plan import Plan
-from deployer.operations.release import HostStatus
+from deployer.operations.status import HostStatus
 from deployer.remote.release import NODE_FUNCTIONS
 from deployer.remote.shell import Script
 
@@ -138,22 +138,21 @@ def print_plan(console: Console, plan: Plan, *, full_scripts: bool = False) -> N
     for warning in plan.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False)
     for host_plan in plan.hosts:
-        console.print(
-            f"\n[bold]{host_plan.host}[/]: {host_plan.before or '(nothing)'} -> {host_plan.target}", highlight=False
-        )
-        steps: list[tuple[str, Script]] = []
-        if host_plan.upload:
-            steps.append(("upload (tarball on stdin)", plan.upload_scripts[host_plan.host]))
-        elif plan.kind == "deploy":
+        if host_plan.target == host_plan.before:
+            running = " ".join(map(str, host_plan.node_pids))
+            header = (
+                f"{host_plan.before or '(nothing deployed)'}"
+                + (f" ({host_plan.version})" if host_plan.version else "")
+                + (f", node pid {running}" if running else ", node not running")
+            )
+        else:
+            header = f"{host_plan.before or '(nothing)'} -> {host_plan.target}"
+        console.print(f"\n[bold]{host_plan.host}[/]: {header}", highlight=False)
+        if plan.kind == "deploy" and not host_plan.upload:
             console.print("  upload: skipped, the host already has this artifact", highlight=False)
-        if host_plan.prepare is not None:
-            steps.append(("prepare", host_plan.prepare))
-        if plan.migrate is not None and plan.migrator == host_plan.host:
-            steps.append(("migrate (once, before any switch)", plan.migrate))
-        steps.append(("activate", host_plan.activate))
-        steps.append(("on failure: revert", host_plan.revert))
         for note in host_plan.notes:
             console.print(f"  {note}", highlight=False)
+        steps = plan.listing(host_plan)
         for label, script in steps:
             console.print(
                 f"  --- {label}: {script.remote_command() if not script.stdin else 'sh -s <<SCRIPT'}",
@@ -181,7 +180,7 @@ def print_report(console: Console, report: Report) -> None:
         table.add_row(
             h.host,
             h.before or "-",
-            h.after or "?",
+            h.after or ("-" if h.known else "?"),
             f"[{style}]{h.outcome}[/]",
             healthy,
             f"{sum(h.timings.values()):.1f}s",
@@ -206,53 +205,6 @@ def print_json(data: Any, stream: TextIO | None = None) -> None:
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def status_json(rows: list[HostStatus]) -> dict[str, Any]:
-    hosts = []
-    for row in rows:
-        f = row.facts
-        hosts.append(
-            {
-                "host": row.host,
-                "reachable": row.reachable,
-                "error": row.error,
-                "current": f.current_release if f else None,
-                "version": f.current_version if f else None,
-                "node_pids": list(f.node_pids) if f else [],
-                "running": bool(f and f.node_pids),
-                "releases": [
-                    {"release": r, "version": f.history.version(r), "status": f.history.status(r) or "unknown"}
-                    for r in f.releases
-                ]
-                if f
-                else [],
-                "lock": f.lock.describe() if f and f.lock else None,
-                "disk_free_kb": f.disk_free_kb if f else None,
-            }
-        )
-    currents = {h["current"] for h in hosts if h["reachable"]}
-    return {"hosts": hosts, "mixed": len(currents) > 1}
-
-
-def print_status(console: Console, rows: list[HostStatus]) -> None:
-    data = status_json(rows)
-    table = Table(title="status")
-    for column in ("host", "reachable", "current", "version", "node pid", "releases", "lock"):
-        table.add_column(column, overflow="fold")
-    for h in data["hosts"]:
-        table.add_row(
-            h["host"],
-            "yes" if h["reachable"] else f"[red]NO[/] {escape(h['error'] or '')}",
-            h["current"] or "-",
-            h["version"] or "-",
-            " ".join(map(str, h["node_pids"])) or "not running",
-            str(len(h["releases"])),
-            h["lock"] or "-",
-        )
-    console.print(table)
-    if data["mixed"]:
-        console.print("[bold yellow]mixed fleet:[/] hosts run different releases", highlight=False)
-
-
 def print_history(console: Console, rows: list[HostStatus]) -> None:
     for row in rows:
         if row.facts is None:
@@ -275,6 +227,4 @@ __all__ = [
     "print_json",
     "print_plan",
     "print_report",
-    "print_status",
-    "status_json",
 ]

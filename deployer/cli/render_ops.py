@@ -8,13 +8,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deployer.cli.render import render_script
 from deployer.operations import release as api
 from deployer.operations.node import (
     CheckRow,
     HostStatus,
-    LifecyclePlan,
-    LocalMachine,
     releases_document,
     status_document,
 )
@@ -82,9 +79,10 @@ def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
         console.print(table)
 
 
-def print_check(console: Console, rows: Sequence[CheckRow], local: LocalMachine) -> None:
+def print_check(console: Console, rows: Sequence[CheckRow], note: str | None = None) -> None:
     """The preflight table: what each host has, and every problem found."""
-    console.print(f"build machine: {local.arch}, {local.libc or 'libc unknown'}", highlight=False)
+    if note:
+        console.print(f"note: {note}", highlight=False)
     table = Table(title="check")
     for column in ("host", "ssh", "arch", "libc", "disk free", "tools", "result"):
         table.add_column(column, overflow="fold")
@@ -106,27 +104,3 @@ def print_check(console: Console, rows: Sequence[CheckRow], local: LocalMachine)
         console.print(f"[bold red]check failed[/] on {', '.join(failed)}", highlight=False)
     else:
         console.print("[bold green]check passed[/]: every host is ready", highlight=False)
-
-
-def print_lifecycle_plan(console: Console, plan: LifecyclePlan, *, full_scripts: bool = False) -> None:
-    """``--dry-run`` of start/stop/restart: batches, each host's release and node, the exact script."""
-    console.print(f"[bold]Plan:[/] {plan.operation} in {plan.env}", highlight=False)
-    for i, batch in enumerate(plan.batches, start=1):
-        console.print(f"  batch {i}: {', '.join(batch)}", highlight=False)
-    if plan.operation != "stop":
-        console.print(
-            f"  health gate after every start; the rollout stops after more than {plan.max_fail} failed host(s)",
-            highlight=False,
-        )
-    for item in plan.hosts:
-        running = f"node pid {' '.join(map(str, item.node_pids))}" if item.node_pids else "node not running"
-        console.print(
-            f"\n[bold]{item.host}[/]: {item.release or '(nothing deployed)'}"
-            + (f" ({item.version})" if item.version else "")
-            + f", {running}",
-            highlight=False,
-        )
-        console.print(f"  --- {plan.operation}: sh -s <<SCRIPT", highlight=False, markup=False)
-        for line in render_script(item.script, full=full_scripts).splitlines():
-            console.print(f"    {line}", highlight=False, markup=False)
-    console.print("\n[bold]dry run:[/] nothing was changed on any host.", highlight=False)

@@ -26,6 +26,8 @@ class Revision:
     by: str | None = None
     previous: str | None = None
     detail: str | None = None
+    migrations: str | None = None
+    """Migration records: the migration files the release ships, space-separated (when recorded)."""
 
     @property
     def ok(self) -> bool:
@@ -56,6 +58,7 @@ def parse_revisions(lines: Iterable[str]) -> list[Revision]:
                 by=_opt(data.get("by")),
                 previous=_opt(data.get("previous")),
                 detail=_opt(data.get("detail")),
+                migrations=_opt(data.get("migrations")),
             )
         )
     return revisions

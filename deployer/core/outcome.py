@@ -1,6 +1,18 @@
 """The result of an operation, per host: what it ran before, what it runs now, what happened.
 
 The executor fills these in; :mod:`deployer.cli.render` renders them as a table or JSON.
+
+One vocabulary for every operation (deploy, rollback, migrate, start, stop, restart); a final report
+never says ``pending``:
+
+* ``success``: the host did what was asked (on the target release, healthy unless it was a stop);
+* ``reverted``: the target failed; the host is back on its previous release;
+* ``failed``: the step failed and the host could not be put back (its row says what it runs now);
+* ``aborted``: the operation started on this host (a prepared release, a before-stop step) but
+  stopped before the host switched or its node was touched; it still runs what it ran;
+* ``untouched``: the operation never reached this host (a batch not started after failures, an
+  interrupt, another run's lock): nothing was done there;
+* ``unreachable``: no connection could be made.
 """
 
 from __future__ import annotations
@@ -9,13 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 Outcome = Literal[
-    "pending",  # nothing attempted yet
-    "success",  # on the target release and healthy
-    "reverted",  # the target failed; back on the previous release
-    "failed",  # the step failed and the host could not be put back
-    "aborted",  # the operation stopped before this host switched; still on its old release
-    "untouched",  # never reached: an earlier batch failed, or the operation was interrupted
-    "unreachable",  # could not connect
+    "pending",  # while the run goes on only: nothing attempted yet
+    "success",
+    "reverted",
+    "failed",
+    "aborted",
+    "untouched",
+    "unreachable",
 ]
 
 
@@ -34,6 +46,14 @@ class HostResult:
     timings: dict[str, float] = field(default_factory=dict)
     uploaded_bytes: int = 0
     sessions: int = 0
+    known: bool = False
+    """True when ``before``/``after`` come from what the host reported; False when it was never
+    probed (refused at another host's lock) or could not be reached again after a lost connection."""
+
+    @property
+    def succeeded(self) -> bool:
+        """Success with nothing left to report (a failed after-healthy step is an error on a healthy host)."""
+        return self.outcome == "success" and self.error is None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,12 +79,13 @@ class Report:
     def ok(self) -> bool:
         if self.error or self.interrupted:
             return False
-        return all(h.outcome == "success" for h in self.hosts)
+        return all(h.succeeded for h in self.hosts)
 
     @property
     def mixed(self) -> bool:
-        """True when hosts ended on different releases."""
-        return len({h.after for h in self.hosts if h.outcome != "unreachable"}) > 1
+        """True when hosts whose state is known ended on different releases (hosts never probed, or
+        lost, say nothing about the fleet)."""
+        return len({h.after for h in self.hosts if h.known and h.outcome != "unreachable"}) > 1
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""Plans: what deploy, migrate and rollback will do on each host, decided before anything changes.
+"""Plans: what deploy, migrate, rollback, start, stop and restart will do on each host, decided first.
 
 A plan is built from the inventory, the artifact and the probed host facts, and
 holds the exact scripts the executor will run. ``--dry-run`` renders the same
@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import secrets as random_secrets
 import string
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import SecretStr
 
 from deployer.core.artifact import Artifact
 from deployer.core.config import HostConfig, parse_count
 from deployer.core.facts import HostFacts
+from deployer.core.history import History
 from deployer.core.inventory import Inventory
 from deployer.core.paths import RemoteLayout, make_release_id
 from deployer.errors import PlanError
+from deployer.remote import ops as oc
 from deployer.remote import release as rc
-from deployer.remote.flavours import Flavour, flavour
+from deployer.remote.flavours import flavour
 from deployer.remote.shell import Script, Secret, env_file_text
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
@@ -91,24 +94,91 @@ def batches(
     return result
 
 
+StepRole = Literal["before_stop", "activate", "after_healthy", "revert"]
+STEP_ROLES: tuple[StepRole, ...] = ("before_stop", "activate", "after_healthy", "revert")
+
+
+@dataclass(frozen=True)
+class HostStep:
+    """One remote step of a host's publishing phase, and where it runs (its ``role``):
+
+    * ``before_stop``: before the host's activation step, i.e. before its node is stopped (and again
+      before a revert stops the failed node);
+    * ``activate``: the step that changes what the host runs (switch + restart + health gate for deploy
+      and rollback; the start, stop or restart itself for node operations);
+    * ``after_healthy``: after the activation step succeeded, i.e. once the new node passed the health
+      gate (after a stop: once the node is down), and again after a successful revert;
+    * ``revert``: run when the activation failed and the host must be put back.
+
+    ``notice`` turns the step's stdout into a line for the operator when the step had nothing to do
+    (e.g. "no node was running"), or None.
+    """
+
+    role: StepRole
+    script: Script
+    notice: Callable[[str], str | None] | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.script.name
+
+    @classmethod
+    def shell(cls, role: StepRole, name: str, command: str, *, timeout: float | None = None) -> HostStep:
+        """A step that runs ``command`` (POSIX sh, ``set -eu``) on each host at ``role``'s seam.
+
+        ``command`` is taken as written, like a hook in a config file: quote what needs quoting.
+        """
+        if role not in STEP_ROLES:
+            raise ValueError(f"unknown step role {role!r} (one of {', '.join(STEP_ROLES)})")
+        return cls(role, Script(name=name, parts=("set -eu\n", command, "\n"), timeout=timeout))
+
+
+def _by_role(steps: Iterable[HostStep]) -> tuple[HostStep, ...]:
+    # Stable: steps of one role keep the order they were given in.
+    return tuple(sorted(steps, key=lambda s: STEP_ROLES.index(s.role)))
+
+
 @dataclass(frozen=True)
 class HostPlan:
-    """One host's part of a deploy or rollback."""
+    """One host's part of an operation: what it runs now, what it will run, and every step on it.
+
+    ``upload``/``prepare``/``abort`` belong to the updating phase of a deploy; ``steps`` to the
+    publishing phase, in the order :data:`STEP_ROLES` gives.
+    """
 
     host: str
     before: str | None
-    target: str
-    upload: bool
-    prepare: Script | None
-    activate: Script
-    revert: Script
-    abort: Script | None
+    target: str | None
+    steps: tuple[HostStep, ...]
+    upload: bool = False
+    prepare: Script | None = None
+    abort: Script | None = None
     notes: tuple[str, ...] = ()
+    version: str | None = None
+    """The version the host runs now (node operations show it)."""
+    node_pids: tuple[int, ...] = ()
+
+    def scripts(self, role: StepRole) -> tuple[HostStep, ...]:
+        return tuple(step for step in self.steps if step.role == role)
+
+    @property
+    def activate(self) -> Script:
+        return self.scripts("activate")[0].script
+
+    @property
+    def revert(self) -> Script | None:
+        reverts = self.scripts("revert")
+        return reverts[0].script if reverts else None
+
+
+# What each operation's report says about hosts it did not reach ("not restarted: web3").
+_DONE = {"deploy": "deployed", "rollback": "rolled back", "start": "started", "stop": "stopped", "restart": "restarted"}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A whole operation. ``kind`` is deploy, rollback or migrate."""
+    """A whole operation, decided before anything changes. ``kind`` is deploy, rollback, migrate,
+    start, stop or restart; every one of them runs through the same executor path."""
 
     kind: str
     env: str
@@ -123,12 +193,55 @@ class Plan:
     warnings: tuple[str, ...] = ()
     max_fail: int = 0
     pause: float = 0.0
+    health_gated: bool = True
+    """False for ``stop``: a host that succeeded has no node to call healthy."""
 
     def host(self, name: str) -> HostPlan:
         for plan in self.hosts:
             if plan.host == name:
                 return plan
         raise KeyError(name)
+
+    @property
+    def label(self) -> str:
+        """The name of the publishing phase in the operator's output (``restart batch 1/3``)."""
+        return "activate" if self.kind in ("deploy", "rollback") else self.kind
+
+    @property
+    def done(self) -> str:
+        return _DONE.get(self.kind, self.kind + "ed")
+
+    def with_warnings(self, warnings: Sequence[str]) -> Plan:
+        return replace(self, warnings=(*self.warnings, *warnings)) if warnings else self
+
+    def with_steps(self, steps: Sequence[HostStep]) -> Plan:
+        """The same plan with ``steps`` added on every host at their roles' seams."""
+        if not steps:
+            return self
+        hosts = tuple(replace(h, steps=_by_role([*h.steps, *steps])) for h in self.hosts)
+        return replace(self, hosts=hosts)
+
+    def listing(self, host_plan: HostPlan) -> list[tuple[str, Script]]:
+        """Every script of ``host_plan`` in the order they may run, labelled for ``--dry-run``."""
+        out: list[tuple[str, Script]] = []
+        if host_plan.upload and host_plan.host in self.upload_scripts:
+            out.append(("upload (tarball on stdin)", self.upload_scripts[host_plan.host]))
+        if host_plan.prepare is not None:
+            out.append(("prepare", host_plan.prepare))
+        if self.migrate is not None and self.migrator == host_plan.host:
+            out.append(("migrate (once, before any switch)", self.migrate))
+        labels = {
+            "before_stop": "before the node stops",
+            "activate": self.label,
+            "after_healthy": "after the node is healthy",
+            "revert": "on failure: revert",
+        }
+        for step in host_plan.steps:
+            label = labels[step.role]
+            if step.role in ("before_stop", "after_healthy") or step.name != step.role:
+                label = f"{label}: {step.name}" if step.role != "activate" else label
+            out.append((label, step.script))
+        return out
 
 
 def _record(**fields: str | None) -> str:
@@ -148,15 +261,19 @@ def plan_deploy(
     cookie: SecretStr | None,
     now: datetime | None = None,
     strategy: Mapping[str, object] | None = None,
+    migrations: Sequence[str] | None = None,
 ) -> Plan:
-    """Plan a deploy of ``artifact`` to every host in ``facts`` (which are the selected hosts, in order)."""
+    """Plan a deploy of ``artifact`` to every host in ``facts`` (which are the selected hosts, in order).
+
+    ``migrations`` (the migration files the release ships) is recorded with the migration, so a later
+    rollback can tell whether its target lacks migrations that were applied.
+    """
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
     now = now or datetime.now(UTC)
     taken = {r for f in facts.values() for r in f.releases}
     release_id = make_release_id(now, artifact.version, taken)
-    health = health_check(inventory)
     selected = [h for h in inventory.hosts if h.name in facts]
     host_plans: list[HostPlan] = []
     uploads: dict[str, Script] = {}
@@ -186,40 +303,11 @@ def plan_deploy(
                     env_file=env_file_text(node_env(inventory, host, release_id)),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
-                activate=rc.activate(
-                    layout,
-                    spec,
-                    release_id=release_id,
-                    health=health,
-                    stop_timeout=config.node.stop_timeout,
-                    tmp_suffix=_tmp_suffix(),
-                    success_record=_record(
-                        release=release_id, event="deploy", outcome="success", previous=before, **common
-                    ),
-                    prune_releases=prune,
-                    prune_artifacts=prune_artifacts,
-                ),
-                revert=_revert(
-                    layout,
-                    spec,
-                    config.node.stop_timeout,
-                    health,
-                    before,
-                    [
-                        _record(
-                            release=release_id,
-                            event="deploy",
-                            outcome="failed",
-                            previous=before,
-                            detail="not healthy; reverted",
-                            **common,
-                        ),
-                    ],
-                    who,
-                    fact,
-                ),
+                steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, prune, prune_artifacts),
                 abort=rc.abort_prepared(layout, release_id),
                 notes=tuple(f"remove old release {r}" for r in prune),
+                version=fact.current_version,
+                node_pids=fact.node_pids,
             )
         )
     migrator = inventory.migrator()
@@ -236,7 +324,14 @@ def plan_deploy(
             release_id=release_id,
             expression=config.migrate.eval,
             timeout=config.migrate.timeout,
-            record=_record(release=release_id, event="migrate", outcome="success", version=artifact.version, by=who),
+            record=_record(
+                release=release_id,
+                event="migrate",
+                outcome="success",
+                version=artifact.version,
+                by=who,
+                migrations=" ".join(migrations) if migrations else None,
+            ),
         )
     names = [h.name for h in selected]
     return Plan(
@@ -260,32 +355,55 @@ def _max_fail(inventory: Inventory, total: int, overrides: Mapping[str, object] 
     return parse_count(strategy.max_fail, total, allow_zero=True)
 
 
-def _revert(
-    layout: RemoteLayout,
-    spec: Flavour,
-    stop_timeout: float,
-    health: rc.HealthCheck,
-    previous: str | None,
-    records: list[str],
-    who: str,
+def failed_record(release: str, event: str, previous: str | None, common: Mapping[str, str | None]) -> str:
+    """The revisions.log entry of an activation whose node was not healthy (written by the revert)."""
+    return _record(
+        release=release, event=event, outcome="failed", previous=previous, detail="not healthy; reverted", **common
+    )
+
+
+def _switch_steps(
+    inventory: Inventory,
+    event: str,
+    release: str,
     fact: HostFacts,
-) -> Script:
-    if previous is not None:
-        records = [
-            *records,
-            _record(
-                release=previous, event="revert", outcome="success", version=fact.history.version(previous), by=who
-            ),
-        ]
-    return rc.revert(
+    common: Mapping[str, str | None],
+    who: str,
+    prune_releases: Sequence[str] = (),
+    prune_artifacts: Sequence[str] = (),
+) -> tuple[HostStep, ...]:
+    """The activation of ``release`` on one host (switch, restart, health gate, record) and its revert."""
+    config = inventory.config
+    layout = layout_for(inventory)
+    spec = flavour(config.app.flavour)
+    health = health_check(inventory)
+    before = fact.current_release
+    activate = rc.activate(
         layout,
         spec,
-        previous_id=previous,
+        release_id=release,
         health=health,
-        stop_timeout=stop_timeout,
+        stop_timeout=config.node.stop_timeout,
+        tmp_suffix=_tmp_suffix(),
+        success_record=_record(release=release, event=event, outcome="success", previous=before, **common),
+        prune_releases=prune_releases,
+        prune_artifacts=prune_artifacts,
+    )
+    records = [failed_record(release, event, before, common)]
+    if before is not None:
+        records.append(
+            _record(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
+        )
+    revert = rc.revert(
+        layout,
+        spec,
+        previous_id=before,
+        health=health,
+        stop_timeout=config.node.stop_timeout,
         tmp_suffix=_tmp_suffix(),
         records=records,
     )
+    return HostStep("activate", activate), HostStep("revert", revert)
 
 
 def plan_rollback(
@@ -297,10 +415,6 @@ def plan_rollback(
     strategy: Mapping[str, object] | None = None,
 ) -> Plan:
     """Plan switching every host back to its previous good release, or to release ``to``."""
-    config = inventory.config
-    layout = layout_for(inventory)
-    spec = flavour(config.app.flavour)
-    health = health_check(inventory)
     selected = [h for h in inventory.hosts if h.name in facts]
     problems: list[str] = []
     host_plans: list[HostPlan] = []
@@ -327,48 +441,18 @@ def plan_rollback(
             problems.append(f"{host.name}: {target} is already the current release")
             continue
         version = fact.history.version(target)
+        common = dict(version=version, by=who)
         host_plans.append(
             HostPlan(
                 host=host.name,
                 before=before,
                 target=target,
-                upload=False,
-                prepare=None,
-                activate=rc.activate(
-                    layout,
-                    spec,
-                    release_id=target,
-                    health=health,
-                    stop_timeout=config.node.stop_timeout,
-                    tmp_suffix=_tmp_suffix(),
-                    success_record=_record(
-                        release=target, event="rollback", outcome="success", version=version, previous=before, by=who
-                    ),
-                ),
-                revert=_revert(
-                    layout,
-                    spec,
-                    config.node.stop_timeout,
-                    health,
-                    before,
-                    [
-                        _record(
-                            release=target,
-                            event="rollback",
-                            outcome="failed",
-                            version=version,
-                            previous=before,
-                            by=who,
-                            detail="not healthy; reverted",
-                        ),
-                    ],
-                    who,
-                    fact,
-                ),
-                abort=None,
+                steps=_switch_steps(inventory, "rollback", target, fact, common, who),
+                version=fact.current_version,
+                node_pids=fact.node_pids,
             )
         )
-    warnings.extend(schema_warnings(facts, {p.target for p in host_plans}))
+    warnings.extend(schema_warnings(facts, {p.target for p in host_plans if p.target}))
     if problems:
         raise PlanError(
             "cannot roll back:\n  " + "\n  ".join(problems), hint="`invoke releases --env ENV` lists what each host has"
@@ -389,21 +473,49 @@ def plan_rollback(
     )
 
 
+def _migration_set(history: History, release: str) -> set[str] | None:
+    """The migrations ``release`` ships, as its latest migration record says; None when not recorded."""
+    for rev in reversed(history.revisions):
+        if rev.release == release and rev.event == "migrate" and rev.migrations is not None:
+            return set(rev.migrations.split())
+    return None
+
+
 def schema_warnings(facts: Mapping[str, HostFacts], targets: set[str]) -> list[str]:
-    """Warn when rolling back to code older than the release that last migrated the schema."""
+    """Warn when rolling back to a release that lacks migrations applied by a newer one.
+
+    The migrations each release ships are recorded with each migration run: a target that has every
+    applied migration gets no warning. Where a set was not recorded (histories written before it was),
+    any migration by a newer release warns, saying that deployer cannot tell.
+    """
     warnings: list[str] = []
     for fact in facts.values():
-        migration = fact.history.last_migration()
-        if migration is None:
-            continue
+        history = fact.history
         for target in sorted(targets):
-            if fact.history.newer_than(migration.release, target):
-                version = migration.version or migration.release
-                warnings.append(
-                    f"the schema was last migrated by {migration.release} (version {version}), newer than "
-                    f"{target}: the old code will run against the newer schema. Roll back the migration "
-                    "yourself first if that code cannot cope with it."
-                )
+            newer = [
+                r for r in history.revisions if r.event == "migrate" and r.ok and history.newer_than(r.release, target)
+            ]
+            if not newer:
+                continue
+            last = newer[-1]
+            version = last.version or last.release
+            sets = [_migration_set(history, r.release) for r in newer]
+            have = _migration_set(history, target)
+            if have is not None and all(s is not None for s in sets):
+                missing = sorted(set().union(*(s for s in sets if s is not None)) - have)
+                if missing:
+                    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                    warnings.append(
+                        f"{target} lacks migration(s) applied by newer releases (last by {last.release}, version "
+                        f"{version}): {shown}. The old code will run against the newer schema; roll those back "
+                        "yourself first if that code cannot cope with it."
+                    )
+                continue
+            warnings.append(
+                f"the schema was last migrated by {last.release} (version {version}), newer than {target}, and "
+                "deployer cannot tell whether it applied migrations that release lacks: the old code may run "
+                "against a newer schema. Roll back the migration yourself first if that code cannot cope with it."
+            )
         if warnings:
             break
     return warnings
@@ -446,4 +558,86 @@ def plan_migrate(inventory: Inventory, facts: Mapping[str, HostFacts], *, who: s
         batches=(),
         migrator=migrator.name,
         migrate=script,
+    )
+
+
+# --- node operations ---------------------------------------------------------------------------------------
+
+Lifecycle = Literal["start", "stop", "restart"]
+LIFECYCLE: tuple[Lifecycle, ...] = ("start", "stop", "restart")
+
+
+def _stdout_value(output: str, key: str) -> str | None:
+    for line in output.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name == key:
+            return value.strip()
+    return None
+
+
+def _stop_notice(output: str) -> str | None:
+    return "no node was running" if _stdout_value(output, "stopped") == "none" else None
+
+
+def _start_notice(output: str) -> str | None:
+    return "the node was already running; it is healthy" if _stdout_value(output, "already_running") else None
+
+
+def plan_lifecycle(
+    inventory: Inventory,
+    operation: Lifecycle,
+    facts: Mapping[str, HostFacts],
+    *,
+    strategy: Mapping[str, object] | None = None,
+) -> Plan:
+    """Plan starting, stopping or restarting the node on every host in ``facts`` (the selected hosts).
+
+    Starting needs a deployed release on every host; stopping a host where nothing runs is a no-op.
+    The release does not change, so there is nothing to revert to: a host whose node fails the
+    health gate is reported failed, with what it runs now.
+    """
+    if operation not in LIFECYCLE:
+        raise ValueError(f"unknown node operation {operation!r}")
+    config = inventory.config
+    layout = layout_for(inventory)
+    spec = flavour(config.app.flavour)
+    health = health_check(inventory)
+    if operation == "stop":
+        step = HostStep("activate", oc.stop(layout, stop_timeout=config.node.stop_timeout), _stop_notice)
+    elif operation == "start":
+        step = HostStep("activate", oc.start(layout, spec, health=health), _start_notice)
+    else:
+        step = HostStep("activate", oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout))
+    names = [h.name for h in inventory.hosts if h.name in facts]
+    if operation != "stop":
+        missing = [n for n in names if facts[n].current_release is None]
+        if missing:
+            raise PlanError(
+                f"cannot {operation}: nothing is deployed on {', '.join(missing)}",
+                hint="deploy first (`invoke deploy`), or leave those hosts out with --hosts/--roles",
+            )
+    hosts = tuple(
+        HostPlan(
+            host=n,
+            before=facts[n].current_release,
+            target=facts[n].current_release,
+            steps=(step,),
+            version=facts[n].current_version,
+            node_pids=facts[n].node_pids,
+        )
+        for n in names
+    )
+    releases = {h.before for h in hosts}
+    common = hosts[0] if len(releases) == 1 and hosts else None
+    return Plan(
+        kind=operation,
+        env=inventory.env,
+        release_id=common.before if common else None,
+        version=common.version if common else None,
+        artifact=None,
+        hosts=hosts,
+        batches=tuple(tuple(b) for b in batches(names, inventory, strategy)),
+        max_fail=_max_fail(inventory, len(names), strategy),
+        pause=float(inventory.config.strategy.model_copy(update=dict(strategy or {})).pause),
+        health_gated=operation != "stop",
     )

@@ -1,38 +1,44 @@
 """Runs plans over transports: locks, parallel hosts, batches, health gates, revert, cleanup.
 
-Nothing here decides *what* to run — the plan holds every script — only in which
-order, on how many hosts at once, and what to do when a step fails:
+Nothing here decides *what* to run — the plan holds every script — only in which order, on how many
+hosts at once, and what to do when a step fails. Every operation that touches hosts (deploy,
+rollback, migrate, start, stop, restart) runs through :meth:`Executor.execute`, in named phases
+(Capistrano's ``framework.rake`` is the model):
 
-* a failure before any host switches aborts everything: the prepared release is
-  removed from every host, which keeps running its old release;
-* a host whose new node is not healthy is reverted on its own, and no further
-  batch starts once more hosts failed than ``max_fail`` allows;
-* an interrupt (SIGINT/SIGTERM) lets the running host steps finish, undoes what
-  was only prepared, and releases the lock;
-* the lock is released in every outcome.
+* **starting**: :meth:`Executor.preflight` probes every host and takes the lock on all or none;
+* **updating**: upload and prepare the release on every host (deploy);
+* **migrating**: the migration, once, on the migrator host, before any host switches;
+* **publishing**: batch by batch (canary first, pauses between, ``max_fail``), per host: its
+  ``before_stop`` steps, its activation step, its ``after_healthy`` steps; a failed activation is
+  judged from what the host really runs (:mod:`deployer.engine.recovery`) and reverted when needed;
+* **finishing**: prepared releases that never went live are removed, every ``pending`` host becomes
+  ``untouched``; the caller releases the lock (:func:`deployer.engine.run.run_operation`).
+
+Failure rules: a failure before any host switches aborts everything (every host keeps its old
+release); a host whose new node is not healthy is reverted on its own and no further batch starts
+once more hosts failed than ``max_fail`` allows; an interrupt lets running host steps finish, undoes
+what was only prepared, and releases the lock; the lock is released in every outcome.
 """
 
 from __future__ import annotations
 
-import getpass
-import json
-import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployer.core.facts import HostFacts, LockInfo, parse_probe
 from deployer.core.inventory import Inventory
-from deployer.core.outcome import Events, HostResult, NullEvents, Report
-from deployer.core.plan import Plan, layout_for
+from deployer.core.outcome import Events, HostResult, NullEvents, Outcome, Report
+from deployer.core.plan import HostPlan, HostStep, Plan, layout_for
+from deployer.engine import recovery
+from deployer.engine.locks import describe_holder, judge, lock_info
+from deployer.engine.masking import Masker
 from deployer.errors import ConnectError, DeployerError, LockedError, RemoteCommandError
 from deployer.remote import release as rc
-from deployer.remote.shell import MASK, Script
+from deployer.remote.shell import Script
 from deployer.ssh.endpoints import Connector
 from deployer.ssh.transport import CommandResult, ConnectionPool, Transport, UploadStopped
 
@@ -41,44 +47,9 @@ class Cancelled(DeployerError):
     """The operator interrupted the run; raised between host steps, never in the middle of one."""
 
 
-def current_user() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
-
-@dataclass
-class Masker:
-    """Replaces every known secret value in text that is about to be shown or stored."""
-
-    values: set[str] = field(default_factory=set)
-
-    def add(self, *values: str) -> None:
-        # Very short values would mask innocent text and carry little secrecy anyway.
-        self.values.update(v for v in values if len(v) >= 4)
-
-    def __call__(self, text: str) -> str:
-        for value in sorted(self.values, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
-
-
-def describe_holder(info: LockInfo | None) -> str:
-    """Who holds a lock, and whether that process is known to be gone (a stale lock)."""
-    if info is None:
-        return "a lock directory without info (left by an old or killed run?)"
-    text = info.describe()
-    if info.local_host == socket.gethostname() and info.pid is not None:
-        try:
-            os.kill(info.pid, 0)
-        except ProcessLookupError:
-            text += " - that process no longer exists: the lock is stale"
-        except PermissionError:
-            pass
-    return text
+class LostConnection(RemoteCommandError):
+    """The step's result never arrived (link lost, deadline passed, no exit status): the host may have
+    finished it, be still running it, or have stopped anywhere in between."""
 
 
 def clean_stderr(stderr: str, limit: int = 25) -> str:
@@ -92,6 +63,58 @@ def last_step(stderr: str) -> str | None:
         if line.startswith(rc.STEP_MARKER):
             return line[len(rc.STEP_MARKER) :].strip()
     return None
+
+
+# What a release command prints when it cannot reach its database (Ecto/Postgrex/DBConnection, plain
+# Erlang drivers, PostgreSQL error codes). Matched case-insensitively in stdout and stderr.
+DATABASE_CONNECTION_SIGNS = (
+    "econnrefused",
+    "connection refused",
+    "nxdomain",
+    "ehostunreach",
+    "enetunreach",
+    "etimedout",
+    "dbconnection.connectionerror",
+    "connection not available",
+    "tcp connect",
+    "invalid_password",
+    "28p01",
+    "password authentication failed",
+    "could not connect",
+    "too many connections",
+    "53300",
+    "57p03",
+)
+
+
+def migration_hint(output: str, *, lost: bool) -> str:
+    """What to do after a failed migration, by its cause: the link, the database, a hang, the code."""
+    text = output.lower()
+    if lost:
+        return (
+            "the SSH connection failed while the migration ran: it may or may not have been applied; "
+            "check the database and `invoke history`, then deploy again"
+        )
+    if any(sign in text for sign in DATABASE_CONNECTION_SIGNS):
+        return (
+            "the release could not reach its database (see the cause above): check that the database is up, "
+            "reachable from the migrator host, and that its credentials are right, then deploy again"
+        )
+    if "timed out" in text:
+        return "the migration did not finish in migrate.timeout: find what it waits for (a lock?), then deploy again"
+    return "fix the migration and deploy again"
+
+
+def command_output(result: CommandResult, limit: int = 15) -> str:
+    """The tail of a failed command's stderr and stdout (Elixir's Logger writes to stdout)."""
+    parts = []
+    err = clean_stderr(result.stderr, limit)
+    if err:
+        parts.append(err)
+    out = "\n".join(line for line in result.stdout.splitlines() if line.strip())
+    if out:
+        parts.append("stdout:\n" + "\n".join(out.splitlines()[-limit:]))
+    return "\n".join(parts) or f"exit status {result.exit_status}"
 
 
 class Executor:
@@ -119,6 +142,7 @@ class Executor:
         self.locked: list[str] = []
         self.lock_left: dict[str, str] = {}
         self.results: dict[str, HostResult] = {}
+        self.facts: dict[str, HostFacts] = {}
         hosts = {h.name: h for h in inventory.hosts}
         self.pool = ConnectionPool(lambda name: connector(hosts[name]))
         self._threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deployer")
@@ -146,34 +170,69 @@ class Executor:
         return self.results[host]
 
     def run(self, host: str, script: Script, *, check: bool = True) -> CommandResult:
-        """Run one script on one host, timing it; a non-zero exit raises :class:`RemoteCommandError`."""
+        """Run one script on one host, timing it; a non-zero exit raises :class:`RemoteCommandError`.
+
+        Output is forwarded to the events masked per stream, across chunk boundaries.
+        """
         transport = self.pool.get(host)
         self.events.step(host, script.name, "start")
         self.events.output(host, "script", script.render(reveal=False))
         started = time.monotonic()
+        streams = {name: self.masker.stream(self._emitter(host, name)) for name in ("stdout", "stderr")}
 
         def forward(stream: str, text: str) -> None:
-            self.events.output(host, stream, self.masker(text))
+            target = streams.get(stream)
+            if target is None:
+                self.events.output(host, stream, self.masker(text))
+            else:
+                target.write(text)
 
-        outcome = transport.run(script, on_output=forward)
+        try:
+            outcome = transport.run(script, on_output=forward)
+        except RemoteCommandError as exc:
+            self.events.step(host, exc.step, "failed", self.describe(exc))
+            raise LostConnection(host, exc.step, self.describe(exc), hint=exc.hint) from None
+        finally:
+            for stream in streams.values():
+                stream.close()
         elapsed = time.monotonic() - started
         timings = self.result(host).timings
         timings[script.name] = round(timings.get(script.name, 0.0) + elapsed, 3)
         if check and not outcome.ok:
             step = last_step(outcome.stderr) or script.name
-            detail = self.masker(clean_stderr(outcome.stderr)) or f"exit status {outcome.exit_status}"
+            detail = self._failure(outcome)
             self.events.step(host, step, "failed", detail)
+            if outcome.exit_status < 0:
+                raise LostConnection(host, step, detail)
             raise RemoteCommandError(host, step, detail)
         self.events.step(host, script.name, "done", f"{elapsed:.1f}s")
         return outcome
 
+    def _failure(self, outcome: CommandResult) -> str:
+        """Why a command failed: its stderr's tail, masked; never a bare "exit status -1"."""
+        detail = self.masker(clean_stderr(outcome.stderr))
+        if detail:
+            return detail
+        if outcome.exit_status < 0:
+            return "the command ended without an exit status: the SSH connection was lost or the session was closed"
+        return f"exit status {outcome.exit_status}"
+
+    def _emitter(self, host: str, stream: str) -> Callable[[str], None]:
+        def emit(text: str) -> None:
+            self.events.output(host, stream, text)
+
+        return emit
+
     def run_cleanup(self, host: str, script: Script) -> CommandResult:
         """Like :meth:`run`, but first replaces a connection that died: cleanup must still be tried."""
+        self._revive(host, script.name)
+        return self.run(host, script)
+
+    def _revive(self, host: str, why: str) -> None:
         transport = self.pool.opened().get(host)
         if transport is not None and not transport.is_alive():
-            self.events.step(host, "reconnect", "start", f"the connection was lost; reconnecting for {script.name}")
+            self.events.step(host, "reconnect", "start", f"the connection was lost; reconnecting for {why}")
             self.pool.reconnect(host)
-        return self.run(host, script)
 
     def upload(self, host: str, script: Script, source: Path) -> None:
         transport = self.pool.get(host)
@@ -192,7 +251,7 @@ class Executor:
         result.timings["upload"] = round(elapsed, 3)
         result.uploaded_bytes += transport.bytes_uploaded - before
         if not outcome.ok:
-            detail = self.masker(clean_stderr(outcome.stderr)) or f"exit status {outcome.exit_status}"
+            detail = self._failure(outcome)
             self.events.step(host, "upload", "failed", detail)
             raise RemoteCommandError(host, "upload", detail)
         self.events.step(host, "upload", "done", f"{elapsed:.1f}s")
@@ -213,11 +272,33 @@ class Executor:
                     errors[futures[future]] = exc
         return errors
 
+    def probe_each(self, hosts: Sequence[str], script: Script) -> dict[str, tuple[str | None, str | None]]:
+        """Run a read-only ``script`` on every host at once: host -> (stdout, masked error)."""
+        out: dict[str, tuple[str | None, str | None]] = {}
+
+        def probe(host: str) -> None:
+            try:
+                out[host] = (self.run(host, script).stdout, None)
+            except DeployerError as exc:
+                out[host] = (None, self.masker(str(exc)))
+
+        self.parallel(hosts, probe)
+        return {h: out[h] for h in hosts}
+
+    def describe(self, exc: BaseException) -> str:
+        """An error for a report line: masked, without the ``host: step:`` prefix the row already shows."""
+        if isinstance(exc, RemoteCommandError):
+            prefix = f"{exc.host}: {exc.step}: "
+            return self.masker(exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message)
+        if isinstance(exc, DeployerError):
+            return self.masker(exc.message)
+        return self.masker(f"{type(exc).__name__}: {exc}")
+
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled("interrupted by the operator")
 
-    # --- preflight and lock ----------------------------------------------------------------------------------
+    # --- starting: preflight and lock -------------------------------------------------------------------
 
     def preflight(self, hosts: Sequence[str], *, lock: bool, release: str | None = None) -> dict[str, HostFacts]:
         """Connect to every host and probe it; with ``lock`` take the deploy lock on all of them or none.
@@ -227,22 +308,7 @@ class Executor:
         on a host, so the other hosts' connections open while the first one is being locked: a fleet
         waits for one round of SSH handshakes, not two in a row.
         """
-        info = None
-        if lock:
-            user, _, local_host = current_user().partition("@")
-            info = json.dumps(
-                {
-                    "token": self.lock_token,
-                    "who": user,
-                    "host": local_host,
-                    "pid": os.getpid(),
-                    "operation": self.operation,
-                    "release": release,
-                    "since": round(time.time()),
-                },
-                sort_keys=True,
-            )
-        facts: dict[str, HostFacts] = {}
+        info = lock_info(self.lock_token, self.operation, release) if lock else None
         script = rc.probe(self.layout, lock_info=info)
         self.events.phase("preflight", f"{'locking and ' if lock else ''}probing {len(hosts)} host(s)")
 
@@ -260,11 +326,12 @@ class Executor:
                 self.events.step(host, "connect", "failed", exc.message)
                 raise
             fact = parse_probe(output.stdout)
-            facts[host] = fact
+            self.facts[host] = fact
             if fact.lock_acquired:
                 self.locked.append(host)
-            self.result(host).before = fact.current_release
-            self.result(host).after = fact.current_release
+            result = self.result(host)
+            result.before = result.after = fact.current_release
+            result.known = True
 
         order = list(hosts)
 
@@ -283,7 +350,7 @@ class Executor:
         if errors:
             for host in order:
                 if self.result(host).outcome == "pending":
-                    self.result(host).outcome = "aborted" if host not in errors else "failed"
+                    self.result(host).outcome = "untouched" if host not in errors else "failed"
             first = next(iter(errors.values()))
             if len(errors) == 1 and isinstance(first, DeployerError):
                 raise first
@@ -295,17 +362,17 @@ class Executor:
                 hint="nothing was changed on any host; fix the hosts above and retry",
             )
         if lock:
-            held = {h: f.lock for h, f in facts.items() if not f.lock_acquired}
+            held = {h: f for h, f in self.facts.items() if h in order and not f.lock_acquired}
             if held:
-                holders = "\n  ".join(f"{host}: {describe_holder(info)}" for host, info in held.items())
+                holders = "\n  ".join(f"{host}: {describe_holder(f.lock, f.now)}" for host, f in held.items())
                 for host in order:
-                    self.result(host).outcome = "aborted"
+                    self.result(host).outcome = "untouched"
                 raise LockedError(
                     f"another operation holds the deploy lock:\n  {holders}",
                     hint="wait for it to finish; if its process is gone, `invoke unlock --env "
                     f"{self.inventory.env}` removes the lock",
                 )
-        return {h: facts[h] for h in order}
+        return {h: self.facts[h] for h in order}
 
     def release_locks(self) -> None:
         """Remove our lock from every host we locked; remember where that failed."""
@@ -322,9 +389,27 @@ class Executor:
         for host, exc in errors.items():
             self.lock_left[host] = str(exc)
 
-    def force_unlock(self, hosts: Sequence[str]) -> dict[str, LockInfo | None]:
-        """Remove any lock (the `unlock` task); returns what each host's lock said before."""
+    def force_unlock(self, hosts: Sequence[str], *, force: bool = False) -> dict[str, LockInfo | None]:
+        """Remove any lock (the ``unlock`` task); returns what each host's lock said before.
+
+        Without ``force`` a lock whose holder may still be working is refused (see
+        :meth:`deployer.engine.locks.LockState.refusal`) and nothing is removed anywhere.
+        """
         before = self.preflight(hosts, lock=False)
+        timeout = self.inventory.config.ssh.command_timeout
+        if not force:
+            refused = []
+            for host, fact in before.items():
+                if fact.lock is None:
+                    continue
+                why = judge(fact.lock, fact.now).refusal(timeout)
+                if why:
+                    refused.append(f"{host}: held by {describe_holder(fact.lock, fact.now)}: {why}")
+            if refused:
+                raise LockedError(
+                    "refusing to remove a lock that may still be in use:\n  " + "\n  ".join(refused),
+                    hint="wait for that run to finish; if you are sure it is gone, `invoke unlock --force`",
+                )
         script = rc.unlock(self.layout, None)
 
         def unlock(host: str) -> None:
@@ -332,54 +417,79 @@ class Executor:
 
         errors = self.parallel([h for h in hosts if before[h].lock], unlock)
         if errors:
-            raise DeployerError("unlock failed on " + ", ".join(f"{h}: {self._describe(e)}" for h, e in errors.items()))
+            raise DeployerError("unlock failed on " + ", ".join(f"{h}: {self.describe(e)}" for h, e in errors.items()))
         return {h: f.lock for h, f in before.items()}
 
-    # --- deploy ---------------------------------------------------------------------------------------------
-
     def read_cookie(self, facts: Mapping[str, HostFacts]) -> str | None:
-        """The environment's cookie from the first host that has one (kept in memory, never shown)."""
+        """The environment's cookie from any host of the environment that has one (kept in memory, never
+        shown); None only when no host has one. Hosts outside ``facts`` (not selected) are probed
+        read-only; when one cannot be probed and no host gave a cookie, this refuses rather than letting
+        the caller generate a second cookie for the environment."""
         for host, fact in facts.items():
             if fact.has_cookie:
-                value = self.pool.get(host).run(rc.read_cookie(self.layout)).stdout.strip()
+                value = self.run(host, rc.read_cookie(self.layout)).stdout.strip()
                 if value:
                     self.masker.add(value)
                     return value
+        others = [h.name for h in self.inventory.hosts if h.name not in facts]
+        if not others:
+            return None
+        probed = self.probe_each(others, rc.probe(self.layout))
+        unknown = []
+        for host, (stdout, error) in probed.items():
+            if stdout is None:
+                unknown.append(f"{host}: {error}")
+            elif parse_probe(stdout).has_cookie:
+                value = self.run(host, rc.read_cookie(self.layout)).stdout.strip()
+                if value:
+                    self.masker.add(value)
+                    return value
+        if unknown:
+            raise DeployerError(
+                "cannot tell whether the environment already has an Erlang cookie: no selected host has one "
+                "and these hosts could not be probed:\n  " + "\n  ".join(unknown),
+                hint="one cookie per environment: make those hosts reachable (or deploy to them too) and retry",
+            )
         return None
 
+    # --- the phases -----------------------------------------------------------------------------------------
+
     def execute(self, plan: Plan) -> Report:
-        """Run a deploy or rollback plan (the lock must already be held)."""
+        """Run ``plan`` (the lock must already be held): updating, migrating, publishing, finishing."""
         started = time.monotonic()
         report = Report(plan.kind, plan.env, plan.release_id, plan.version, [], list(plan.warnings))
         hosts = [p.host for p in plan.hosts]
+        if plan.kind == "migrate" and plan.migrator is not None:
+            hosts = [plan.migrator]
         for warning in plan.warnings:
             self.events.warning(warning)
         for host_plan in plan.hosts:
             result = self.result(host_plan.host)
-            result.before = host_plan.before
-            result.after = host_plan.before
+            result.before = result.after = host_plan.before
             result.target = host_plan.target
         try:
-            if plan.kind == "deploy":
-                self._prepare_all(plan)
-                if plan.migrate is not None and plan.migrator is not None:
-                    self._migrate(plan, report)
-            self._activate_all(plan, report)
+            self._updating(plan)
+            self._migrating(plan, report)
+            self._publishing(plan, report)
         except Cancelled:
             report.interrupted = True
             report.error = "interrupted by the operator"
         except DeployerError as exc:
             report.error = str(exc)
         finally:
-            if plan.kind == "deploy":
-                self._abort_unswitched(plan)
+            self._finishing(plan)
             report.hosts = [self.result(h) for h in hosts]
+            for result in report.hosts:
+                if result.outcome == "pending":
+                    result.outcome = "untouched"
             report.duration = time.monotonic() - started
         return report
 
-    def _prepare_all(self, plan: Plan) -> None:
+    def _updating(self, plan: Plan) -> None:
+        """Upload and prepare the release on every host; any failure aborts before a switch."""
         artifact = plan.artifact
-        assert artifact is not None
+        if artifact is None or not any(p.prepare is not None for p in plan.hosts):
+            return
         self.events.phase("prepare", f"upload {artifact.path.name} and extract {plan.release_id}")
 
         def prepare(host: str) -> None:
@@ -395,31 +505,56 @@ class Executor:
 
         errors = self.parallel([p.host for p in plan.hosts], prepare)
         if errors:
-            self._fail_hosts(errors)
+            for host, exc in errors.items():
+                result = self.result(host)
+                result.step = getattr(exc, "step", None)
+                result.error = self.describe(exc)
+                result.outcome = "aborted"
             if all(isinstance(e, Cancelled) for e in errors.values()):
                 raise Cancelled("interrupted by the operator")
             raise DeployerError(
-                "deploy aborted before any host switched: "
-                + "; ".join(f"{h}: {self._describe(e)}" for h, e in errors.items()),
+                f"{plan.kind} aborted before any host switched: "
+                + "; ".join(f"{h}: {self.describe(e)}" for h, e in errors.items()),
                 hint="every host still runs its previous release; fix the cause and deploy again",
             )
 
-    def _migrate(self, plan: Plan, report: Report) -> None:
-        assert plan.migrate is not None and plan.migrator is not None
+    def _migrating(self, plan: Plan, report: Report) -> None:
+        """The migration, once, on the migrator host; its failure names the real cause."""
+        if plan.migrate is None or plan.migrator is None:
+            return
         self._check_cancel()
-        self.events.phase("migrate", f"on {plan.migrator} with {plan.release_id}")
+        host = plan.migrator
+        self.events.phase("migrate", f"on {host} with {plan.release_id}")
+        result = self.result(host)
+        lost = False
         try:
-            self.run(plan.migrator, plan.migrate)
+            output = self.run(host, plan.migrate, check=False)
+            step = last_step(output.stderr) or "migrate"
+            cause = self.masker(command_output(output)) if not output.ok else ""
+            if output.exit_status < 0:
+                lost, cause = True, self._failure(output)
         except DeployerError as exc:
-            self.result(plan.migrator).step = "migrate"
-            self.result(plan.migrator).error = self._describe(exc)
+            lost, step, cause = True, getattr(exc, "step", "migrate"), self.describe(exc)
+        if cause:
+            self.events.step(host, step, "failed", cause)
+            result.step, result.error = "migrate", cause
+            before = "every host still runs its previous release; " if plan.kind != "migrate" else ""
+            if plan.kind == "migrate":
+                result.outcome = "failed"
             raise DeployerError(
-                f"migration failed on {plan.migrator}; no host switched: {self._describe(exc)}",
-                hint="every host still runs its previous release; fix the migration and deploy again",
-            ) from None
-        report.migrated_on = plan.migrator
+                f"migration failed on {host}" + ("; no host switched" if plan.kind != "migrate" else "") + f": {cause}",
+                hint=before + migration_hint(cause, lost=lost),
+            )
+        self.events.step(host, "migrate", "done")
+        if plan.kind == "migrate":
+            result.outcome = "success"
+            result.target = result.after = plan.release_id
+            if output.stdout.strip():
+                self.events.output(host, "stdout", self.masker(output.stdout))
+        report.migrated_on = host
 
-    def _activate_all(self, plan: Plan, report: Report) -> None:
+    def _publishing(self, plan: Plan, report: Report) -> None:
+        """The batches: canary first, pauses between, no further batch once ``max_fail`` is exceeded."""
         failed = 0
         for index, batch in enumerate(plan.batches):
             self._check_cancel()
@@ -429,10 +564,13 @@ class Executor:
                 while time.monotonic() < end:
                     self._check_cancel()
                     time.sleep(min(0.2, end - time.monotonic()))
-            label = "activate" if len(plan.batches) == 1 else f"activate batch {index + 1}/{len(plan.batches)}"
+            label = plan.label if len(plan.batches) == 1 else f"{plan.label} batch {index + 1}/{len(plan.batches)}"
             self.events.phase(label, ", ".join(batch))
-            errors = self.parallel(list(batch), lambda host: self._activate(plan, host))
-            failed += sum(1 for h in batch if self.result(h).outcome != "success")
+            errors = self.parallel(list(batch), lambda host: self._publish_host(plan, host))
+            for host, exc in errors.items():  # a bug, not a remote failure: never leave it unreported
+                if not isinstance(exc, Cancelled) and self.result(host).error is None:
+                    self.result(host).error = self.describe(exc)
+            failed += sum(1 for h in batch if not self.result(h).succeeded)
             if errors and all(isinstance(e, Cancelled) for e in errors.values()):
                 raise Cancelled("interrupted by the operator")
             if failed > plan.max_fail:
@@ -440,109 +578,162 @@ class Executor:
                 if remaining:
                     report.warnings.append(
                         f"stopped after {failed} failed host(s) (max_fail {plan.max_fail}); "
-                        f"not started: {', '.join(remaining)}"
+                        f"not {plan.done}: {', '.join(remaining)}"
                     )
                 return
 
-    def _activate(self, plan: Plan, host: str) -> None:
+    def _steps(self, host: str, steps: Sequence[HostStep]) -> None:
+        for step in steps:
+            output = self.run(host, step.script)
+            note = step.notice(output.stdout) if step.notice is not None else None
+            if note:
+                self.events.step(host, step.name, "skipped", note)
+
+    def _publish_host(self, plan: Plan, host: str) -> None:
+        """One host: ``before_stop`` steps, the activation, ``after_healthy`` steps; on failure, recover."""
         self._check_cancel()
         host_plan = plan.host(host)
         result = self.result(host)
+        result.target = host_plan.target
         try:
-            self.run(host, host_plan.activate)
+            self._steps(host, host_plan.scripts("before_stop"))
         except DeployerError as exc:
-            result.step = getattr(exc, "step", "activate")
-            result.error = self._describe(exc)
-            if result.step == "switch":
-                # mv -T is atomic: current never moved, the old node was not touched.
-                result.outcome = "aborted"
-                return
-            self._revert(host, host_plan.revert, result)
+            # Nothing was stopped or switched: the host keeps what it ran.
+            self._fail(result, exc, "aborted")
+            return
+        try:
+            self._steps(host, host_plan.scripts("activate"))
+        except DeployerError as exc:
+            self._recover(plan, host_plan, result, exc)
             return
         result.after = host_plan.target
         result.outcome = "success"
-        result.healthy = True
+        result.healthy = True if plan.health_gated else None
+        self._after_healthy(host, host_plan, result)
 
-    def _revert(self, host: str, script: Script, result: HostResult) -> None:
+    def _after_healthy(self, host: str, host_plan: HostPlan, result: HostResult) -> None:
+        # A failing after-step is reported; it does not undo a healthy host.
+        try:
+            self._steps(host, host_plan.scripts("after_healthy"))
+        except DeployerError as exc:
+            result.step = getattr(exc, "step", "after_healthy")
+            result.error = f"{self.describe(exc)} (after the node was healthy; the host was left as it is)"
+
+    def _fail(self, result: HostResult, exc: DeployerError, outcome: Outcome) -> None:
+        result.step = getattr(exc, "step", None) or "activate"
+        result.error = self.describe(exc)
+        result.outcome = outcome
+
+    def reprobe(self, host: str) -> tuple[HostFacts | None, str | None]:
+        """What the host runs now, over a fresh connection if the old one died: (facts, or why not)."""
+        # Seam for detached activation (issue 13): when the remote side writes the activation's outcome
+        # on the host, wait for and read that outcome here before probing.
+        try:
+            self._revive(host, "a probe")
+            return parse_probe(self.run(host, rc.probe(self.layout)).stdout), None
+        except DeployerError as exc:
+            return None, self.describe(exc)
+
+    def _recover(self, plan: Plan, host_plan: HostPlan, result: HostResult, exc: DeployerError) -> None:
+        """After a failed activation: re-probe, then success / nothing to undo / revert / failed."""
+        host = host_plan.host
+        result.step = getattr(exc, "step", None) or "activate"
+        result.error = self.describe(exc)
+        result.healthy = False if plan.health_gated else None
+        now, why = self.reprobe(host)
+        if now is None:
+            result.outcome = "failed"
+            result.after, result.known, result.healthy = None, False, None
+            result.error += f"; could not reconnect to see what the host runs: {why}"
+            return
+        before = self.facts.get(host)
+        since = before.now if before else None
+        decision = recovery.decide(host_plan, plan.kind, now, since=since)
+        if decision == "revert" and isinstance(exc, LostConnection) and now.current_release == host_plan.target:
+            now, decision = self._settle(plan, host_plan, now, since)
+        result.after, result.known = now.current_release, True
+        if decision == "success":
+            self.events.step(host, "activate", "done", "the host finished it; only its report was lost")
+            result.outcome, result.healthy, result.step, result.error = "success", True, None, None
+            self._after_healthy(host, host_plan, result)
+            return
+        if decision == "unchanged":
+            result.outcome = "aborted" if host_plan.target != host_plan.before else "failed"
+            result.healthy = None if not now.node_pids else result.healthy
+            result.error += f"; {recovery.describe_now(now)} (as before)"
+            return
+        if decision == "failed":
+            result.outcome = "failed"
+            result.error += f"; {recovery.describe_now(now)}"
+            return
+        self._revert(host, host_plan, result)
+
+    def settle_seconds(self) -> float:
+        """How long an activation whose result was lost may still be running on its host: stopping the
+        old node, the release script's bounded start wait and the health gate."""
+        config = self.inventory.config
+        return config.node.stop_timeout + config.health.deadline * 2 + 10
+
+    def _settle(
+        self, plan: Plan, host_plan: HostPlan, now: HostFacts, since: float | None
+    ) -> tuple[HostFacts, recovery.Decision]:
+        """The host switched but its result was lost: its activation may still be running (restart,
+        health gate). Probe again until it records success or could no longer be running, so a revert
+        never races the activation it undoes."""
+        deadline = time.monotonic() + self.settle_seconds()
+        self.events.step(host_plan.host, "activate", "start", "the result was lost; waiting for the host to finish")
+        decision: recovery.Decision = "revert"
+        while decision == "revert" and time.monotonic() < deadline and not self.cancel.is_set():
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            again, _ = self.reprobe(host_plan.host)
+            if again is not None:
+                now = again
+                decision = recovery.decide(host_plan, plan.kind, now, since=since)
+        return now, decision
+
+    def _revert(self, host: str, host_plan: HostPlan, result: HostResult) -> None:
         self.events.step(host, "revert", "start", f"back to {result.before or 'nothing'}")
         try:
-            self.run_cleanup(host, script)
+            self._revive(host, "the revert")
+            self._steps(host, host_plan.scripts("before_stop"))
+            self._steps(host, host_plan.scripts("revert"))
         except DeployerError as exc:
+            now, _ = self.reprobe(host)
             result.outcome = "failed"
-            result.healthy = False
-            result.after = None
-            result.error = f"{result.error}; revert also failed: {self._describe(exc)}"
+            result.healthy = False if now is not None and now.current_release else None
+            result.after, result.known = (now.current_release, True) if now is not None else (None, False)
+            step = getattr(exc, "step", "revert")
+            result.error = f"{result.error}; revert also failed at {step}: {self.describe(exc)}; "
+            result.error += recovery.describe_now(now)
             return
         result.outcome = "reverted"
-        result.after = result.before
+        result.after, result.known = result.before, True
         result.healthy = result.before is not None
+        self._after_healthy(host, host_plan, result)
 
-    def _abort_unswitched(self, plan: Plan) -> None:
-        """Remove the prepared release from hosts that never switched to it (best effort)."""
+    def _finishing(self, plan: Plan) -> None:
+        """Remove prepared releases that never went live (best effort); nothing stays ``pending``."""
+        switched = any(r.outcome in ("success", "reverted", "failed") for r in self.results.values())
+        for host_plan in plan.hosts:
+            result = self.result(host_plan.host)
+            if result.outcome == "pending":
+                result.outcome = "aborted" if host_plan.abort is not None and not switched else "untouched"
         hosts = [
             p.host
             for p in plan.hosts
-            if p.abort is not None and self.result(p.host).outcome in ("pending", "aborted", "untouched")
+            if p.abort is not None and self.result(p.host).outcome in ("aborted", "untouched")
         ]
         if not hosts:
             return
 
         def abort(host: str) -> None:
-            result = self.result(host)
-            if result.outcome == "pending":
-                result.outcome = "aborted" if not self._any_switched() else "untouched"
             script = plan.host(host).abort
             assert script is not None
             self.run_cleanup(host, script)
 
         errors = self.parallel(hosts, abort)
         for host, exc in errors.items():
-            self.result(host).error = (self.result(host).error or "") + f" (cleanup failed: {self._describe(exc)})"
-
-    def _any_switched(self) -> bool:
-        return any(r.outcome in ("success", "reverted", "failed") for r in self.results.values())
-
-    def _fail_hosts(self, errors: Mapping[str, BaseException]) -> None:
-        for host, exc in errors.items():
-            result = self.result(host)
-            result.step = getattr(exc, "step", None)
-            result.error = self._describe(exc)
-            result.outcome = "aborted"
-
-    def _describe(self, exc: BaseException) -> str:
-        if isinstance(exc, RemoteCommandError):
-            return self.masker(exc.message.split(": ", 2)[-1] if exc.message.startswith(exc.host) else exc.message)
-        if isinstance(exc, DeployerError):
-            return self.masker(exc.message)
-        return self.masker(f"{type(exc).__name__}: {exc}")
-
-    # --- migrate ---------------------------------------------------------------------------------------------
-
-    def execute_migrate(self, plan: Plan) -> Report:
-        assert plan.migrate is not None and plan.migrator is not None
-        started = time.monotonic()
-        report = Report("migrate", plan.env, plan.release_id, plan.version, [])
-        result = self.result(plan.migrator)
-        result.target = plan.release_id
-        self.events.phase("migrate", f"on {plan.migrator} with {plan.release_id}")
-        try:
-            self._check_cancel()
-            output = self.run(plan.migrator, plan.migrate)
-            result.outcome = "success"
-            result.after = plan.release_id
-            if output.stdout.strip():
-                self.events.output(plan.migrator, "stdout", self.masker(output.stdout))
-            report.migrated_on = plan.migrator
-        except Cancelled:
-            report.interrupted = True
-        except DeployerError as exc:
-            result.outcome = "failed"
-            result.step = "migrate"
-            result.error = self._describe(exc)
-            report.error = f"migration failed on {plan.migrator}: {result.error}"
-        report.hosts = [result]
-        report.duration = time.monotonic() - started
-        return report
+            self.result(host).error = (self.result(host).error or "") + f" (cleanup failed: {self.describe(exc)})"
 
     def sessions(self) -> dict[str, int]:
         return {h: t.sessions for h, t in self.pool.opened().items()}

@@ -5,18 +5,18 @@ an interactive session); the Invoke tasks in :mod:`deployer.cli.ops_tasks` only 
 that matches nothing is an error before any host is touched (``Inventory.select``).
 
 * :func:`status` probes each host once (facts + one try of the health check, no waiting).
-* :func:`lifecycle` starts, stops or restarts nodes under the deploy lock, in the strategy's batches,
-  with the health gate after every start; a failing batch stops the rollout like a deploy.
+* :func:`lifecycle` starts, stops or restarts nodes: a :class:`~deployer.core.plan.Plan` like a deploy's,
+  run by the same executor path (lock, batches, pause, max_fail, health gate after every start, steps
+  at the seams, report).
 * :func:`logs` prints or follows the node's run_erl logs; :func:`console` opens ``bin/<app> remote``
   on a pty; :func:`observer_tunnel` forwards EPMD and the node's distribution port to loopback.
-* :func:`check` is a read-only preflight for an environment (and optionally an artifact).
+* :func:`check` is a read-only preflight for an environment (and optionally a release tarball).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import re
 import secrets
 import shlex
@@ -25,396 +25,55 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from deployer.cli.render import status_json
+from deployer.core import compat
 from deployer.core.artifact import Artifact
-from deployer.core.config import parse_count
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
-from deployer.core.outcome import NullEvents, Report
-from deployer.core.plan import batches, health_check, layout_for
-from deployer.engine.executor import Cancelled, Executor, Masker, fill_sessions
-from deployer.errors import DeployerError, PlanError, RemoteCommandError
-from deployer.operations import release as api
+from deployer.core.plan import LIFECYCLE, Lifecycle, Plan, layout_for, plan_lifecycle
+from deployer.engine.executor import Executor
+from deployer.engine.locks import describe_holder
+from deployer.engine.run import Options, Result, open_executor, run_operation
+from deployer.errors import DeployerError, RemoteCommandError
+from deployer.operations.release import disk_needed
+from deployer.operations.status import (
+    HostStatus,
+    NodeHealth,
+    parse_health,
+    releases_document,
+    status,
+    status_document,
+)
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
-from deployer.remote.shell import Script
-from deployer.ssh.endpoints import endpoint, ssh_connector
+from deployer.ssh.endpoints import endpoint
 from deployer.ssh.transport import LocalForward, OutputCallback, SSHTransport
-
-# --- status and releases -----------------------------------------------------------------------------------
-
-HealthState = Literal["ok", "failing", "down", "none", "unknown"]
-
-
-@dataclass(frozen=True)
-class NodeHealth:
-    """One try of the inventory's health check on a host.
-
-    ``ok``: the node runs and the check passed; ``failing``: it runs but the check failed; ``down``:
-    no node runs; ``none``: nothing is deployed; ``unknown``: the check could not be run.
-    """
-
-    state: HealthState
-    error: str | None = None
-
-    @property
-    def healthy(self) -> bool | None:
-        if self.state == "ok":
-            return True
-        if self.state in ("failing", "down"):
-            return False
-        return None
-
-
-def parse_health(output: str) -> NodeHealth:
-    """Parse the ``health=`` / ``health_error=`` lines of the status script."""
-    state: HealthState = "unknown"
-    error = None
-    for line in output.splitlines():
-        key, _, value = line.partition("=")
-        if key == "health" and value in ("ok", "failing", "down", "none", "unknown"):
-            state = value  # type: ignore[assignment]
-        elif key == "health_error":
-            error = value.strip() or None
-    if state == "down":
-        error = error or "the node is not running"
-    return NodeHealth(state, error)
-
-
-@dataclass(frozen=True)
-class HostStatus:
-    """One host of ``invoke status``: its facts and its node's health, or why it could not be probed."""
-
-    host: str
-    reachable: bool
-    facts: HostFacts | None
-    health: NodeHealth | None = None
-    error: str | None = None
-
-    def as_api(self) -> api.HostStatus:
-        return api.HostStatus(self.host, self.reachable, self.facts, self.error)
-
-
-def _executor(inventory: Inventory, options: api.Options, operation: str) -> Executor:
-    return Executor(
-        inventory,
-        options.connector or ssh_connector(inventory),
-        events=options.events or NullEvents(),
-        masker=Masker({v.get_secret_value() for v in inventory.secrets.values()}),
-        cancel=options.cancel,
-        operation=operation,
-    )
-
-
-def _probe_each(
-    inventory: Inventory, options: api.Options, operation: str, script: Script
-) -> dict[str, tuple[str | None, str | None]]:
-    """Run ``script`` on every selected host at once: host -> (stdout, error)."""
-    names = [h.name for h in inventory.select(options.hosts, options.roles)]
-    out: dict[str, tuple[str | None, str | None]] = {}
-    with _executor(inventory, options, operation) as executor:
-
-        def probe(host: str) -> None:
-            try:
-                out[host] = (executor.run(host, script).stdout, None)
-            except DeployerError as exc:
-                out[host] = (None, executor.masker(str(exc)))
-
-        executor.parallel(names, probe)
-    return {h: out[h] for h in names}
-
-
-def status(inventory: Inventory, options: api.Options | None = None) -> list[HostStatus]:
-    """Probe the selected hosts (facts + one health check each, no waiting); changes nothing."""
-    options = options or api.Options()
-    config = inventory.config
-    script = oc.status(layout_for(inventory), flavour(config.app.flavour), health_check(inventory))
-    rows = []
-    for host, (stdout, error) in _probe_each(inventory, options, "status", script).items():
-        if stdout is None:
-            rows.append(HostStatus(host, False, None, None, error))
-        else:
-            rows.append(HostStatus(host, True, parse_probe(stdout), parse_health(stdout)))
-    return rows
-
-
-def status_document(rows: Sequence[HostStatus]) -> dict[str, Any]:
-    """``invoke status --json``: per host reachability, release, version, node pids, health, releases
-    on disk, lock holder; ``mixed`` when reachable hosts run different releases; ``healthy`` when every
-    reachable host with a release has a healthy node."""
-    document = status_json([row.as_api() for row in rows])
-    for entry, row in zip(document["hosts"], rows, strict=True):
-        health = row.health
-        entry["health"] = health.state if health else None
-        entry["healthy"] = health.healthy if health else None
-        entry["health_error"] = health.error if health else None
-        entry["lock_holder"] = row.facts.lock.who if row.facts and row.facts.lock else None
-    document["healthy"] = all(r.reachable and (r.health is None or r.health.healthy is not False) for r in rows)
-    return document
-
-
-RELEASE_STATUS = {"success": "good", "failed": "failed"}
-
-
-def releases_document(rows: Sequence[api.HostStatus]) -> dict[str, Any]:
-    """``invoke releases --json``: the releases on each host, oldest first, with version, status
-    (good / failed / unknown, from revisions.log) and which one is current."""
-    hosts = []
-    for row in rows:
-        facts = row.facts
-        entries = []
-        if facts is not None:
-            for release in facts.releases:
-                recorded = facts.history.status(release)
-                entries.append(
-                    {
-                        "release": release,
-                        "version": facts.history.version(release),
-                        "status": RELEASE_STATUS.get(recorded or "", "unknown"),
-                        "current": release == facts.current_release,
-                    }
-                )
-        hosts.append(
-            {
-                "host": row.host,
-                "reachable": row.reachable,
-                "error": row.error,
-                "current": facts.current_release if facts else None,
-                "releases": entries,
-            }
-        )
-    return {"hosts": hosts}
-
 
 # --- node lifecycle --------------------------------------------------------------------------------------
 
-Lifecycle = Literal["start", "stop", "restart"]
-LIFECYCLE: tuple[Lifecycle, ...] = ("start", "stop", "restart")
+LifecycleResult = Result
+"""The report of a start/stop/restart and the plan it ran (or would run, with ``--dry-run``)."""
 
 
-@dataclass(frozen=True)
-class LifecycleHost:
-    """One host's part of a start/stop/restart: what runs there now and the script that will run."""
-
-    host: str
-    release: str | None
-    version: str | None
-    node_pids: tuple[int, ...]
-    script: Script
-
-
-@dataclass(frozen=True)
-class LifecyclePlan:
-    """A whole start/stop/restart, decided before anything changes (``--dry-run`` prints it)."""
-
-    operation: Lifecycle
-    env: str
-    hosts: tuple[LifecycleHost, ...]
-    batches: tuple[tuple[str, ...], ...]
-    max_fail: int = 0
-    pause: float = 0.0
-
-    def host(self, name: str) -> LifecycleHost:
-        for item in self.hosts:
-            if item.host == name:
-                return item
-        raise KeyError(name)
-
-
-def plan_lifecycle(
-    inventory: Inventory,
-    operation: Lifecycle,
-    facts: Mapping[str, HostFacts],
-    *,
-    strategy: Mapping[str, object] | None = None,
-) -> LifecyclePlan:
-    """Plan ``operation`` on every host in ``facts`` (the selected hosts, in inventory order).
-
-    Starting needs a deployed release on every host; stopping a host where nothing runs is a no-op.
-    """
-    if operation not in LIFECYCLE:
-        raise ValueError(f"unknown node operation {operation!r}")
-    config = inventory.config
-    layout = layout_for(inventory)
-    spec = flavour(config.app.flavour)
-    health = health_check(inventory)
-    if operation == "stop":
-        script = oc.stop(layout, stop_timeout=config.node.stop_timeout)
-    elif operation == "start":
-        script = oc.start(layout, spec, health=health)
-    else:
-        script = oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout)
-    names = [h.name for h in inventory.hosts if h.name in facts]
-    if operation != "stop":
-        missing = [n for n in names if facts[n].current_release is None]
-        if missing:
-            raise PlanError(
-                f"cannot {operation}: nothing is deployed on {', '.join(missing)}",
-                hint="deploy first (`invoke deploy`), or leave those hosts out with --hosts/--roles",
-            )
-    hosts = tuple(
-        LifecycleHost(
-            host=n,
-            release=facts[n].current_release,
-            version=facts[n].current_version,
-            node_pids=facts[n].node_pids,
-            script=script,
-        )
-        for n in names
-    )
-    merged = config.strategy.model_copy(update=dict(strategy or {}))
-    return LifecyclePlan(
-        operation=operation,
-        env=inventory.env,
-        hosts=hosts,
-        batches=tuple(tuple(b) for b in batches(names, inventory, strategy)),
-        max_fail=parse_count(merged.max_fail, len(names), allow_zero=True),
-        pause=float(merged.pause),
-    )
-
-
-@dataclass
-class LifecycleResult:
-    """The report of a start/stop/restart and the plan it ran (or would run, with ``--dry-run``)."""
-
-    report: Report
-    plan: LifecyclePlan | None = None
-
-
-def lifecycle(inventory: Inventory, operation: Lifecycle, options: api.Options | None = None) -> LifecycleResult:
+def lifecycle(inventory: Inventory, operation: Lifecycle, options: Options | None = None) -> Result:
     """Start, stop or restart the nodes of the selected hosts, batch by batch, under the deploy lock.
 
-    Every start is followed by the health gate; a host that fails it is reported ``failed`` (there is
-    nothing to revert to: the release did not change) and no further batch starts once more hosts
-    failed than ``max_fail`` allows. With ``dry_run`` the hosts are only probed (no lock).
+    Every start is followed by the health gate; a host that fails it is reported ``failed`` with what
+    it runs now (there is nothing to revert to: the release did not change) and no further batch
+    starts once more hosts failed than ``max_fail`` allows. With ``dry_run`` the hosts are only probed.
     """
-    options = options or api.Options()
+    options = options or Options()
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
-    started = time.monotonic()
-    with _executor(inventory, options, operation) as executor:
-        plan: LifecyclePlan | None = None
-        try:
-            facts = executor.preflight(names, lock=not options.dry_run)
-            plan = plan_lifecycle(inventory, operation, facts, strategy=options.strategy)
-            release, version = _common_release(plan)
-            if options.dry_run:
-                report = Report(
-                    operation, inventory.env, release, version, [executor.result(h) for h in names], dry_run=True
-                )
-                return LifecycleResult(report, plan)
-            report = Report(operation, inventory.env, release, version, [])
-            _execute(executor, plan, report)
-        except DeployerError as exc:
-            report = Report(
-                operation,
-                inventory.env,
-                None,
-                None,
-                [executor.result(h) for h in names],
-                error=str(exc),
-                dry_run=options.dry_run,
-            )
-        report.duration = time.monotonic() - started
-        executor.release_locks()
-        for host, why in executor.lock_left.items():
-            report.warnings.append(f"{host}: the lock could not be released ({why}); run `invoke unlock`")
-        fill_sessions(report, executor)
-        return LifecycleResult(report, plan)
 
+    def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
+        return plan_lifecycle(inventory, operation, facts, strategy=options.strategy)
 
-def _common_release(plan: LifecyclePlan) -> tuple[str | None, str | None]:
-    releases = {h.release for h in plan.hosts}
-    if len(releases) != 1:
-        return None, None
-    first = plan.hosts[0]
-    return first.release, first.version
-
-
-def _execute(executor: Executor, plan: LifecyclePlan, report: Report) -> None:
-    names = [h.host for h in plan.hosts]
-    failed = 0
-    try:
-        for index, batch in enumerate(plan.batches):
-            if executor.cancel.is_set():
-                raise Cancelled("interrupted by the operator")
-            if index and plan.pause:
-                executor.events.phase("pause", f"{plan.pause:g}s before the next batch")
-                end = time.monotonic() + plan.pause
-                while time.monotonic() < end:
-                    if executor.cancel.is_set():
-                        raise Cancelled("interrupted by the operator")
-                    time.sleep(min(0.2, end - time.monotonic()))
-            label: str = plan.operation
-            if len(plan.batches) > 1:
-                label += f" batch {index + 1}/{len(plan.batches)}"
-            executor.events.phase(label, ", ".join(batch))
-            executor.parallel(list(batch), lambda host: _run_host(executor, plan, host))
-            failed += sum(1 for h in batch if executor.result(h).outcome != "success")
-            if failed > plan.max_fail:
-                remaining = [h for b in plan.batches[index + 1 :] for h in b]
-                if remaining:
-                    report.warnings.append(
-                        f"stopped after {failed} failed host(s) (max_fail {plan.max_fail}); "
-                        f"not {plan.operation}ed: {', '.join(remaining)}"
-                    )
-                break
-    except Cancelled:
-        report.interrupted = True
-        report.error = "interrupted by the operator"
-    for host in names:
-        result = executor.result(host)
-        if result.outcome == "pending":
-            result.outcome = "untouched"
-    report.hosts = [executor.result(h) for h in names]
-
-
-def _run_host(executor: Executor, plan: LifecyclePlan, host: str) -> None:
-    result = executor.result(host)
-    if executor.cancel.is_set():
-        return
-    item = plan.host(host)
-    result.target = item.release
-    try:
-        output = executor.run(host, item.script)
-    except DeployerError as exc:
-        result.outcome = "failed"
-        result.step = getattr(exc, "step", plan.operation)
-        result.error = _describe(executor, exc)
-        result.healthy = False if plan.operation != "stop" else None
-        return
-    result.outcome = "success"
-    if plan.operation == "stop":
-        result.healthy = None
-        stopped = _value(output.stdout, "stopped")
-        if stopped == "none":
-            executor.events.step(host, "stop", "skipped", "no node was running")
-    else:
-        result.healthy = True
-        if _value(output.stdout, "already_running"):
-            executor.events.step(host, "start", "skipped", "the node was already running; it is healthy")
-
-
-def _value(output: str, key: str) -> str | None:
-    for line in output.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name == key:
-            return value.strip()
-    return None
-
-
-def _describe(executor: Executor, exc: DeployerError) -> str:
-    if isinstance(exc, RemoteCommandError):
-        prefix = f"{exc.host}: {exc.step}: "
-        message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
-        return executor.masker(message)
-    return executor.masker(exc.message)
+    return run_operation(inventory, options, operation, names, plan_for)
 
 
 # --- one host: connection helpers ----------------------------------------------------------------------
@@ -748,38 +407,10 @@ def wait_forever(should_stop: Callable[[], bool] | None = None) -> None:
 
 # --- check -------------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class LocalMachine:
-    """The machine that builds releases (this one): what a bundled ERTS was linked for."""
-
-    arch: str
-    libc: str | None
-
-    @classmethod
-    def detect(cls) -> LocalMachine:
-        libc = None
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(["ldd", "--version"], capture_output=True, text=True, timeout=10, check=False)
-            first = (done.stdout or done.stderr).strip().splitlines()
-            libc = first[0].strip() if first else None
-        return cls(arch=platform.machine(), libc=libc)
-
-
-_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
-
-
-def libc_version(line: str | None) -> tuple[str, tuple[int, ...] | None] | None:
-    """``ldd --version``'s first line -> (family, version): ``("glibc", (2, 36))``, ``("musl", None)``."""
-    if not line:
-        return None
-    lower = line.lower()
-    if "musl" in lower:
-        return ("musl", None)
-    if "glibc" in lower or "gnu libc" in lower or "gnu c library" in lower:
-        match = re.search(r"(\d+)\.(\d+)\s*$", line)
-        return ("glibc", (int(match.group(1)), int(match.group(2))) if match else None)
-    return None
+NO_TARBALL_NOTE = (
+    "architecture and libc are checked against the release itself (its ERTS and NIFs, and where it was "
+    "built) at deploy, or now with --tarball"
+)
 
 
 @dataclass
@@ -798,14 +429,12 @@ class CheckRow:
 
 
 def check_host(
-    host: str,
-    facts: HostFacts,
-    *,
-    inventory: Inventory,
-    artifact: Artifact | None,
-    local: LocalMachine,
+    facts: HostFacts, *, inventory: Inventory, artifact: Artifact | None, compatibility: Sequence[str] = ()
 ) -> list[str]:
-    """Every reason ``host`` is not ready for a deploy (pure: unit-tested against probe facts)."""
+    """Every reason a host is not ready for a deploy (pure: unit-tested against probe facts).
+
+    ``compatibility`` are the release's findings for this host (:func:`deployer.core.compat.findings`).
+    """
     config = inventory.config
     problems: list[str] = []
     if not facts.writable:
@@ -815,61 +444,42 @@ def check_host(
             problems.append(f"{tool} is not installed")
     if config.health.http and not {"curl", "wget"} & facts.tools:
         problems.append("the health check uses http but neither curl nor wget is installed")
-    if artifact is not None and facts.disk_free_kb is not None:
-        need = artifact.unpacked_size + (artifact.size if artifact.sha256 not in facts.artifacts else 0)
-        if facts.disk_free_kb * 1024 < need * 1.1:
-            problems.append(
-                f"{facts.disk_free_kb // 1024} MiB free under deploy_to, the release needs about "
-                f"{need * 1.1 / 2**20:.0f} MiB"
-            )
-    if artifact is None or artifact.erts_version is not None:
-        arch = _ARCH_ALIASES.get(facts.arch or "", facts.arch)
-        built = _ARCH_ALIASES.get(local.arch, local.arch)
-        if arch and arch != built:
-            problems.append(f"architecture {facts.arch} differs from the build machine's {local.arch}")
-        host_libc, local_libc = libc_version(facts.libc), libc_version(local.libc)
-        if host_libc and local_libc:
-            if host_libc[0] != local_libc[0]:
-                problems.append(f"libc is {host_libc[0]}, the release was built against {local_libc[0]}")
-            elif host_libc[1] and local_libc[1] and host_libc[1] < local_libc[1]:
-                problems.append(
-                    f"glibc {'.'.join(map(str, host_libc[1]))} is older than the build machine's "
-                    f"{'.'.join(map(str, local_libc[1]))}: the bundled ERTS may not start"
-                )
-        elif not facts.libc:
-            problems.append("cannot tell the host's libc (`ldd --version` gave nothing)")
+    if artifact is not None:
+        short = disk_needed(artifact, facts)
+        if short:
+            problems.append(short)
+    problems.extend(compatibility)
     if facts.lock is not None:
-        problems.append(f"locked: {facts.lock.describe()}")
+        problems.append(f"locked: {describe_holder(facts.lock, facts.now)}")
     return problems
 
 
-def check(
-    inventory: Inventory,
-    options: api.Options | None = None,
-    *,
-    artifact: Artifact | None = None,
-    local: LocalMachine | None = None,
-) -> list[CheckRow]:
-    """Preflight for an environment: SSH and host keys, deploy_to writable, disk vs the artifact,
-    tools, architecture and libc vs this (the build) machine, no lock held. Changes nothing."""
-    options = options or api.Options()
-    local = local or LocalMachine.detect()
+def check(inventory: Inventory, options: Options | None = None, *, artifact: Artifact | None = None) -> list[CheckRow]:
+    """Preflight for an environment: SSH and host keys, deploy_to writable, tools, no lock held; with
+    ``artifact`` also disk space and the deploy's own compatibility preflight (the release's ERTS and
+    NIFs, and where it was built, against each host). Changes nothing."""
+    options = options or Options()
+    names = [h.name for h in inventory.select(options.hosts, options.roles)]
+    with open_executor(inventory, options, "check") as executor:
+        probed = executor.probe_each(names, rc.probe(layout_for(inventory)))
+    facts = {host: parse_probe(stdout) for host, (stdout, _) in probed.items() if stdout is not None}
+    found = compat.findings(artifact.path, artifact.sha256, facts) if artifact is not None else {}
     rows: list[CheckRow] = []
-    for host, (stdout, error) in _probe_each(inventory, options, "check", rc.probe(layout_for(inventory))).items():
-        if stdout is None:
+    for host, (_, error) in probed.items():
+        if host not in facts:
             rows.append(CheckRow(host, False, [error or "unreachable"], None, error))
             continue
-        facts = parse_probe(stdout)
-        rows.append(
-            CheckRow(host, True, check_host(host, facts, inventory=inventory, artifact=artifact, local=local), facts)
-        )
+        problems = check_host(facts[host], inventory=inventory, artifact=artifact, compatibility=found.get(host, ()))
+        rows.append(CheckRow(host, True, problems, facts[host]))
     return rows
 
 
-def check_document(rows: Sequence[CheckRow], local: LocalMachine) -> dict[str, Any]:
+def check_document(rows: Sequence[CheckRow], *, tarball: bool = False) -> dict[str, Any]:
+    """``invoke check --json``: per host what was found and every problem; without a tarball a note
+    that architecture and libc are checked against the release at deploy."""
     return {
         "ok": all(r.ok for r in rows),
-        "local": {"arch": local.arch, "libc": local.libc},
+        "note": None if tarball else NO_TARBALL_NOTE,
         "hosts": [
             {
                 "host": r.host,
@@ -891,16 +501,19 @@ __all__ = [
     "LIFECYCLE",
     "CheckRow",
     "HostStatus",
-    "LifecyclePlan",
+    "Lifecycle",
     "LifecycleResult",
-    "LocalMachine",
     "NodeHealth",
     "ObserverTunnel",
     "check",
+    "check_document",
     "console",
     "lifecycle",
     "logs",
     "observer_tunnel",
+    "parse_health",
     "plan_lifecycle",
+    "releases_document",
     "status",
+    "status_document",
 ]

@@ -238,6 +238,43 @@ def test_max_fail_stops_the_rollout(app: App) -> None:
     assert_untouched(app)
 
 
+# --- a link cut during activation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.8, 2.0], ids=["at-once", "while-stopping", "while-starting"])
+def test_link_cut_during_activation_reports_what_the_host_really_runs(app: App, v2: Path, delay: float) -> None:
+    """The client loses h1 at some point of its activation; the report must match h1 afterwards, whatever
+    the host managed to do (nothing, switch and revert, or finish): never a guess from the last marker."""
+    events = Recorder()
+    timers: list[threading.Timer] = []
+
+    def cut_soon() -> None:
+        timer = threading.Timer(delay, app.fleet.cut_link, args=("h1",))
+        timers.append(timer)
+        timer.start()
+
+    events.on("h1", "activate", "start", cut_soon)
+    events.on("h1", "reconnect", "start", lambda: app.fleet.restore_link("h1"))
+    try:
+        report = deploy(app, v2, events, strategy={"kind": "rolling", "batch_size": 1}).report
+    finally:
+        for timer in timers:
+            timer.join()
+        app.fleet.restore_link("h1")
+    row = {h.host: h for h in report.hosts}["h1"]
+    assert row.known, explain(report)
+    assert row.after == app.current("h1").removeprefix("releases/"), explain(report)
+    serving = app.versions()["h1"]
+    if row.outcome == "success":
+        assert (row.after, serving, row.error) == (report.release, "0.2.0", None), explain(report)
+    else:
+        assert row.outcome in ("reverted", "aborted"), explain(report)
+        assert serving == "0.1.0" and row.after == row.before, explain(report)
+        assert "connection" in (row.error or "") or "exit status" not in (row.error or ""), explain(report)
+    assert locks(app) == {h.name: False for h in app.fleet.hosts}
+    assert deploy(app, v2).report.ok  # and the fleet converges
+
+
 # --- concurrency, interrupts, stale locks -------------------------------------------------------------
 
 

@@ -203,6 +203,8 @@ def test_restart_is_rolling_and_health_gated(app: App) -> None:
     report = json.loads(done.stdout)
     assert report["operation"] == "restart" and report["ok"] is True
     assert [(h["host"], h["outcome"], h["healthy"]) for h in report["hosts"]] == [(h, "success", True) for h in HOSTS]
+    # The deploy's executor ran it: hosts probed under the lock, known, every session counted.
+    assert all(h["known"] and h["sessions"] >= 3 and "restart" in h["timings"] for h in report["hosts"])
     # One host at a time (batch size 1), each after the previous one was healthy again.
     phases = re.findall(r"restart batch (\d)/3 (h\d)", done.stderr)
     assert phases == [("1", "h1"), ("2", "h2"), ("3", "h3")]
@@ -419,7 +421,8 @@ def test_check_passes_on_the_fleet(app: App) -> None:
     assert doc["ok"] is True and [h["host"] for h in doc["hosts"]] == list(HOSTS)
     for host in doc["hosts"]:
         assert host["problems"] == [] and host["writable"] is True
-        assert {"tar", "sha256sum"} <= set(host["tools"]) and host["arch"] == doc["local"]["arch"]
+        assert {"tar", "sha256sum"} <= set(host["tools"]) and host["arch"]
+    assert "local" not in doc and doc["note"] is None  # hosts are checked against the release, not this machine
     table = cli(app, "check")
     assert table.returncode == 0 and "check passed" in table.stdout
 

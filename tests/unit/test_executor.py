@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from deployer.core.plan import batches, plan_rollback
 from deployer.errors import PlanError
 from deployer.operations import release as api
 from deployer.remote.release import EXIT_UNHEALTHY
+from deployer.remote.shell import Script
+from deployer.ssh.transport import CommandResult
 from deployer.testing import FakeFleet, fail, ok
 
 from .helpers import BASE, inventory, release_tarball
@@ -64,6 +67,29 @@ def fleet_with(probe: str | None = None, **responses: object) -> FakeFleet:
     fleet = FakeFleet(probe_output={h: probe or deployed_probe() for h in ("web1", "web2", "web3")})
     fleet.responses.update(responses)  # type: ignore[arg-type]
     return fleet
+
+
+def switched_probe(release: str, pids: str = "") -> str:
+    """What a host reports after it switched to ``release`` (and, with ``pids``, runs a node)."""
+    text = deployed_probe().replace(f"current=releases/{OLD}", f"current=releases/{release}")
+    return text + f"release={release}\n" + (f"node_pid={pids}\n" if pids else "")
+
+
+def fail_after_switch(fleet: FakeFleet, host: str, step: str = "health", message: str = "not healthy") -> None:
+    """``host``'s activation switches ``current`` and then fails; a probe afterwards shows the switch."""
+    state: dict[str, str] = {}
+
+    def activate(script: Script) -> CommandResult:
+        match = re.search(r"^rid=(\S+)$", script.render(), re.MULTILINE)
+        assert match is not None
+        state["current"] = match.group(1).strip("'")
+        return fail(step, message, EXIT_UNHEALTHY)
+
+    def probe(script: Script) -> CommandResult:
+        return ok(switched_probe(state["current"]) if state else deployed_probe())
+
+    fleet.responses[(host, "activate")] = activate
+    fleet.responses[(host, "probe")] = probe
 
 
 def run_deploy(inv: Inventory, artifact: Artifact, fleet: FakeFleet, **options: object) -> api.Result:
@@ -127,7 +153,7 @@ def test_unhealthy_host_is_reverted_and_the_rollout_stops(tmp_path: Path, artifa
     data["strategy"] = {"kind": "rolling", "batch_size": 1}
     inv = inventory(tmp_path, data, secret=SECRET)
     fleet = fleet_with()
-    fleet.responses[("web2", "activate")] = fail("health", "the node exited while starting", EXIT_UNHEALTHY)
+    fail_after_switch(fleet, "web2", "health", "the node exited while starting")
     report = run_deploy(inv, artifact, fleet).report
     by_host = {h.host: h for h in report.hosts}
     assert by_host["web1"].outcome == "success"
@@ -146,7 +172,7 @@ def test_max_fail_lets_the_rollout_continue(tmp_path: Path, artifact: Artifact) 
     data["strategy"] = {"kind": "rolling", "batch_size": 1, "max_fail": 1}
     inv = inventory(tmp_path, data, secret=SECRET)
     fleet = fleet_with()
-    fleet.responses[("web1", "activate")] = fail("health", "not healthy", EXIT_UNHEALTHY)
+    fail_after_switch(fleet, "web1")
     report = run_deploy(inv, artifact, fleet).report
     assert [h.outcome for h in report.hosts] == ["reverted", "success", "success"]
 
@@ -315,7 +341,7 @@ def test_stale_lock_from_this_machine_is_called_stale() -> None:
     import subprocess as sp
 
     from deployer.core.facts import LockInfo
-    from deployer.engine.executor import describe_holder
+    from deployer.engine.locks import describe_holder
 
     dead = sp.Popen(["true"])
     dead.wait()

@@ -293,9 +293,6 @@ def test_cancel_stops_before_the_next_batch(inv: Inventory) -> None:
 # --- check ------------------------------------------------------------------------------------------------
 
 
-LOCAL = ops.LocalMachine("x86_64", "ldd (Debian GLIBC 2.36-9+deb12u4) 2.36")
-
-
 def artifact(*, erts: str | None = "13.1.5", size: int = 50 * 2**20) -> Artifact:
     return Artifact(
         path=Path("hello-0.1.0.tar.gz"),
@@ -308,8 +305,8 @@ def artifact(*, erts: str | None = "13.1.5", size: int = 50 * 2**20) -> Artifact
     )
 
 
-def problems(inv: Inventory, text: str, art: Artifact | None = None, local: ops.LocalMachine = LOCAL) -> list[str]:
-    return ops.check_host("web1", parse_probe(text), inventory=inv, artifact=art, local=local)
+def problems(inv: Inventory, text: str, art: Artifact | None = None, compatibility: tuple[str, ...] = ()) -> list[str]:
+    return ops.check_host(parse_probe(text), inventory=inv, artifact=art, compatibility=compatibility)
 
 
 def test_check_passes_a_ready_host(inv: Inventory) -> None:
@@ -321,38 +318,54 @@ def test_check_finds_every_problem(inv: Inventory) -> None:
         "arch=aarch64\nlibc=musl libc (aarch64)\ndisk_free_kb=1024\ntool=tar\n"
         'lock={"who": "bob", "operation": "deploy"}\n'
     )
-    found = problems(inv, bad, artifact())
+    found = problems(inv, bad, artifact(), ("the release is linked against glibc, the host has musl",))
     text = "\n".join(found)
     assert "not writable" in text
     assert "sha256sum is not installed" in text
     assert "neither curl nor wget" in text
     assert "1 MiB free" in text
-    assert "architecture aarch64 differs" in text
-    assert "libc is musl" in text
+    assert "the host has musl" in text
     assert "locked: bob" in text
 
 
-def test_check_glibc_versions_and_erts_less_artifacts(inv: Inventory) -> None:
-    older = probe_output().replace("2.36-9) 2.36", "2.31-13) 2.31").replace("x86_64", "aarch64")
-    found = problems(inv, older, artifact())
-    assert any("glibc 2.31 is older than the build machine's 2.36" in p for p in found)
-    # A release without ERTS runs on the host's own Erlang: architecture and libc do not matter.
-    assert problems(inv, older, artifact(erts=None)) == []
-    newer = probe_output().replace("2.36-9) 2.36", "2.38-1) 2.38")
-    assert problems(inv, newer, artifact()) == []
-    assert ops.libc_version("ldd (GNU libc) 2.39") == ("glibc", (2, 39))
-    assert ops.libc_version("musl libc (x86_64)") == ("musl", None)
-    assert ops.libc_version(None) is None
+def test_check_never_compares_hosts_with_this_machine(inv: Inventory, tmp_path: Path) -> None:
+    """A host of another architecture than the machine running deployer is fine when the release was built
+    for it: check uses the deploy's compatibility preflight (the release's ELF files and build sidecar)."""
+    from .helpers import release_tarball
+
+    tarball = release_tarball(tmp_path / "hello-0.1.0.tar.gz")  # its beam.smp is no real ELF: nothing known
+    art = Artifact(tarball, "hello", "0.1.0", "b" * 64, 100, 200, "13.1.5")
+    other = probe_output().replace("x86_64", "riscv64").replace("2.36-9) 2.36", "2.17-1) 2.17")
+    fleet = FakeFleet(probe_output={"web1": other})
+    (row,) = ops.check(inv, options(fleet, hosts=["web1"]), artifact=art)
+    assert row.ok, row.problems
+    doc = ops.check_document([row], tarball=True)
+    assert "local" not in doc and doc["note"] is None
+    assert ops.check_document([row])["note"] == ops.NO_TARBALL_NOTE
+
+
+def test_check_reports_the_release_compatibility_findings(inv: Inventory, tmp_path: Path) -> None:
+    from deployer.core.compat import BuildPlatform, write_sidecar
+
+    from .helpers import release_tarball
+
+    tarball = release_tarball(tmp_path / "hello-0.1.0.tar.gz")
+    write_sidecar(tarball, BuildPlatform(arch="aarch64", libc="ldd (GNU libc) 2.36", machine="builder"), "c" * 64)
+    art = Artifact(tarball, "hello", "0.1.0", "c" * 64, 100, 200, "13.1.5")
+    fleet = FakeFleet(probe_output={"web1": probe_output()})
+    (row,) = ops.check(inv, options(fleet, hosts=["web1"]), artifact=art)
+    assert not row.ok
+    assert any("built on builder (aarch64), the host is x86_64" in p for p in row.problems), row.problems
 
 
 def test_check_over_a_fake_transport(inv: Inventory) -> None:
     fleet = FakeFleet(probe_output={"web1": probe_output(), "web2": probe_output().replace("tool=tar\n", "")})
     fleet.unreachable.add("web3")
-    rows = ops.check(inv, options(fleet), artifact=artifact(), local=LOCAL)
+    rows = ops.check(inv, options(fleet))
     assert [(r.host, r.ok) for r in rows] == [("web1", True), ("web2", False), ("web3", False)]
     assert rows[1].problems == ["tar is not installed"]
     assert "Connection refused" in rows[2].problems[0]
-    doc = ops.check_document(rows, LOCAL)
+    doc = ops.check_document(rows)
     assert doc["ok"] is False and doc["hosts"][0]["tools"] == ["curl", "sha256sum", "tar"]
 
 
