@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from deployer.remote.flavours import flavour
+
 # --- strict patterns for values that become paths or names on the host -------------------------------
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -37,11 +39,74 @@ REMOTE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 # Environment variables the tool owns; an inventory must not set them.
 RESERVED_ENV = frozenset({"RELEASE_COOKIE", "RELEASE_TMP", "RELEASE_NODE", "RELEASE_DISTRIBUTION"})
 
+# Names an inventory must not set: the env file is sourced (``set -a; . file``) into the remote scripts
+# before the node starts, so these would change how the shell itself or deployer's scripts behave
+# (PATH, IFS, HOME, the loader's LD_*), or replace what deployer sets for the node (RELEASE_*, the cookie
+# variables, DEPLOYER_*). Provisional home of the list: deployer.remote owns the scripts and is meant to
+# publish the authoritative constant; keep the two in step.
+RESERVED_ENV_NAMES = frozenset(
+    {
+        *RESERVED_ENV,
+        "PATH",
+        "IFS",
+        "HOME",
+        "SHELL",
+        "PWD",
+        "OLDPWD",
+        "ENV",
+        "BASH_ENV",
+        "CDPATH",
+        "PS4",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "POSIXLY_CORRECT",
+        "NOW",
+        "COOKIE",
+        "COOKIE_VALUE",
+        "RELX_COOKIE",
+    }
+)
+RESERVED_ENV_PREFIXES = ("LD_", "DEPLOYER_", "BASH_FUNC_")
 
-def _check_pattern(pattern: re.Pattern[str], what: str) -> AfterValidator:
+
+class KeyPathError(ValueError):
+    """A validation error about ``key`` (dotted, relative to the model whose validator raises it), so the
+    loader can report the full key path rather than the model's."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+_DEPLOYER_SETS = {
+    "RELEASE_NODE": "it is node.name",
+    "RELEASE_DISTRIBUTION": "it is node.distribution",
+    "RELEASE_COOKIE": "the environment's cookie, kept on each host",
+    "RELEASE_TMP": "it is <deploy_to>/shared/tmp",
+}
+
+
+def reserved_env_reason(name: str) -> str | None:
+    """Why ``name`` cannot be set by an inventory, or None when it can."""
+    if name in RESERVED_ENV:
+        source = _DEPLOYER_SETS.get(name, "")
+        return f"{name} is managed by deployer and cannot be set in the inventory" + (f" ({source})" if source else "")
+    if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+        return (
+            f"{name} is reserved: the node's environment is loaded into deployer's shell scripts, "
+            "where it would change how they run"
+        )
+    if name.startswith("_") or not any(c.isupper() for c in name):
+        # The remote scripts keep their own state in lower-case shell variables ($d, $rid, $pids...).
+        return f"{name}: names in lower case or starting with '_' are reserved for deployer's scripts; use upper case"
+    return None
+
+
+def _check_pattern(pattern: re.Pattern[str], what: str, expected: str | None = None) -> AfterValidator:
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid {what} (allowed: {pattern.pattern})")
+            rule = expected or f"allowed: {pattern.pattern}"
+            raise ValueError(f"{value!r} is not a valid {what} ({rule})")
         return value
 
     return AfterValidator(check)
@@ -56,18 +121,121 @@ def _check_remote_path(value: str) -> str:
     parts = PurePosixPath(value).parts
     if ".." in parts:
         raise ValueError(f"{value!r} must not contain '..'")
-    if value.rstrip("/") == "":
-        raise ValueError("must not be the root directory '/'")
-    return value.rstrip("/")
+    # `/.`, `//` and `/srv/./app/` name the same directories as `/` and `/srv/app`.
+    normalised = "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
+    if normalised == "/":
+        raise ValueError(f"{value!r} must not be the root directory '/'")
+    return normalised
 
 
-AppName = Annotated[str, _check_pattern(APP_NAME_RE, "release name")]
-HostName = Annotated[str, _check_pattern(HOST_NAME_RE, "host name")]
-Address = Annotated[str, _check_pattern(ADDRESS_RE, "host address")]
-UserName = Annotated[str, _check_pattern(USER_RE, "user name")]
-RoleName = Annotated[str, _check_pattern(ROLE_RE, "role name")]
-EnvName = Annotated[str, _check_pattern(ENV_NAME_RE, "environment variable name")]
-NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name")]
+# Directories that belong to the system: deploying into one would scatter releases/, current and shared/
+# among the system's own files (and pruning deletes under releases/).
+SYSTEM_DIRS = frozenset(
+    {
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/libexec",
+        "/usr/include",
+        "/usr/share",
+        "/usr/src",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/local/lib",
+        "/usr/local/share",
+        "/usr/local/etc",
+        "/var/lib",
+        "/var/log",
+        "/var/cache",
+        "/var/spool",
+        "/var/mail",
+        "/var/opt",
+        "/var/www",
+        "/var/backups",
+        "/var/local",
+        "/var/run",
+        "/var/tmp",
+    }
+)
+# Trees nothing may be deployed under: world-writable temporary directories (another user can create the
+# directory first and own it), memory-backed or kernel file systems, and the system's own programs.
+SYSTEM_TREES = (
+    "/tmp",
+    "/var/tmp",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/var/run",
+    "/boot",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/share",
+)
+
+
+def _check_deploy_to(value: str) -> str:
+    if value in SYSTEM_DIRS:
+        raise ValueError(
+            f"{value!r} is a system directory; give the application a directory of its own, such as /srv/<app>"
+        )
+    for tree in SYSTEM_TREES:
+        if value.startswith(tree + "/"):
+            raise ValueError(f"{value!r} is inside {tree}, where no application should live; use e.g. /srv/<app>")
+    return value
+
+
+AppName = Annotated[
+    str,
+    _check_pattern(APP_NAME_RE, "release name", "lower-case letters, digits and _, starting with a letter, at most 64"),
+]
+HostName = Annotated[
+    str,
+    _check_pattern(HOST_NAME_RE, "host name", "letters, digits, . _ -, starting with a letter or digit, at most 63"),
+]
+Address = Annotated[str, _check_pattern(ADDRESS_RE, "host address", "a DNS name or an IP address")]
+UserName = Annotated[
+    str, _check_pattern(USER_RE, "user name", "lower-case letters, digits, _ -, starting with a letter or _")
+]
+RoleName = Annotated[
+    str, _check_pattern(ROLE_RE, "role name", "lower-case letters, digits, _ -, starting with a letter")
+]
+EnvName = Annotated[
+    str, _check_pattern(ENV_NAME_RE, "environment variable name", "letters, digits and _, not starting with a digit")
+]
+NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name", "name or name@host")]
 
 
 def _check_gateway(value: str) -> str:
@@ -81,6 +249,7 @@ def _check_gateway(value: str) -> str:
 
 Gateway = Annotated[str, AfterValidator(_check_gateway)]
 RemotePath = Annotated[str, AfterValidator(_check_remote_path)]
+DeployPath = Annotated[str, AfterValidator(_check_remote_path), AfterValidator(_check_deploy_to)]
 
 
 def _check_port(value: int) -> int:
@@ -233,6 +402,14 @@ class HostConfig(_Model):
     roles: tuple[RoleName, ...] = Field(("app",), description="Roles, e.g. `app`, `migrator`.")
     env: dict[EnvName, str] = Field(default_factory=dict, description="Per-host plain environment values.")
 
+    @model_validator(mode="after")
+    def _no_reserved(self) -> HostConfig:
+        for name in self.env:
+            reason = reserved_env_reason(name)
+            if reason:
+                raise KeyPathError(f"env.{name}", reason)
+        return self
+
 
 class EnvConfig(_Model):
     """The node's runtime environment, written to a 0600 file on each host."""
@@ -258,9 +435,11 @@ class EnvConfig(_Model):
 
     @model_validator(mode="after")
     def _no_reserved(self) -> EnvConfig:
-        for name in [*self.clear, *self.secret]:
-            if name in RESERVED_ENV:
-                raise ValueError(f"{name} is managed by deployer and cannot be set in the inventory")
+        for section, names in (("clear", self.clear), ("secret", self.secret)):
+            for name in names:
+                reason = reserved_env_reason(name)
+                if reason:
+                    raise KeyPathError(f"{section}.{name}", reason)
         both = set(self.clear) & set(self.secret)
         if both:
             raise ValueError(f"{', '.join(sorted(both))} set both as clear and secret")
@@ -351,7 +530,7 @@ class InventoryConfig(_Model):
     """A whole environment: ``inventory/<env>.yml`` over ``inventory/defaults.yml``."""
 
     app: AppConfig
-    deploy_to: RemotePath = Field(description="Absolute directory on every host holding releases/, current, shared/.")
+    deploy_to: DeployPath = Field(description="Absolute directory on every host holding releases/, current, shared/.")
     keep_releases: int = Field(5, ge=1, le=100, description="Successful releases kept on each host.")
     build: BuildConfig = Field(default_factory=BuildConfig)
     ssh: SSHConfig = Field(default_factory=SSHConfig)
@@ -377,6 +556,21 @@ class InventoryConfig(_Model):
             raise ValueError(f"build.host: no host named {self.build.host!r} in hosts")
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
             raise ValueError(f"migrate.role: no host has the role {self.migrate.role!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _env_conflicts(self) -> InventoryConfig:
+        """A value deployer sets for this configuration is never silently replaced, nor silently replaces."""
+        owned = dict.fromkeys(
+            (name for name, _ in flavour(self.app.flavour).runtime_env), f"the {self.app.flavour} flavour"
+        )
+        if self.node.loopback_only:
+            owned["ERL_EPMD_ADDRESS"] = "node.loopback_only (set it to false to choose the address)"
+        keys = [(f"env.clear.{n}", n) for n in self.env.clear] + [(f"env.secret.{n}", n) for n in self.env.secret]
+        keys += [(f"hosts.{i}.env.{n}", n) for i, host in enumerate(self.hosts) for n in host.env]
+        for key, name in keys:
+            if name in owned:
+                raise KeyPathError(key, f"{name} is set by deployer from {owned[name]}")
         return self
 
     @property

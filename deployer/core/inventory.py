@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from deployer.core.config import HostConfig, InventoryConfig
+from deployer.core.config import HostConfig, InventoryConfig, KeyPathError
 from deployer.errors import InventoryError
 
 DEFAULTS_FILE = "defaults.yml"
@@ -108,7 +108,11 @@ def parse_config(data: object, path: Path | str) -> InventoryConfig:
 
 def format_error(err: Mapping[str, Any]) -> str:
     """One Pydantic error as ``key.path: what was expected``."""
-    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+    # "[key]" marks an error about a mapping's key rather than its value; the key itself is in the path.
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-") and part != "[key]")
+    raised = (err.get("ctx") or {}).get("error")
+    if isinstance(raised, KeyPathError):
+        loc = f"{loc}.{raised.key}" if loc else raised.key
     kind = err["type"]
     msg = str(err["msg"])
     if kind == "value_error":
