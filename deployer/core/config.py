@@ -17,7 +17,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from deployer.remote.flavours import flavour
 
@@ -361,7 +361,9 @@ class BuildConfig(_Model):
     @model_validator(mode="after")
     def _strategy(self) -> BuildConfig:
         if self.strategy == "host" and self.host is None:
-            raise ValueError("strategy `host` needs `host`: an inventory host name or name/address of a build machine")
+            raise KeyPathError(
+                "host", "is required with strategy `host`: an inventory host name or name/address of a build machine"
+            )
         return self
 
 
@@ -442,7 +444,8 @@ class EnvConfig(_Model):
                     raise KeyPathError(f"{section}.{name}", reason)
         both = set(self.clear) & set(self.secret)
         if both:
-            raise ValueError(f"{', '.join(sorted(both))} set both as clear and secret")
+            first = sorted(both)[0]
+            raise KeyPathError(f"secret.{first}", f"{', '.join(sorted(both))} set both as clear and secret")
         return self
 
 
@@ -469,7 +472,7 @@ class HealthConfig(_Model):
     @model_validator(mode="after")
     def _url(self) -> HealthConfig:
         if self.http is not None and not re.fullmatch(r"https?://[^\s'\"]+", self.http):
-            raise ValueError("http must be an http:// or https:// URL without spaces or quotes")
+            raise KeyPathError("http", "must be an http:// or https:// URL without spaces or quotes")
         return self
 
 
@@ -486,7 +489,24 @@ class NodeConfig(_Model):
     stop_timeout: PositiveSeconds = Field(30.0, description="Seconds to wait for the old VM to exit after SIGTERM.")
 
 
-Count = Annotated[str | int, Field(description="A count (`2`) or a percentage of hosts (`25%`).")]
+def _count_input(value: object) -> object:
+    # One message for a wrong type, instead of one per member of the `str | int` union.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a count like 2 or a percentage like 25%, got {_short(value)}")
+    return value
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr`` of an input, cut short: a huge value must not flood an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
+
+
+Count = Annotated[
+    str | int,
+    BeforeValidator(_count_input),
+    Field(description="A count (`2`) or a percentage of hosts (`25%`)."),
+]
 
 
 class StrategyConfig(_Model):
@@ -502,7 +522,10 @@ class StrategyConfig(_Model):
     @model_validator(mode="after")
     def _counts(self) -> StrategyConfig:
         for field in ("batch_size", "max_fail"):
-            parse_count(getattr(self, field), 100, allow_zero=field == "max_fail")
+            try:
+                parse_count(getattr(self, field), 100, allow_zero=field == "max_fail")
+            except ValueError as exc:
+                raise KeyPathError(field, str(exc)) from None
         return self
 
 
@@ -544,18 +567,18 @@ class InventoryConfig(_Model):
     @model_validator(mode="after")
     def _hosts(self) -> InventoryConfig:
         if not self.hosts:
-            raise ValueError("hosts: at least one host is required")
+            raise KeyPathError("hosts", "at least one host is required")
         seen: dict[str, int] = {}
         for index, host in enumerate(self.hosts):
             if host.name in seen:
-                raise ValueError(
-                    f"hosts.{index}.name: duplicate host name {host.name!r} (also hosts.{seen[host.name]}.name)"
+                raise KeyPathError(
+                    f"hosts.{index}.name", f"duplicate host name {host.name!r} (also hosts.{seen[host.name]}.name)"
                 )
             seen[host.name] = index
         if isinstance(self.build.host, str) and self.build.host not in seen:
-            raise ValueError(f"build.host: no host named {self.build.host!r} in hosts")
+            raise KeyPathError("build.host", f"no host named {self.build.host!r} in hosts")
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
-            raise ValueError(f"migrate.role: no host has the role {self.migrate.role!r}")
+            raise KeyPathError("migrate.role", f"no host has the role {self.migrate.role!r}")
         return self
 
     @model_validator(mode="after")

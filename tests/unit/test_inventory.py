@@ -58,7 +58,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 def test_wrong_type(tmp_path: Path) -> None:
     data = mutate(keep_releases="many")
-    assert "keep_releases: input should be a valid integer" in load_error(tmp_path, data)
+    assert "test.yml: keep_releases: must be a whole number, got 'many'" in load_error(tmp_path, data)
 
 
 def test_duplicate_host_names(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_deploy_to_of_its_own_is_accepted(tmp_path: Path, value: str, normalised
         ({"clear": {"ERL_EPMD_ADDRESS": "0.0.0.0"}}, "env.clear.ERL_EPMD_ADDRESS: ERL_EPMD_ADDRESS is set by deployer"),
         ({"clear": {"1ABC": "x"}}, "env.clear.1ABC: '1ABC' is not a valid environment variable name (letters,"),
         ({"clear": {"A-B": "x"}}, "env.clear.A-B: 'A-B' is not a valid environment variable name"),
-        ({"clear": {"A B": "x"}}, "env.clear.A B: 'A B' is not a valid environment variable name"),
+        ({"clear": {"A B": "x"}}, "env.clear.'A B': 'A B' is not a valid environment variable name"),
         ({"secret": ["OK", "NOT-OK"]}, "env.secret.NOT-OK: 'NOT-OK' is not a valid environment variable name"),
     ],
 )
@@ -274,4 +274,4 @@ def test_host_filter_matching_nothing_is_an_error(tmp_path: Path) -> None:
 
 def test_strategy_counts_validated(tmp_path: Path) -> None:
     msg = load_error(tmp_path, mutate(strategy={"kind": "rolling", "batch_size": "lots"}))
-    assert "strategy: " in msg and "count like 2 or a percentage like 25%" in msg
+    assert "test.yml: strategy.batch_size: 'lots' must be a count like 2 or a percentage like 25%" in msg
