@@ -394,6 +394,15 @@ class SSHConfig(_Model):
     forward_agent: bool = Field(False, description="Forward the local ssh-agent (off unless asked for).")
 
 
+def _secret_list(data: object) -> object:
+    """``secret: [A, B]`` means ``secret: {A: A, B: B}`` (anything but a list of names is left to validation)."""
+    if isinstance(data, dict) and isinstance(data.get("secret"), list):
+        names = data["secret"]
+        if all(isinstance(name, str) for name in names):
+            return {**data, "secret": {name: name for name in names}}
+    return data
+
+
 class HostConfig(_Model):
     """One target machine."""
 
@@ -402,14 +411,32 @@ class HostConfig(_Model):
     port: Port | None = Field(None, description="Overrides ssh.port.")
     user: UserName | None = Field(None, description="Overrides ssh.user.")
     roles: tuple[RoleName, ...] = Field(("app",), description="Roles, e.g. `app`, `migrator`.")
-    env: dict[EnvName, str] = Field(default_factory=dict, description="Per-host plain environment values.")
+    env: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="Per-host plain environment values; they replace `env.clear` values of the same name on this host.",
+    )
+    secret: dict[EnvName, EnvName] = Field(
+        default_factory=dict,
+        description="Per-host secrets, like `env.secret`: node variable -> name looked up in the operator's "
+        "environment, then in `secrets_file` (a list means the same name on both sides). They replace "
+        "`env.secret` entries of the same variable on this host, e.g. `DATABASE_URL: DATABASE_URL_EU`.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_list(cls, data: object) -> object:
+        return _secret_list(data)
 
     @model_validator(mode="after")
     def _no_reserved(self) -> HostConfig:
-        for name in self.env:
-            reason = reserved_env_reason(name)
-            if reason:
-                raise KeyPathError(f"env.{name}", reason)
+        for section, names in (("env", self.env), ("secret", self.secret)):
+            for name in names:
+                reason = reserved_env_reason(name)
+                if reason:
+                    raise KeyPathError(f"{section}.{name}", reason)
+        both = sorted(set(self.env) & set(self.secret))
+        if both:
+            raise KeyPathError(f"secret.{both[0]}", f"{', '.join(both)} set both in env and in secret")
         return self
 
 
@@ -430,10 +457,7 @@ class EnvConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _secret_list(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("secret"), list):
-            data = dict(data)
-            data["secret"] = {name: name for name in data["secret"]}
-        return data
+        return _secret_list(data)
 
     @model_validator(mode="after")
     def _no_reserved(self) -> EnvConfig:
@@ -591,9 +615,26 @@ class InventoryConfig(_Model):
             owned["ERL_EPMD_ADDRESS"] = "node.loopback_only (set it to false to choose the address)"
         keys = [(f"env.clear.{n}", n) for n in self.env.clear] + [(f"env.secret.{n}", n) for n in self.env.secret]
         keys += [(f"hosts.{i}.env.{n}", n) for i, host in enumerate(self.hosts) for n in host.env]
+        keys += [(f"hosts.{i}.secret.{n}", n) for i, host in enumerate(self.hosts) for n in host.secret]
         for key, name in keys:
             if name in owned:
                 raise KeyPathError(key, f"{name} is set by deployer from {owned[name]}")
+        # A per-host value replaces the environment's value of its own kind only: a clear value standing in
+        # for a secret (or the reverse) is almost certainly a mistake, and would put a secret in the inventory.
+        for i, host in enumerate(self.hosts):
+            for name in host.env:
+                if name in self.env.secret:
+                    raise KeyPathError(
+                        f"hosts.{i}.env.{name}",
+                        f"{name} is a secret (env.secret.{name}); give this host its own in hosts.{i}.secret",
+                    )
+            for name in host.secret:
+                if name in self.env.clear:
+                    raise KeyPathError(
+                        f"hosts.{i}.secret.{name}",
+                        f"{name} is a plain value (env.clear.{name}); make it a secret in env.secret, or give "
+                        f"this host a plain value in hosts.{i}.env",
+                    )
         return self
 
     @property

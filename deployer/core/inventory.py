@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,24 @@ class Inventory:
     path: Path
     config: InventoryConfig
     secrets: Mapping[str, SecretStr]
+    """The environment's secrets (``env.secret``), by node variable."""
+    host_secrets: Mapping[str, Mapping[str, SecretStr]] = field(default_factory=dict)
+    """Per-host secrets (``hosts[].secret``), by host name, then node variable."""
 
     @property
     def hosts(self) -> tuple[HostConfig, ...]:
         return self.config.hosts
+
+    def secrets_for(self, host: HostConfig | str) -> dict[str, SecretStr]:
+        """The secrets the node on ``host`` gets: the environment's, with the host's own replacing them."""
+        name = host if isinstance(host, str) else host.name
+        return {**self.secrets, **self.host_secrets.get(name, {})}
+
+    def secret_values(self) -> set[str]:
+        """Every secret value of the environment and of each host: what output must never show."""
+        values = {v.get_secret_value() for v in self.secrets.values()}
+        values.update(v.get_secret_value() for per_host in self.host_secrets.values() for v in per_host.values())
+        return values
 
     def select(self, hosts: Iterable[str] = (), roles: Iterable[str] = ()) -> list[HostConfig]:
         """Hosts matching every given filter; a filter that matches nothing is an error, never "all"."""
@@ -96,11 +110,13 @@ def load_inventory(
     sources = Sources(tuple(layers))
     _check_identity_file(config, sources)
     if resolve_secrets:
-        secrets = _resolve_secrets(config, path, sources, os.environ if environ is None else environ)
+        secrets, host_secrets = _resolve_secrets(config, sources, os.environ if environ is None else environ)
     else:
-        # Dry runs and read-only tasks: the names are known, the values are not needed (rendered masked).
-        secrets = {name: SecretStr("<not resolved>") for name in config.env.secret}
-    return Inventory(env=env, path=path, config=config, secrets=secrets)
+        # Read-only tasks: the names are known, the values are not needed (rendered masked).
+        unresolved = SecretStr("<not resolved>")
+        secrets = dict.fromkeys(config.env.secret, unresolved)
+        host_secrets = {h.name: dict.fromkeys(h.secret, unresolved) for h in config.hosts if h.secret}
+    return Inventory(env=env, path=path, config=config, secrets=secrets, host_secrets=host_secrets)
 
 
 @dataclass(frozen=True)
@@ -192,6 +208,7 @@ _EXPECTED_AT = {
     "hosts.*.env": "a mapping of variable names to values",
     "env.clear": "a mapping of variable names to values",
     "env.secret": "a mapping of node variable to the name to look up, or a list of names",
+    "hosts.*.secret": "a mapping of node variable to the name to look up, or a list of names",
     "build.env": "a mapping of variable names to values",
     "build.host": "the name of an inventory host, or a mapping with name and address of a build machine",
 }
@@ -411,8 +428,9 @@ def _check_identity_file(config: InventoryConfig, sources: Sources) -> None:
 
 
 def _resolve_secrets(
-    config: InventoryConfig, path: Path, sources: Sources, environ: Mapping[str, str]
-) -> dict[str, SecretStr]:
+    config: InventoryConfig, sources: Sources, environ: Mapping[str, str]
+) -> tuple[dict[str, SecretStr], dict[str, dict[str, SecretStr]]]:
+    """The environment's and each host's secrets; every one that is not found is named (all at once)."""
     file_values: dict[str, str] = {}
     source = "the environment"
     if config.env.secrets_file:
@@ -434,17 +452,27 @@ def _resolve_secrets(
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise InventoryError(f"{where}: env.secrets_file: cannot read {secrets_path}: {reason}") from None
         source = f"the environment or {secrets_path}"
-    resolved: dict[str, SecretStr] = {}
     missing: list[str] = []
-    for node_var, lookup in config.env.secret.items():
-        value = environ.get(lookup, file_values.get(lookup))
-        if value is None:
-            where = sources.file_for(("env", "secret", node_var))
-            missing.append(f"{where}: env.secret.{node_var}: {lookup} is not set in {source}")
-        else:
-            resolved[node_var] = SecretStr(value)
+
+    def resolve(wanted: Mapping[str, str], key: tuple[str | int, ...]) -> dict[str, SecretStr]:
+        resolved: dict[str, SecretStr] = {}
+        for node_var, lookup in wanted.items():
+            value = environ.get(lookup, file_values.get(lookup))
+            if value is None:
+                loc = (*key, node_var)
+                missing.append(f"{sources.file_for(loc)}: {key_path(loc)}: {lookup} is not set in {source}")
+            else:
+                resolved[node_var] = SecretStr(value)
+        return resolved
+
+    secrets = resolve(config.env.secret, ("env", "secret"))
+    host_secrets = {
+        host.name: resolve(host.secret, ("hosts", index, "secret"))
+        for index, host in enumerate(config.hosts)
+        if host.secret
+    }
     if missing:
         raise InventoryError(
             "\n".join(missing), hint="export the variable or add it to the secrets file (never to the inventory)"
         )
-    return resolved
+    return secrets, host_secrets

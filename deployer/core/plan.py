@@ -54,7 +54,7 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
     env: dict[str, str | Secret] = {}
     env.update({k: expand(v) for k, v in config.env.clear.items()})
     env.update({k: expand(v) for k, v in host.env.items()})
-    for name, value in inventory.secrets.items():
+    for name, value in inventory.secrets_for(host).items():
         env[name] = Secret(name, value)
     env.update({k: expand(v) for k, v in spec.runtime_env})
     env["RELEASE_TMP"] = layout.release_tmp

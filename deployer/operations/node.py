@@ -107,7 +107,7 @@ def _executor(inventory: Inventory, options: api.Options, operation: str) -> Exe
         inventory,
         options.connector or ssh_connector(inventory),
         events=options.events or NullEvents(),
-        masker=Masker({v.get_secret_value() for v in inventory.secrets.values()}),
+        masker=Masker(inventory.secret_values()),
         cancel=options.cancel,
         operation=operation,
     )

@@ -56,7 +56,7 @@ def _executor(inventory: Inventory, options: Options, operation: str) -> Executo
         inventory,
         options.connector or ssh_connector(inventory),
         events=options.events or NullEvents(),
-        masker=Masker({v.get_secret_value() for v in inventory.secrets.values()}),
+        masker=Masker(inventory.secret_values()),
         cancel=options.cancel,
         operation=operation,
     )

@@ -59,6 +59,7 @@ def test_hosts_as_a_string_says_a_list_of_hosts(inv: Path) -> None:
         ({"app": {"name": "hello", "flavour": "gleam"}}, "app.flavour: must be 'mix', 'rebar3' or 'distillery'"),
         ({"env": {"clear": ["A"]}}, "env.clear: must be a mapping of variable names to values, got ['A']"),
         ({"env": {"clear": {"A": None}}}, "env.clear.A: must be text, got None"),
+        ({"env": {"secret": [["A"]]}}, "env.secret: must be a mapping of node variable to the name to look up"),
         ({"strategy": {"batch_size": [1]}}, "strategy.batch_size: must be a count like 2 or a percentage like 25%"),
         ({"strategy": {"max_fail": "150%"}}, "strategy.max_fail: '150%': a percentage must be between 0% and 100%"),
         ({"build": {"host": 3}}, "build.host: must be the name of an inventory host, or a mapping with name and"),
