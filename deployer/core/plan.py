@@ -219,7 +219,11 @@ def plan_deploy(
                     fact,
                 ),
                 abort=rc.abort_prepared(layout, release_id),
-                notes=tuple(f"remove old release {r}" for r in prune),
+                notes=tuple(f"remove old release {r}" for r in prune)
+                + tuple(
+                    f"keep release {r}: revisions.log (as read) does not account for it, so it is never pruned"
+                    for r in fact.history.unaccounted(fact.releases)
+                ),
             )
         )
     migrator = inventory.migrator()
