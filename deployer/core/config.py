@@ -297,6 +297,7 @@ class BuildHostConfig(_Model):
 
 # A Docker image reference or build stage name; they reach docker's argv (never a shell).
 DOCKER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+DOCKER_REF_WORDS = "letters, digits and . _ / : @ + -, starting with a letter or digit"
 
 
 def _relative_dir(value: str) -> str:
@@ -342,13 +343,13 @@ class BuildConfig(_Model):
         "removed afterwards.",
     )
     dockerfile: str = Field("Dockerfile", description="strategy `docker`: the Dockerfile, relative to `path`.")
-    image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference")] | None = Field(
+    image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: passed as `--build-arg BUILDER_IMAGE=<image>` for the build stage."
     )
-    target: Annotated[str, _check_pattern(DOCKER_REF_RE, "build stage name")] | None = Field(
+    target: Annotated[str, _check_pattern(DOCKER_REF_RE, "build stage name", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: the stage whose files are exported (`--target`; default: the last)."
     )
-    platform: Annotated[str, _check_pattern(DOCKER_REF_RE, "platform")] | None = Field(
+    platform: Annotated[str, _check_pattern(DOCKER_REF_RE, "platform", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: `--platform`, e.g. `linux/arm64` for targets of that architecture."
     )
     output: Annotated[str, AfterValidator(_relative_dir)] = Field(
