@@ -51,11 +51,12 @@ def _help(*names: str, **extra: str) -> dict[str, str]:
     return {**{name: HELP[name] for name in names}, **extra}
 
 
-def _load(env: str | None, inventory_dir: str) -> Inventory:
+def _load(env: str | None, inventory_dir: str, *, secrets: bool = False) -> Inventory:
     from deployer.cli import release_tasks as base
 
     # Operating a fleet never needs the deploy secrets: the nodes' env files are already on the hosts.
-    return base._load(env, inventory_dir, secrets=False)
+    # `check` asks for them anyway, to report a missing one before a deploy finds it.
+    return base._load(env, inventory_dir, secrets=secrets)
 
 
 def _consoles(json_: bool) -> tuple[Console, Console]:
@@ -491,7 +492,7 @@ def check(
     from deployer.cli.render_ops import print_check
     from deployer.core.artifact import inspect_tarball
 
-    inventory = _load(env, inventory_dir)
+    inventory = _load(env, inventory_dir, secrets=True)
     human, errors = _consoles(json_)
     try:
         artifact = inspect_tarball(Path(tarball), inventory.config.app.name) if tarball else None

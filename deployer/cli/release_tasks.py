@@ -202,7 +202,8 @@ def deploy(
     a host whose new node is unhealthy is reverted on its own and the rollout stops.
     Exit status 0 only when every host ended healthy on the new release.
     """
-    inventory = _load(env, inventory_dir, secrets=not dry_run)
+    # A dry run resolves the secrets too (they are shown masked): a missing one is reported before any work.
+    inventory = _load(env, inventory_dir, secrets=True)
     human, errors = _consoles(json_)
     try:
         artifact = _artifact(inventory, tarball, human)

@@ -4,20 +4,25 @@ Validation happens locally before anything is uploaded and names the offending
 member: absolute paths, ``..`` components, links escaping the release, device
 files and FIFOs, setuid/setgid bits, a missing ``bin/<app>``, or a version that
 differs from the one the build reported.
+
+Links are judged the way extraction will see them, not by their text: a model of
+the release directory (:class:`ExtractionCheck`) replays the members in order,
+following every symlink created so far, so a chain such as ``a -> .``,
+``a/b -> ..`` is refused although each link looks harmless on its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import re
 import stat
 import subprocess
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from deployer.core.config import InventoryConfig
 from deployer.core.paths import VERSION_RE
@@ -56,11 +61,176 @@ def _normalise(name: str) -> str:
     return name.rstrip("/")
 
 
-def _escapes(base_dir: str, target: str) -> bool:
-    if target.startswith("/"):
-        return True
-    joined = posixpath.normpath(posixpath.join(base_dir, target))
-    return joined == ".." or joined.startswith("../")
+# The kernel gives up after 40 symlinks in one lookup (ELOOP); the model does the same.
+MAX_SYMLINKS = 40
+
+
+class _Escape(Exception):
+    """A lookup left the release directory (or hit an absolute symlink)."""
+
+
+class _Loop(Exception):
+    """A lookup followed more than MAX_SYMLINKS symlinks."""
+
+
+@dataclass
+class _Node:
+    """One entry of the modelled release directory."""
+
+    kind: str  # "dir", "file" or "link"
+    target: str = ""
+    children: dict[str, _Node] = field(default_factory=dict)
+
+
+@dataclass
+class ExtractionCheck:
+    """The release directory as ``tar -x`` builds it, member by member, to judge where each member lands.
+
+    Paths are resolved as the kernel resolves them: symlinks in every component but the last are
+    followed (the last too for link targets), ``..`` is physical, a component that does not exist
+    (yet) is taken literally. Any lookup that climbs above the release directory, or meets an
+    absolute symlink, escapes. GNU tar replaces an existing entry of another kind (a symlink by a
+    directory, a file by a symlink); the model does the same, and refuses replacing a directory,
+    which tar would fail on or merge in ways not worth modelling.
+    """
+
+    where: str
+    root: _Node = field(default_factory=lambda: _Node("dir"))
+
+    def add(self, member: tarfile.TarInfo) -> None:
+        """Record ``member`` as extraction would; raise :class:`ArtifactError` if it is unsafe."""
+        raw = member.name
+        name = _normalise(raw)
+        if raw.startswith("/") or name.startswith("/"):
+            self._refuse(f"member {raw!r} has an absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            self._refuse(f"member {raw!r} contains '..'")
+        if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+            self._refuse(f"member {raw!r} is a device file or FIFO")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            self._refuse(f"member {raw!r} has an unsupported type {member.type!r}")
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            self._refuse(f"member {raw!r} has the setuid/setgid bit")
+        if not parts:
+            if not member.isdir():
+                self._refuse(f"member {raw!r} would replace the release directory itself")
+            return
+        try:
+            parent = self._resolve((), parts[:-1])
+        except _Escape:
+            self._refuse(f"member {raw!r} would be written outside the release through a symlinked directory")
+        except _Loop:
+            self._refuse(f"member {raw!r} is reached through a symlink loop")
+        directory = self._make_dirs(raw, parent)
+        leaf = parts[-1]
+        existing = directory.children.get(leaf)
+        if existing is not None and existing.kind == "dir" and not member.isdir():
+            self._refuse(f"member {raw!r} would replace a directory of the same name")
+        if member.isdir():
+            if existing is None or existing.kind != "dir":
+                directory.children[leaf] = _Node("dir")
+        elif member.issym():
+            self._check_symlink(raw, parent, member.linkname)
+            directory.children[leaf] = _Node("link", target=member.linkname)
+        elif member.islnk():
+            directory.children[leaf] = self._hard_link_source(raw, member.linkname)
+        else:
+            directory.children[leaf] = _Node("file")
+
+    def finish(self) -> None:
+        """Check every symlink against the complete tree: a link may dangle while it is added and
+        point elsewhere once later members exist."""
+        for path, node in self._links((), self.root):
+            self._check_symlink("/".join(path), path[:-1], node.target)
+
+    def _check_symlink(self, raw: str, parent: tuple[str, ...], target: str) -> None:
+        try:
+            self._resolve(parent, target.split("/") if not target.startswith("/") else None)
+        except _Escape:
+            self._refuse(f"symlink {raw!r} -> {target!r} points outside the release")
+        except _Loop:
+            self._refuse(f"symlink {raw!r} -> {target!r} is part of a symlink loop")
+
+    def _hard_link_source(self, raw: str, linkname: str) -> _Node:
+        source = _normalise(linkname)
+        parts = [p for p in source.split("/") if p not in ("", ".")]
+        if linkname.startswith("/") or ".." in parts or not parts:
+            self._refuse(f"hard link {raw!r} -> {linkname!r} points outside the release")
+        try:
+            # link(2) follows symlinks in the directories of the source, not the source itself.
+            parent = self._resolve((), parts[:-1])
+        except (_Escape, _Loop):
+            self._refuse(f"hard link {raw!r} -> {linkname!r} points outside the release")
+        directory = self._node(parent)
+        node = directory.children.get(parts[-1]) if directory is not None and directory.kind == "dir" else None
+        if node is None:
+            self._refuse(f"hard link {raw!r} -> {linkname!r} refers to a member not extracted before it")
+        if node.kind != "file":
+            self._refuse(f"hard link {raw!r} -> {linkname!r} must refer to a regular file, not a {node.kind}")
+        return node
+
+    def _resolve(
+        self, start: tuple[str, ...], parts: list[str] | None, budget: list[int] | None = None
+    ) -> tuple[str, ...]:
+        """Physical path (components below the release directory) of ``parts`` looked up from ``start``,
+        following every symlink met; ``None`` stands for an absolute path."""
+        if parts is None:
+            raise _Escape
+        budget = budget if budget is not None else [MAX_SYMLINKS]
+        current = list(start)
+        for part in parts:
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not current:
+                    raise _Escape
+                current.pop()
+                continue
+            node = self._node(tuple(current))
+            child = node.children.get(part) if node is not None and node.kind == "dir" else None
+            if child is not None and child.kind == "link":
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise _Loop
+                target = child.target
+                current = list(
+                    self._resolve(tuple(current), target.split("/") if not target.startswith("/") else None, budget)
+                )
+            else:
+                current.append(part)
+        return tuple(current)
+
+    def _make_dirs(self, raw: str, path: tuple[str, ...]) -> _Node:
+        """The directory at ``path``, created with its missing parents as tar creates them."""
+        node = self.root
+        for part in path:
+            child = node.children.setdefault(part, _Node("dir"))
+            if child.kind != "dir":
+                # tar fails on such a member ("Not a directory"); refusing is simpler than modelling that.
+                self._refuse(f"member {raw!r} is inside {part!r}, which is not a directory")
+            node = child
+        return node
+
+    def _node(self, path: tuple[str, ...]) -> _Node | None:
+        node: _Node | None = self.root
+        for part in path:
+            if node is None or node.kind != "dir":
+                return None
+            node = node.children.get(part)
+        return node
+
+    def _links(self, path: tuple[str, ...], node: _Node) -> list[tuple[tuple[str, ...], _Node]]:
+        found: list[tuple[tuple[str, ...], _Node]] = []
+        for name, child in node.children.items():
+            if child.kind == "link":
+                found.append(((*path, name), child))
+            elif child.kind == "dir":
+                found.extend(self._links((*path, name), child))
+        return found
+
+    def _refuse(self, message: str) -> NoReturn:
+        raise ArtifactError(f"{self.where}: {message}")
 
 
 def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None = None) -> Artifact:
@@ -76,22 +246,12 @@ def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None 
     unpacked = 0
     try:
         with tarfile.open(path, "r:*") as tar:
+            check = ExtractionCheck(where)
             for member in tar:
                 raw = member.name
                 name = _normalise(raw)
                 unpacked += max(member.size, 0) + 512
-                if raw.startswith("/") or name.startswith("/"):
-                    raise ArtifactError(f"{where}: member {raw!r} has an absolute path")
-                if ".." in name.split("/"):
-                    raise ArtifactError(f"{where}: member {raw!r} contains '..'")
-                if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
-                    raise ArtifactError(f"{where}: member {raw!r} is a device file or FIFO")
-                if member.mode & (stat.S_ISUID | stat.S_ISGID):
-                    raise ArtifactError(f"{where}: member {raw!r} has the setuid/setgid bit")
-                if member.issym() and _escapes(posixpath.dirname(name), member.linkname):
-                    raise ArtifactError(f"{where}: symlink {raw!r} -> {member.linkname!r} points outside the release")
-                if member.islnk() and _escapes("", _normalise(member.linkname)):
-                    raise ArtifactError(f"{where}: hard link {raw!r} -> {member.linkname!r} points outside the release")
+                check.add(member)
                 if name == f"bin/{app}" and (member.isfile() or member.issym()):
                     has_bin = True
                 elif name == "releases/start_erl.data" and member.isfile():
@@ -103,6 +263,7 @@ def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None 
                     release_dirs.add(parts[1])
                 if len(parts) >= 1 and parts[0].startswith("erts-"):
                     erts = parts[0].removeprefix("erts-")
+            check.finish()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArtifactError(f"{where}: not a readable tarball: {exc}") from None
     if not has_bin:

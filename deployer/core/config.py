@@ -17,7 +17,9 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from deployer.remote.flavours import flavour
 
 # --- strict patterns for values that become paths or names on the host -------------------------------
 
@@ -37,11 +39,74 @@ REMOTE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 # Environment variables the tool owns; an inventory must not set them.
 RESERVED_ENV = frozenset({"RELEASE_COOKIE", "RELEASE_TMP", "RELEASE_NODE", "RELEASE_DISTRIBUTION"})
 
+# Names an inventory must not set: the env file is sourced (``set -a; . file``) into the remote scripts
+# before the node starts, so these would change how the shell itself or deployer's scripts behave
+# (PATH, IFS, HOME, the loader's LD_*), or replace what deployer sets for the node (RELEASE_*, the cookie
+# variables, DEPLOYER_*). Provisional home of the list: deployer.remote owns the scripts and is meant to
+# publish the authoritative constant; keep the two in step.
+RESERVED_ENV_NAMES = frozenset(
+    {
+        *RESERVED_ENV,
+        "PATH",
+        "IFS",
+        "HOME",
+        "SHELL",
+        "PWD",
+        "OLDPWD",
+        "ENV",
+        "BASH_ENV",
+        "CDPATH",
+        "PS4",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "POSIXLY_CORRECT",
+        "NOW",
+        "COOKIE",
+        "COOKIE_VALUE",
+        "RELX_COOKIE",
+    }
+)
+RESERVED_ENV_PREFIXES = ("LD_", "DEPLOYER_", "BASH_FUNC_")
 
-def _check_pattern(pattern: re.Pattern[str], what: str) -> AfterValidator:
+
+class KeyPathError(ValueError):
+    """A validation error about ``key`` (dotted, relative to the model whose validator raises it), so the
+    loader can report the full key path rather than the model's."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+_DEPLOYER_SETS = {
+    "RELEASE_NODE": "it is node.name",
+    "RELEASE_DISTRIBUTION": "it is node.distribution",
+    "RELEASE_COOKIE": "the environment's cookie, kept on each host",
+    "RELEASE_TMP": "it is <deploy_to>/shared/tmp",
+}
+
+
+def reserved_env_reason(name: str) -> str | None:
+    """Why ``name`` cannot be set by an inventory, or None when it can."""
+    if name in RESERVED_ENV:
+        source = _DEPLOYER_SETS.get(name, "")
+        return f"{name} is managed by deployer and cannot be set in the inventory" + (f" ({source})" if source else "")
+    if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+        return (
+            f"{name} is reserved: the node's environment is loaded into deployer's shell scripts, "
+            "where it would change how they run"
+        )
+    if name.startswith("_") or not any(c.isupper() for c in name):
+        # The remote scripts keep their own state in lower-case shell variables ($d, $rid, $pids...).
+        return f"{name}: names in lower case or starting with '_' are reserved for deployer's scripts; use upper case"
+    return None
+
+
+def _check_pattern(pattern: re.Pattern[str], what: str, expected: str | None = None) -> AfterValidator:
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid {what} (allowed: {pattern.pattern})")
+            rule = expected or f"allowed: {pattern.pattern}"
+            raise ValueError(f"{value!r} is not a valid {what} ({rule})")
         return value
 
     return AfterValidator(check)
@@ -56,18 +121,121 @@ def _check_remote_path(value: str) -> str:
     parts = PurePosixPath(value).parts
     if ".." in parts:
         raise ValueError(f"{value!r} must not contain '..'")
-    if value.rstrip("/") == "":
-        raise ValueError("must not be the root directory '/'")
-    return value.rstrip("/")
+    # `/.`, `//` and `/srv/./app/` name the same directories as `/` and `/srv/app`.
+    normalised = "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
+    if normalised == "/":
+        raise ValueError(f"{value!r} must not be the root directory '/'")
+    return normalised
 
 
-AppName = Annotated[str, _check_pattern(APP_NAME_RE, "release name")]
-HostName = Annotated[str, _check_pattern(HOST_NAME_RE, "host name")]
-Address = Annotated[str, _check_pattern(ADDRESS_RE, "host address")]
-UserName = Annotated[str, _check_pattern(USER_RE, "user name")]
-RoleName = Annotated[str, _check_pattern(ROLE_RE, "role name")]
-EnvName = Annotated[str, _check_pattern(ENV_NAME_RE, "environment variable name")]
-NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name")]
+# Directories that belong to the system: deploying into one would scatter releases/, current and shared/
+# among the system's own files (and pruning deletes under releases/).
+SYSTEM_DIRS = frozenset(
+    {
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/libexec",
+        "/usr/include",
+        "/usr/share",
+        "/usr/src",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/local/lib",
+        "/usr/local/share",
+        "/usr/local/etc",
+        "/var/lib",
+        "/var/log",
+        "/var/cache",
+        "/var/spool",
+        "/var/mail",
+        "/var/opt",
+        "/var/www",
+        "/var/backups",
+        "/var/local",
+        "/var/run",
+        "/var/tmp",
+    }
+)
+# Trees nothing may be deployed under: world-writable temporary directories (another user can create the
+# directory first and own it), memory-backed or kernel file systems, and the system's own programs.
+SYSTEM_TREES = (
+    "/tmp",
+    "/var/tmp",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/var/run",
+    "/boot",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/share",
+)
+
+
+def _check_deploy_to(value: str) -> str:
+    if value in SYSTEM_DIRS:
+        raise ValueError(
+            f"{value!r} is a system directory; give the application a directory of its own, such as /srv/<app>"
+        )
+    for tree in SYSTEM_TREES:
+        if value.startswith(tree + "/"):
+            raise ValueError(f"{value!r} is inside {tree}, where no application should live; use e.g. /srv/<app>")
+    return value
+
+
+AppName = Annotated[
+    str,
+    _check_pattern(APP_NAME_RE, "release name", "lower-case letters, digits and _, starting with a letter, at most 64"),
+]
+HostName = Annotated[
+    str,
+    _check_pattern(HOST_NAME_RE, "host name", "letters, digits, . _ -, starting with a letter or digit, at most 63"),
+]
+Address = Annotated[str, _check_pattern(ADDRESS_RE, "host address", "a DNS name or an IP address")]
+UserName = Annotated[
+    str, _check_pattern(USER_RE, "user name", "lower-case letters, digits, _ -, starting with a letter or _")
+]
+RoleName = Annotated[
+    str, _check_pattern(ROLE_RE, "role name", "lower-case letters, digits, _ -, starting with a letter")
+]
+EnvName = Annotated[
+    str, _check_pattern(ENV_NAME_RE, "environment variable name", "letters, digits and _, not starting with a digit")
+]
+NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name", "name or name@host")]
 
 
 def _check_gateway(value: str) -> str:
@@ -81,6 +249,7 @@ def _check_gateway(value: str) -> str:
 
 Gateway = Annotated[str, AfterValidator(_check_gateway)]
 RemotePath = Annotated[str, AfterValidator(_check_remote_path)]
+DeployPath = Annotated[str, AfterValidator(_check_remote_path), AfterValidator(_check_deploy_to)]
 
 
 def _check_port(value: int) -> int:
@@ -128,6 +297,7 @@ class BuildHostConfig(_Model):
 
 # A Docker image reference or build stage name; they reach docker's argv (never a shell).
 DOCKER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+DOCKER_REF_WORDS = "letters, digits and . _ / : @ + -, starting with a letter or digit"
 
 
 def _relative_dir(value: str) -> str:
@@ -173,13 +343,13 @@ class BuildConfig(_Model):
         "removed afterwards.",
     )
     dockerfile: str = Field("Dockerfile", description="strategy `docker`: the Dockerfile, relative to `path`.")
-    image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference")] | None = Field(
+    image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: passed as `--build-arg BUILDER_IMAGE=<image>` for the build stage."
     )
-    target: Annotated[str, _check_pattern(DOCKER_REF_RE, "build stage name")] | None = Field(
+    target: Annotated[str, _check_pattern(DOCKER_REF_RE, "build stage name", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: the stage whose files are exported (`--target`; default: the last)."
     )
-    platform: Annotated[str, _check_pattern(DOCKER_REF_RE, "platform")] | None = Field(
+    platform: Annotated[str, _check_pattern(DOCKER_REF_RE, "platform", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: `--platform`, e.g. `linux/arm64` for targets of that architecture."
     )
     output: Annotated[str, AfterValidator(_relative_dir)] = Field(
@@ -192,7 +362,9 @@ class BuildConfig(_Model):
     @model_validator(mode="after")
     def _strategy(self) -> BuildConfig:
         if self.strategy == "host" and self.host is None:
-            raise ValueError("strategy `host` needs `host`: an inventory host name or name/address of a build machine")
+            raise KeyPathError(
+                "host", "is required with strategy `host`: an inventory host name or name/address of a build machine"
+            )
         return self
 
 
@@ -223,6 +395,15 @@ class SSHConfig(_Model):
     forward_agent: bool = Field(False, description="Forward the local ssh-agent (off unless asked for).")
 
 
+def _secret_list(data: object) -> object:
+    """``secret: [A, B]`` means ``secret: {A: A, B: B}`` (anything but a list of names is left to validation)."""
+    if isinstance(data, dict) and isinstance(data.get("secret"), list):
+        names = data["secret"]
+        if all(isinstance(name, str) for name in names):
+            return {**data, "secret": {name: name for name in names}}
+    return data
+
+
 class HostConfig(_Model):
     """One target machine."""
 
@@ -231,7 +412,33 @@ class HostConfig(_Model):
     port: Port | None = Field(None, description="Overrides ssh.port.")
     user: UserName | None = Field(None, description="Overrides ssh.user.")
     roles: tuple[RoleName, ...] = Field(("app",), description="Roles, e.g. `app`, `migrator`.")
-    env: dict[EnvName, str] = Field(default_factory=dict, description="Per-host plain environment values.")
+    env: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="Per-host plain environment values; they replace `env.clear` values of the same name on this host.",
+    )
+    secret: dict[EnvName, EnvName] = Field(
+        default_factory=dict,
+        description="Per-host secrets, like `env.secret`: node variable -> name looked up in the operator's "
+        "environment, then in `secrets_file` (a list means the same name on both sides). They replace "
+        "`env.secret` entries of the same variable on this host, e.g. `DATABASE_URL: DATABASE_URL_EU`.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_list(cls, data: object) -> object:
+        return _secret_list(data)
+
+    @model_validator(mode="after")
+    def _no_reserved(self) -> HostConfig:
+        for section, names in (("env", self.env), ("secret", self.secret)):
+            for name in names:
+                reason = reserved_env_reason(name)
+                if reason:
+                    raise KeyPathError(f"{section}.{name}", reason)
+        both = sorted(set(self.env) & set(self.secret))
+        if both:
+            raise KeyPathError(f"secret.{both[0]}", f"{', '.join(both)} set both in env and in secret")
+        return self
 
 
 class EnvConfig(_Model):
@@ -251,19 +458,19 @@ class EnvConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _secret_list(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("secret"), list):
-            data = dict(data)
-            data["secret"] = {name: name for name in data["secret"]}
-        return data
+        return _secret_list(data)
 
     @model_validator(mode="after")
     def _no_reserved(self) -> EnvConfig:
-        for name in [*self.clear, *self.secret]:
-            if name in RESERVED_ENV:
-                raise ValueError(f"{name} is managed by deployer and cannot be set in the inventory")
+        for section, names in (("clear", self.clear), ("secret", self.secret)):
+            for name in names:
+                reason = reserved_env_reason(name)
+                if reason:
+                    raise KeyPathError(f"{section}.{name}", reason)
         both = set(self.clear) & set(self.secret)
         if both:
-            raise ValueError(f"{', '.join(sorted(both))} set both as clear and secret")
+            first = sorted(both)[0]
+            raise KeyPathError(f"secret.{first}", f"{', '.join(sorted(both))} set both as clear and secret")
         return self
 
 
@@ -290,7 +497,7 @@ class HealthConfig(_Model):
     @model_validator(mode="after")
     def _url(self) -> HealthConfig:
         if self.http is not None and not re.fullmatch(r"https?://[^\s'\"]+", self.http):
-            raise ValueError("http must be an http:// or https:// URL without spaces or quotes")
+            raise KeyPathError("http", "must be an http:// or https:// URL without spaces or quotes")
         return self
 
 
@@ -307,7 +514,24 @@ class NodeConfig(_Model):
     stop_timeout: PositiveSeconds = Field(30.0, description="Seconds to wait for the old VM to exit after SIGTERM.")
 
 
-Count = Annotated[str | int, Field(description="A count (`2`) or a percentage of hosts (`25%`).")]
+def _count_input(value: object) -> object:
+    # One message for a wrong type, instead of one per member of the `str | int` union.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a count like 2 or a percentage like 25%, got {_short(value)}")
+    return value
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr`` of an input, cut short: a huge value must not flood an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
+
+
+Count = Annotated[
+    str | int,
+    BeforeValidator(_count_input),
+    Field(description="A count (`2`) or a percentage of hosts (`25%`)."),
+]
 
 
 class StrategyConfig(_Model):
@@ -323,7 +547,10 @@ class StrategyConfig(_Model):
     @model_validator(mode="after")
     def _counts(self) -> StrategyConfig:
         for field in ("batch_size", "max_fail"):
-            parse_count(getattr(self, field), 100, allow_zero=field == "max_fail")
+            try:
+                parse_count(getattr(self, field), 100, allow_zero=field == "max_fail")
+            except ValueError as exc:
+                raise KeyPathError(field, str(exc)) from None
         return self
 
 
@@ -351,7 +578,7 @@ class InventoryConfig(_Model):
     """A whole environment: ``inventory/<env>.yml`` over ``inventory/defaults.yml``."""
 
     app: AppConfig
-    deploy_to: RemotePath = Field(description="Absolute directory on every host holding releases/, current, shared/.")
+    deploy_to: DeployPath = Field(description="Absolute directory on every host holding releases/, current, shared/.")
     keep_releases: int = Field(5, ge=1, le=100, description="Successful releases kept on each host.")
     build: BuildConfig = Field(default_factory=BuildConfig)
     ssh: SSHConfig = Field(default_factory=SSHConfig)
@@ -365,18 +592,50 @@ class InventoryConfig(_Model):
     @model_validator(mode="after")
     def _hosts(self) -> InventoryConfig:
         if not self.hosts:
-            raise ValueError("hosts: at least one host is required")
+            raise KeyPathError("hosts", "at least one host is required")
         seen: dict[str, int] = {}
         for index, host in enumerate(self.hosts):
             if host.name in seen:
-                raise ValueError(
-                    f"hosts.{index}.name: duplicate host name {host.name!r} (also hosts.{seen[host.name]}.name)"
+                raise KeyPathError(
+                    f"hosts.{index}.name", f"duplicate host name {host.name!r} (also hosts.{seen[host.name]}.name)"
                 )
             seen[host.name] = index
         if isinstance(self.build.host, str) and self.build.host not in seen:
-            raise ValueError(f"build.host: no host named {self.build.host!r} in hosts")
+            raise KeyPathError("build.host", f"no host named {self.build.host!r} in hosts")
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
-            raise ValueError(f"migrate.role: no host has the role {self.migrate.role!r}")
+            raise KeyPathError("migrate.role", f"no host has the role {self.migrate.role!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _env_conflicts(self) -> InventoryConfig:
+        """A value deployer sets for this configuration is never silently replaced, nor silently replaces."""
+        owned = dict.fromkeys(
+            (name for name, _ in flavour(self.app.flavour).runtime_env), f"the {self.app.flavour} flavour"
+        )
+        if self.node.loopback_only:
+            owned["ERL_EPMD_ADDRESS"] = "node.loopback_only (set it to false to choose the address)"
+        keys = [(f"env.clear.{n}", n) for n in self.env.clear] + [(f"env.secret.{n}", n) for n in self.env.secret]
+        keys += [(f"hosts.{i}.env.{n}", n) for i, host in enumerate(self.hosts) for n in host.env]
+        keys += [(f"hosts.{i}.secret.{n}", n) for i, host in enumerate(self.hosts) for n in host.secret]
+        for key, name in keys:
+            if name in owned:
+                raise KeyPathError(key, f"{name} is set by deployer from {owned[name]}")
+        # A per-host value replaces the environment's value of its own kind only: a clear value standing in
+        # for a secret (or the reverse) is almost certainly a mistake, and would put a secret in the inventory.
+        for i, host in enumerate(self.hosts):
+            for name in host.env:
+                if name in self.env.secret:
+                    raise KeyPathError(
+                        f"hosts.{i}.env.{name}",
+                        f"{name} is a secret (env.secret.{name}); give this host its own in hosts.{i}.secret",
+                    )
+            for name in host.secret:
+                if name in self.env.clear:
+                    raise KeyPathError(
+                        f"hosts.{i}.secret.{name}",
+                        f"{name} is a plain value (env.clear.{name}); make it a secret in env.secret, or give "
+                        f"this host a plain value in hosts.{i}.env",
+                    )
         return self
 
     @property

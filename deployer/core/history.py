@@ -134,12 +134,30 @@ class History:
         others = [r for r in good if r != current]
         return others[-1] if others else None
 
-    def releases_to_prune(self, on_disk: Sequence[str], *, keep: int, protect: Iterable[str | None]) -> list[str]:
-        """Releases to delete: everything except the newest ``keep`` good ones and ``protect``.
+    def last_good(self, on_disk: Iterable[str]) -> str | None:
+        """The newest release on disk whose latest outcome is success (what a rollback falls back to)."""
+        good = self.good(on_disk)
+        return good[-1] if good else None
 
-        ``protect`` holds the release that will be current and the previous good one. Failed releases
-        and directories the history does not know are removed: they are never rollback targets.
+    def unaccounted(self, on_disk: Iterable[str]) -> list[str]:
+        """Releases on disk this history says nothing about: recorded before the part of ``revisions.log``
+        that was read, or after the log was rotated or lost. Nobody can tell whether they are good."""
+        known = {rev.release for rev in self.revisions if rev.event != "migrate"}
+        return [r for r in on_disk if r not in known]
+
+    def releases_to_prune(self, on_disk: Sequence[str], *, keep: int, protect: Iterable[str | None]) -> list[str]:
+        """Releases to delete: the ones this history accounts for, except the newest ``keep`` good ones,
+        the newest good one on disk (always: it is the last rollback target) and ``protect``.
+
+        ``protect`` holds the release that will be current and the one that is current now. Releases
+        the history knows as failed are removed: they are never rollback targets. A release the history
+        does not account for (see :meth:`unaccounted`) is always kept: pruning deletes only what it can
+        prove is not needed.
         """
         keep_set = {r for r in protect if r}
         keep_set.update(self.good(on_disk)[-keep:] if keep > 0 else [])
+        last_good = self.last_good(on_disk)
+        if last_good is not None:
+            keep_set.add(last_good)
+        keep_set.update(self.unaccounted(on_disk))
         return [r for r in on_disk if r not in keep_set]

@@ -57,7 +57,7 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
     env: dict[str, str | Secret] = {}
     env.update({k: expand(v) for k, v in config.env.clear.items()})
     env.update({k: expand(v) for k, v in host.env.items()})
-    for name, value in inventory.secrets.items():
+    for name, value in inventory.secrets_for(host).items():
         env[name] = Secret(name, value)
     env.update({k: expand(v) for k, v in spec.runtime_env})
     env["RELEASE_TMP"] = layout.release_tmp
@@ -305,7 +305,11 @@ def plan_deploy(
                 ),
                 steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, prune, prune_artifacts),
                 abort=rc.abort_prepared(layout, release_id),
-                notes=tuple(f"remove old release {r}" for r in prune),
+                notes=tuple(f"remove old release {r}" for r in prune)
+                + tuple(
+                    f"keep release {r}: revisions.log (as read) does not account for it, so it is never pruned"
+                    for r in fact.history.unaccounted(fact.releases)
+                ),
                 version=fact.current_version,
                 node_pids=fact.node_pids,
             )

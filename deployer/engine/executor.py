@@ -133,7 +133,7 @@ class Executor:
     ) -> None:
         self.inventory = inventory
         self.events: Events = events or NullEvents()
-        self.masker = masker or Masker({v.get_secret_value() for v in inventory.secrets.values()})
+        self.masker = masker or Masker(inventory.secret_values())
         self.workers = workers or inventory.config.strategy.workers
         self.cancel = cancel or threading.Event()
         self.operation = operation

@@ -55,7 +55,7 @@ def open_executor(inventory: Inventory, options: Options, operation: str) -> Exe
         inventory,
         options.connector or ssh_connector(inventory),
         events=options.events or NullEvents(),
-        masker=Masker({v.get_secret_value() for v in inventory.secrets.values()}),
+        masker=Masker(inventory.secret_values()),
         cancel=options.cancel,
         operation=operation,
     )

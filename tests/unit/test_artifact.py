@@ -54,6 +54,75 @@ def test_hostile_members_are_refused(tmp_path: Path, bad: tarfile.TarInfo, messa
     assert message in str(info.value)
 
 
+def sym(name: str, target: str) -> tarfile.TarInfo:
+    return member(name, kind=tarfile.SYMTYPE, link=target)
+
+
+def directory(name: str) -> tarfile.TarInfo:
+    return member(name, kind=tarfile.DIRTYPE, mode=0o755)
+
+
+def hard(name: str, target: str) -> tarfile.TarInfo:
+    return member(name, kind=tarfile.LNKTYPE, link=target)
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        # The chain from issue 13: each link looks harmless on its own; through `a -> .` they climb out.
+        ([sym("a", "."), sym("a/b", "..")], "symlink 'a/b' -> '..' points outside the release"),
+        ([sym("a", "."), sym("a/c", "b/.."), sym("a/b", "..")], "symlink 'a/b' -> '..' points outside"),
+        ([directory("x"), sym("x/b", "."), sym("x/c", "b/../..")], "symlink 'x/c' -> 'b/../..' points outside"),
+        ([directory("d"), sym("d/up", "../d/../.."), sym("d/e", "up")], "points outside the release"),
+        # Links through an earlier symlinked directory land where that directory points.
+        ([directory("lib"), sym("lib/here", "."), sym("lib/here/here/x", "../..")], "points outside"),
+        ([directory("lib"), sym("l", "lib"), sym("l/x", "../..")], "symlink 'l/x' -> '../..' points outside"),
+        # A link that dangles when added and escapes once later members exist.
+        ([sym("a", "b/c/../../.."), directory("b")], "points outside the release"),
+        ([directory("b"), sym("b/c", "../q"), sym("q", "..")], "symlink 'q' -> '..' points outside"),
+        ([sym("later", "x/.."), sym("x", "..")], "symlink 'x' -> '..' points outside"),
+        ([sym("loop1", "loop2"), sym("loop2", "loop1")], "symlink loop"),
+        # Hard links: to outside, through a symlinked directory, to what is not extracted yet, to a symlink.
+        ([hard("h", "/etc/passwd")], "hard link 'h' -> '/etc/passwd' points outside the release"),
+        ([hard("h", "lib/not-yet"), member("lib/not-yet")], "refers to a member not extracted before it"),
+        ([sym("s", "bin/hello"), hard("h", "s")], "must refer to a regular file, not a link"),
+        ([directory("lib"), hard("h", "lib")], "must refer to a regular file, not a dir"),
+        # Replacing a directory: tar would fail or merge; refused.
+        ([directory("lib"), member("lib/f"), sym("lib", "bin")], "would replace a directory"),
+        ([member("f"), member("f/g")], "is inside 'f', which is not a directory"),
+        (
+            [member("lib/p", kind=tarfile.CONTTYPE), member("lib/b", kind=tarfile.BLKTYPE)],
+            "is a device file or FIFO",
+        ),
+    ],
+)
+def test_link_chains_are_resolved_as_extraction_would(
+    tmp_path: Path, members: list[tarfile.TarInfo], message: str
+) -> None:
+    path = release_tarball(tmp_path / "hello-0.1.0.tar.gz", extra=members)
+    with pytest.raises(ArtifactError, match=r"^hello-0\.1\.0\.tar\.gz: ") as info:
+        inspect_tarball(path, "hello")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [directory("lib"), sym("lib/current", "../releases/0.1.0")],
+        [directory("lib/a-1.0/priv"), sym("lib/a", "a-1.0"), member("lib/a/priv/f"), sym("top", "lib/a/priv/../../..")],
+        [member("lib/one"), hard("lib/two", "lib/one"), hard("three", "./lib/one")],
+        [sym("rel", "releases"), hard("start", "rel/start_erl.data")],
+        [sym("dangling", "nowhere/yet"), sym("x", "y"), sym("y", "bin/../releases")],
+        [directory("lib"), sym("lib/self", "."), member("lib/self/self/ok")],
+        [member("bin/hello"), sym("bin/hello", "../erts-13.1.5/bin/beam.smp")],
+        [directory("./"), directory("."), sym("./dot", "./.")],
+    ],
+)
+def test_links_that_stay_inside_are_accepted(tmp_path: Path, members: list[tarfile.TarInfo]) -> None:
+    path = release_tarball(tmp_path / "hello-0.1.0.tar.gz", extra=members)
+    assert inspect_tarball(path, "hello").version == "0.1.0"
+
+
 def test_symlink_inside_the_release_is_fine(tmp_path: Path) -> None:
     link = member("lib/current", kind=tarfile.SYMTYPE, link="../releases/0.1.0")
     path = release_tarball(tmp_path / "hello-0.1.0.tar.gz", extra=[link])

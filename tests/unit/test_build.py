@@ -38,7 +38,8 @@ def test_local_is_the_default_strategy(tmp_path: Path) -> None:
 
 def test_host_strategy_needs_a_host(tmp_path: Path) -> None:
     assert load_error(tmp_path, with_build(strategy="host")).endswith(
-        "test.yml: build: strategy `host` needs `host`: an inventory host name or name/address of a build machine"
+        "test.yml: build.host: is required with strategy `host`: "
+        "an inventory host name or name/address of a build machine"
     )
 
 

@@ -58,7 +58,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 def test_wrong_type(tmp_path: Path) -> None:
     data = mutate(keep_releases="many")
-    assert "keep_releases: input should be a valid integer" in load_error(tmp_path, data)
+    assert "test.yml: keep_releases: must be a whole number, got 'many'" in load_error(tmp_path, data)
 
 
 def test_duplicate_host_names(tmp_path: Path) -> None:
@@ -80,6 +80,121 @@ def test_role_with_no_hosts(tmp_path: Path) -> None:
 def test_bad_deploy_to(tmp_path: Path, value: str) -> None:
     msg = load_error(tmp_path, mutate(deploy_to=value))
     assert "test.yml: deploy_to: " in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/.", "'/.' must not be the root directory '/'"),
+        ("//", "must not be the root directory '/'"),
+        ("/./.", "must not be the root directory '/'"),
+        ("/tmp", "'/tmp' is a system directory"),
+        ("/tmp/", "'/tmp' is a system directory"),
+        ("/var", "'/var' is a system directory"),
+        ("/usr", "'/usr' is a system directory"),
+        ("/etc", "'/etc' is a system directory"),
+        ("/home", "'/home' is a system directory"),
+        ("/root", "'/root' is a system directory"),
+        ("/srv", "'/srv' is a system directory"),
+        ("/usr/local", "'/usr/local' is a system directory"),
+        ("/var/lib", "'/var/lib' is a system directory"),
+        ("/tmp/hello", "'/tmp/hello' is inside /tmp"),
+        ("/var/tmp/hello", "'/var/tmp/hello' is inside /var/tmp"),
+        ("/dev/shm/hello", "'/dev/shm/hello' is inside /dev"),
+        ("/etc/hello", "is inside /etc"),
+        ("/usr/bin/hello", "is inside /usr/bin"),
+        ("/./tmp", "'/tmp' is a system directory"),
+        ("srv/hello", "must be an absolute path"),
+        ("./hello", "must be an absolute path"),
+        ("hello", "must be an absolute path"),
+    ],
+)
+def test_deploy_to_refuses_roots_system_directories_and_relative_paths(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    msg = load_error(tmp_path, mutate(deploy_to=value))
+    assert msg.startswith(f"{tmp_path}/inventory/test.yml: deploy_to: "), msg
+    assert expected in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "normalised"),
+    [
+        ("/srv/hello", "/srv/hello"),
+        ("/srv/./hello/", "/srv/hello"),
+        ("//opt//hello", "/opt/hello"),
+        ("/home/deploy/hello", "/home/deploy/hello"),
+        ("/usr/local/hello", "/usr/local/hello"),
+    ],
+)
+def test_deploy_to_of_its_own_is_accepted(tmp_path: Path, value: str, normalised: str) -> None:
+    assert inventory(tmp_path, mutate(deploy_to=value)).config.deploy_to == normalised
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"clear": {"PATH": "/opt/bin"}}, "env.clear.PATH: PATH is reserved"),
+        ({"clear": {"IFS": ","}}, "env.clear.IFS: IFS is reserved"),
+        ({"clear": {"HOME": "/x"}}, "env.clear.HOME: HOME is reserved"),
+        ({"clear": {"SHELL": "/bin/zsh"}}, "env.clear.SHELL: SHELL is reserved"),
+        ({"clear": {"PWD": "/"}}, "env.clear.PWD: PWD is reserved"),
+        ({"clear": {"BASH_ENV": "/x"}}, "env.clear.BASH_ENV: BASH_ENV is reserved"),
+        ({"clear": {"ENV": "/x"}}, "env.clear.ENV: ENV is reserved"),
+        ({"clear": {"LD_PRELOAD": "/x.so"}}, "env.clear.LD_PRELOAD: LD_PRELOAD is reserved"),
+        ({"secret": ["LD_LIBRARY_PATH"]}, "env.secret.LD_LIBRARY_PATH: LD_LIBRARY_PATH is reserved"),
+        ({"clear": {"DEPLOYER_RELEASE_ID": "x"}}, "env.clear.DEPLOYER_RELEASE_ID: DEPLOYER_RELEASE_ID is reserved"),
+        ({"clear": {"RELEASE_NODE": "x@y"}}, "env.clear.RELEASE_NODE: RELEASE_NODE is managed by deployer"),
+        ({"secret": {"RELEASE_COOKIE": "C"}}, "env.secret.RELEASE_COOKIE: RELEASE_COOKIE is managed by deployer"),
+        ({"clear": {"RELEASE_TMP": "/x"}}, "env.clear.RELEASE_TMP: RELEASE_TMP is managed"),
+        ({"clear": {"RELEASE_DISTRIBUTION": "sname"}}, "env.clear.RELEASE_DISTRIBUTION: RELEASE_DISTRIBUTION is"),
+        ({"clear": {"RELX_COOKIE": "x"}}, "env.clear.RELX_COOKIE: RELX_COOKIE is reserved"),
+        ({"clear": {"d": "/"}}, "env.clear.d: d: names in lower case or starting with '_' are reserved"),
+        ({"clear": {"_private": "x"}}, "env.clear._private: _private: names in lower case"),
+        ({"clear": {"ERL_EPMD_ADDRESS": "0.0.0.0"}}, "env.clear.ERL_EPMD_ADDRESS: ERL_EPMD_ADDRESS is set by deployer"),
+        ({"clear": {"1ABC": "x"}}, "env.clear.1ABC: '1ABC' is not a valid environment variable name (letters,"),
+        ({"clear": {"A-B": "x"}}, "env.clear.A-B: 'A-B' is not a valid environment variable name"),
+        ({"clear": {"A B": "x"}}, "env.clear.'A B': 'A B' is not a valid environment variable name"),
+        ({"secret": ["OK", "NOT-OK"]}, "env.secret.NOT-OK: 'NOT-OK' is not a valid environment variable name"),
+    ],
+)
+def test_reserved_and_invalid_env_names_are_refused_with_the_key(tmp_path: Path, env: dict[str, Any], key: str) -> None:
+    msg = load_error(tmp_path, mutate(env=env), environ={"OK": "1", "LD_LIBRARY_PATH": "x", "RELEASE_COOKIE": "c"})
+    assert f"test.yml: {key}" in msg, msg
+
+
+def test_reserved_env_names_are_refused_per_host_too(tmp_path: Path) -> None:
+    data = copy.deepcopy(BASE)
+    data["hosts"][1]["env"] = {"RELEASE_NODE": "hello@10.0.0.2"}
+    msg = load_error(tmp_path, data)
+    assert msg.endswith(
+        "test.yml: hosts.1.env.RELEASE_NODE: RELEASE_NODE is managed by deployer and cannot be set in the inventory "
+        "(it is node.name)"
+    )
+    data["hosts"][1]["env"] = {"PATH": "/x"}
+    assert "test.yml: hosts.1.env.PATH: PATH is reserved" in load_error(tmp_path, data)
+
+
+def test_flavour_variables_cannot_be_replaced(tmp_path: Path) -> None:
+    data = mutate(app={"name": "hello", "flavour": "rebar3"}, env={"clear": {"RELX_OUT_FILE_PATH": "/tmp/x"}})
+    msg = load_error(tmp_path, data)
+    assert (
+        "test.yml: env.clear.RELX_OUT_FILE_PATH: RELX_OUT_FILE_PATH is set by deployer from the rebar3 flavour" in msg
+    )
+
+
+def test_epmd_address_is_yours_without_loopback_only(tmp_path: Path) -> None:
+    data = mutate(
+        node={"loopback_only": False}, env={"clear": {"ERL_EPMD_ADDRESS": "10.0.0.1"}, "secret": ["HELLO_SECRET"]}
+    )
+    assert inventory(tmp_path, data).config.env.clear["ERL_EPMD_ADDRESS"] == "10.0.0.1"
+
+
+def test_ordinary_env_names_are_accepted(tmp_path: Path) -> None:
+    data = mutate(
+        env={"clear": {"PHX_SERVER": "true", "LANG": "C.UTF-8", "ERL_AFLAGS": "+S 2"}, "secret": ["HELLO_SECRET"]}
+    )
+    assert set(inventory(tmp_path, data).config.env.clear) == {"PHX_SERVER", "LANG", "ERL_AFLAGS"}
 
 
 @pytest.mark.parametrize("name", ["Hello", "hello-world", "$(touch /tmp/pwned)", "-rf", ""])
@@ -159,4 +274,4 @@ def test_host_filter_matching_nothing_is_an_error(tmp_path: Path) -> None:
 
 def test_strategy_counts_validated(tmp_path: Path) -> None:
     msg = load_error(tmp_path, mutate(strategy={"kind": "rolling", "batch_size": "lots"}))
-    assert "strategy: " in msg and "count like 2 or a percentage like 25%" in msg
+    assert "test.yml: strategy.batch_size: 'lots' must be a count like 2 or a percentage like 25%" in msg
