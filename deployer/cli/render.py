@@ -1,8 +1,8 @@
-"""Turns events, plans and reports into text for people (rich) or JSON for machines.
+"""Turns events, plans and reports into text for people (rich, on stderr) or JSON for machines (stdout).
 
-Per-host lines carry the host name as a prefix; uploads get a progress bar per
-host when the output is a terminal; a summary table closes every run. When the
-output is not a terminal (CI logs) there are no bars or colours, only lines.
+Per-host lines carry the host name as a prefix; uploads get a progress bar per host when the output is a
+terminal; a summary table closes every run. Off a terminal (CI logs) there are no bars or colours, only
+lines. Renderers read the core's models (plan, outcome, facts) and never call into the operations.
 """
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from deployer.core.facts import format_age
+from deployer.core.facts import HostFacts
 from deployer.core.outcome import Report
-from deployer.core.plan import Plan
-from deployer.operations.release import HostStatus
-from deployer.remote.release import NODE_FUNCTIONS
-from deployer.remote.shell import Script
+from deployer.core.plan import HostPlan, Plan
+
+if TYPE_CHECKING:
+    from deployer.remote.shell import Script
 
 STATUS_STYLE = {
     "done": "green",
@@ -91,7 +92,7 @@ class ConsoleEvents:
         with self._lock:
             if stream == "script":
                 self.console.print(f"  {host:<{self.width}} $ sh -s <<'SCRIPT'", highlight=False, markup=False)
-                for line in fold_helpers(text).splitlines():
+                for line in text.splitlines():
                     self.console.print(f"  {host:<{self.width}} > {line}", highlight=False, markup=False)
                 return
             for line in text.splitlines():
@@ -110,63 +111,102 @@ class ConsoleEvents:
                 self._tasks.clear()
 
 
-def fold_helpers(script_text: str) -> str:
-    """Show the shared shell helper functions as one line; they are the same in every script."""
-    return script_text.replace(
-        NODE_FUNCTIONS, "# node helpers: node_pids is_alive stop_node load_env (deployer/remote/release.py)\n"
-    )
+# --- plans (--dry-run) --------------------------------------------------------------------------------------
 
 
-def render_script(script: Script, *, full: bool) -> str:
-    text = script.render(reveal=False)
-    return text if full else fold_helpers(text)
+def print_script(console: Console, label: str, script: Script) -> None:
+    """One step's exact remote script (secrets masked), indented under its label (``--dry-run --verbose``)."""
+    how = "sh -s <<SCRIPT" if script.stdin else script.remote_command()
+    console.print(f"      --- {label}: {how}", highlight=False, markup=False)
+    for line in script.render(reveal=False).splitlines():
+        console.print(f"        {line}", highlight=False, markup=False)
 
 
-def print_plan(console: Console, plan: Plan, *, full_scripts: bool = False) -> None:
-    """``--dry-run``: the batches, per-host steps, and the exact scripts (secrets masked)."""
-    console.print(
-        f"[bold]Plan:[/] {plan.kind} in {plan.env}" + (f" of release {plan.release_id}" if plan.release_id else ""),
-        highlight=False,
-    )
+def print_batches(
+    console: Console, batches: Sequence[Sequence[str]], *, max_fail: int, pause: float, gate: bool = True
+) -> None:
+    """The batches in order, and what stops the rollout: shared by every plan that touches hosts."""
+    total = sum(len(b) for b in batches)
+    console.print(f"  {total} host(s) in {len(batches)} batch(es):", highlight=False)
+    for i, batch in enumerate(batches, start=1):
+        console.print(f"    batch {i}: {', '.join(batch)}", highlight=False)
+    if gate:
+        console.print(
+            f"  health gate on every host; more than {max_fail} failed host(s) stop the rollout", highlight=False
+        )
+    if pause and len(batches) > 1:
+        console.print(f"  pause {pause:g}s between batches", highlight=False)
+
+
+def print_dry_run_footer(console: Console, verbose: bool) -> None:
+    """The last lines of every ``--dry-run``: nothing changed, and how to see the scripts."""
+    more = "" if verbose else " (--verbose also prints the exact remote scripts)"
+    console.print(f"\n[bold]dry run:[/] nothing was changed on any host{more}.", highlight=False)
+
+
+def _steps(plan: Plan, host: HostPlan) -> list[tuple[str, Script | None]]:
+    steps: list[tuple[str, Script | None]] = []
+    if host.upload:
+        steps.append(("upload", plan.upload_scripts.get(host.host)))
+    elif plan.kind == "deploy":
+        steps.append(("upload skipped (already on the host)", None))
+    if host.prepare is not None:
+        steps.append(("prepare", host.prepare))
+    if plan.migrate is not None and plan.migrator == host.host:
+        steps.append(("migrate (once, before any switch)", plan.migrate))
+    steps.append(("activate", host.activate))
+    steps.append(("on failure: revert", host.revert))
+    return steps
+
+
+def _phases(plan: Plan) -> str:
+    if plan.kind == "migrate":
+        return f"lock -> migrate on {plan.migrator} -> unlock"
+    first = ["lock every host"]
+    if plan.kind == "deploy":
+        first += ["upload", "prepare"]
+    if plan.migrator and plan.migrate is not None:
+        first.append(f"migrate once on {plan.migrator}")
+    return " -> ".join([*first, "per batch: switch, restart, health gate (revert on failure)", "unlock"])
+
+
+def print_plan(console: Console, plan: Plan, *, verbose: bool = False) -> None:
+    """``--dry-run`` of deploy, rollback, migrate: phases, batches, per-host steps; scripts with --verbose."""
+    title = f"[bold]Plan:[/] {plan.kind} in {plan.env}"
+    if plan.release_id:
+        title += f", release {plan.release_id}" + (f" (version {plan.version})" if plan.version else "")
+    console.print(title, highlight=False)
     if plan.artifact is not None:
         a = plan.artifact
-        console.print(f"  artifact {a.path} version {a.version} sha256 {a.sha256} ({a.size} bytes)", highlight=False)
-    for i, batch in enumerate(plan.batches, start=1):
-        console.print(f"  batch {i}: {', '.join(batch)}", highlight=False)
-    if plan.migrator:
-        console.print(f"  migration on {plan.migrator} before any host switches", highlight=False)
+        console.print(
+            f"  artifact {a.path} version {a.version} sha256 {a.short_sha} ({a.size / 2**20:.1f} MiB)", highlight=False
+        )
+    console.print(f"  phases: {_phases(plan)}", highlight=False)
+    if plan.hosts:
+        print_batches(console, plan.batches, max_fail=plan.max_fail, pause=plan.pause)
     for warning in plan.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False)
-    for host_plan in plan.hosts:
+    for host in plan.hosts:
+        steps = _steps(plan, host)
         console.print(
-            f"\n[bold]{host_plan.host}[/]: {host_plan.before or '(nothing)'} -> {host_plan.target}", highlight=False
+            f"  [bold]{host.host}[/]: {host.before or '(nothing)'} -> {host.target}: "
+            + ", ".join(label for label, _ in steps),
+            highlight=False,
         )
-        steps: list[tuple[str, Script]] = []
-        if host_plan.upload:
-            steps.append(("upload (tarball on stdin)", plan.upload_scripts[host_plan.host]))
-        elif plan.kind == "deploy":
-            console.print("  upload: skipped, the host already has this artifact", highlight=False)
-        if host_plan.prepare is not None:
-            steps.append(("prepare", host_plan.prepare))
-        if plan.migrate is not None and plan.migrator == host_plan.host:
-            steps.append(("migrate (once, before any switch)", plan.migrate))
-        steps.append(("activate", host_plan.activate))
-        steps.append(("on failure: revert", host_plan.revert))
-        for note in host_plan.notes:
-            console.print(f"  {note}", highlight=False)
-        for label, script in steps:
-            console.print(
-                f"  --- {label}: {script.remote_command() if not script.stdin else 'sh -s <<SCRIPT'}",
-                highlight=False,
-                markup=False,
-            )
-            for line in render_script(script, full=full_scripts).splitlines():
-                console.print(f"    {line}", highlight=False, markup=False)
+        for note in host.notes:
+            console.print(f"      {escape(note)}", highlight=False)
+        if verbose:
+            for label, script in steps:
+                if script is not None:
+                    print_script(console, label, script)
     if plan.kind == "migrate" and plan.migrate is not None:
-        console.print(f"\n[bold]{plan.migrator}[/]: migrate with {plan.release_id}", highlight=False)
-        for line in render_script(plan.migrate, full=full_scripts).splitlines():
-            console.print(f"    {line}", highlight=False, markup=False)
-    console.print("\n[bold]dry run:[/] nothing was changed on any host.", highlight=False)
+        console.print(f"  [bold]{plan.migrator}[/]: migrate with {plan.release_id}", highlight=False)
+        if verbose:
+            print_script(console, "migrate", plan.migrate)
+    print_dry_run_footer(console, verbose)
+
+
+# --- reports ----------------------------------------------------------------------------------------------
 
 
 def print_report(console: Console, report: Report) -> None:
@@ -191,69 +231,41 @@ def print_report(console: Console, report: Report) -> None:
     for warning in report.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.mixed:
-        console.print(
-            "[bold yellow]the fleet is mixed:[/] hosts run different releases; "
-            "`invoke deploy` or `invoke rollback` converges it",
-            highlight=False,
-        )
+        print_mixed(console, report.env)
     if report.error:
         console.print(f"[bold red]error:[/] {escape(report.error)}", highlight=False, markup=True)
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{report.operation}: {verdict} in {report.duration:.1f}s", highlight=False)
 
 
+def print_mixed(console: Console, env: str) -> None:
+    """The fleet runs different releases: say how to converge it."""
+    console.print(
+        "[bold yellow]mixed fleet:[/] hosts run different releases; "
+        f"`deployer deploy --env {env}` or `deployer rollback --env {env}` converges it",
+        highlight=False,
+    )
+
+
 def print_json(data: Any, stream: TextIO | None = None) -> None:
+    """Machine output: the JSON document on stdout."""
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    (stream or sys.stdout).flush()
 
 
-def status_json(rows: list[HostStatus]) -> dict[str, Any]:
-    hosts = []
-    for row in rows:
-        f = row.facts
-        hosts.append(
-            {
-                "host": row.host,
-                "reachable": row.reachable,
-                "error": row.error,
-                "current": f.current_release if f else None,
-                "version": f.current_version if f else None,
-                "node_pids": list(f.node_pids) if f else [],
-                "running": bool(f and f.node_pids),
-                "releases": [
-                    {"release": r, "version": f.history.version(r), "status": f.history.status(r) or "unknown"}
-                    for r in f.releases
-                ]
-                if f
-                else [],
-                "lock": f.lock.describe() if f and f.lock else None,
-                "disk_free_kb": f.disk_free_kb if f else None,
-            }
-        )
-    currents = {h["current"] for h in hosts if h["reachable"]}
-    return {"hosts": hosts, "mixed": len(currents) > 1}
+class ProbedHost(Protocol):
+    """A host as probed by ``status``/``history``: its facts, or why it could not be probed."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def facts(self) -> HostFacts | None: ...
+    @property
+    def error(self) -> str | None: ...
 
 
-def print_status(console: Console, rows: list[HostStatus]) -> None:
-    data = status_json(rows)
-    table = Table(title="status")
-    for column in ("host", "reachable", "current", "version", "node pid", "releases", "lock"):
-        table.add_column(column, overflow="fold")
-    for h in data["hosts"]:
-        table.add_row(
-            h["host"],
-            "yes" if h["reachable"] else f"[red]NO[/] {escape(h['error'] or '')}",
-            h["current"] or "-",
-            h["version"] or "-",
-            " ".join(map(str, h["node_pids"])) or "not running",
-            str(len(h["releases"])),
-            h["lock"] or "-",
-        )
-    console.print(table)
-    if data["mixed"]:
-        console.print("[bold yellow]mixed fleet:[/] hosts run different releases", highlight=False)
-
-
-def print_history(console: Console, rows: list[HostStatus]) -> None:
+def print_history(console: Console, rows: Sequence[ProbedHost]) -> None:
+    """Each host's revisions.log: when, what, outcome, release, who."""
     for row in rows:
         if row.facts is None:
             console.print(f"[bold]{row.host}[/]: unreachable: {escape(row.error or '')}", highlight=False)
@@ -270,11 +282,13 @@ def print_history(console: Console, rows: list[HostStatus]) -> None:
 
 __all__ = [
     "ConsoleEvents",
-    "format_age",
+    "ProbedHost",
+    "print_batches",
+    "print_dry_run_footer",
     "print_history",
     "print_json",
+    "print_mixed",
     "print_plan",
     "print_report",
-    "print_status",
-    "status_json",
+    "print_script",
 ]

@@ -1,23 +1,22 @@
-"""Text output of the fleet-operation tasks: status, releases, check tables and the lifecycle plan."""
+"""Text output of the fleet-operation tasks: status, releases and check tables, the start/stop/restart plan.
+
+The tables render the JSON documents the operations produce (``status --json`` prints the same data), so
+what a person reads and what a machine parses cannot disagree.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deployer.cli.render import render_script
-from deployer.operations import release as api
-from deployer.operations.node import (
-    CheckRow,
-    HostStatus,
-    LifecyclePlan,
-    LocalMachine,
-    releases_document,
-    status_document,
-)
+from deployer.cli.render import print_batches, print_dry_run_footer, print_mixed, print_script
+
+if TYPE_CHECKING:
+    from deployer.remote.shell import Script
 
 HEALTH_TEXT = {
     "ok": "[green]yes[/]",
@@ -28,15 +27,14 @@ HEALTH_TEXT = {
 }
 
 
-def print_status(console: Console, rows: Sequence[HostStatus]) -> None:
+def print_status(console: Console, document: dict[str, Any], env: str) -> None:
     """One row per host: reachable, current release and version, node pid, healthy, releases, lock."""
-    data = status_document(rows)
     table = Table(title="status")
     for column in ("host", "reachable", "current", "version", "node pid", "healthy", "releases", "lock"):
         table.add_column(column, overflow="fold")
-    for h in data["hosts"]:
-        healthy = HEALTH_TEXT.get(h["health"] or "", "-")
-        if h["health_error"] and h["health"] in ("failing", "unknown"):
+    for h in document["hosts"]:
+        healthy = HEALTH_TEXT.get(h.get("health") or "", "-")
+        if h.get("health_error") and h.get("health") in ("failing", "unknown"):
             healthy += f" {escape(h['health_error'])}"
         table.add_row(
             h["host"],
@@ -49,20 +47,16 @@ def print_status(console: Console, rows: Sequence[HostStatus]) -> None:
             escape(h["lock"] or "-"),
         )
     console.print(table)
-    if data["mixed"]:
-        console.print(
-            "[bold yellow]mixed fleet:[/] hosts run different releases; "
-            "`invoke deploy` or `invoke rollback` converges it",
-            highlight=False,
-        )
+    if document["mixed"]:
+        print_mixed(console, env)
 
 
-STATUS_STYLE = {"good": "green", "failed": "bold red", "unknown": "yellow"}
+RELEASE_STYLE = {"good": "green", "failed": "bold red", "unknown": "yellow"}
 
 
-def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
+def print_releases(console: Console, document: dict[str, Any]) -> None:
     """Per host, the releases on disk oldest first: id, version, good/failed/unknown, the current one."""
-    for host in releases_document(rows)["hosts"]:
+    for host in document["hosts"]:
         if not host["reachable"]:
             console.print(f"[bold]{host['host']}[/]: [red]unreachable[/] {escape(host['error'] or '')}")
             continue
@@ -70,7 +64,7 @@ def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
         for column in ("", "release", "version", "status"):
             table.add_column(column)
         for entry in host["releases"]:
-            style = STATUS_STYLE.get(entry["status"], "")
+            style = RELEASE_STYLE.get(entry["status"], "")
             table.add_row(
                 "[bold]current[/]" if entry["current"] else "",
                 entry["release"],
@@ -82,51 +76,86 @@ def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
         console.print(table)
 
 
-def print_check(console: Console, rows: Sequence[CheckRow], local: LocalMachine) -> None:
+def print_check(console: Console, document: dict[str, Any]) -> None:
     """The preflight table: what each host has, and every problem found."""
-    console.print(f"build machine: {local.arch}, {local.libc or 'libc unknown'}", highlight=False)
+    local = document.get("local") or {}
+    if local:
+        console.print(f"build machine: {local.get('arch')}, {local.get('libc') or 'libc unknown'}", highlight=False)
     table = Table(title="check")
     for column in ("host", "ssh", "arch", "libc", "disk free", "tools", "result"):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        f = row.facts
-        result = "[green]ok[/]" if row.ok else "[bold red]" + escape("; ".join(row.problems)) + "[/]"
+    for row in document["hosts"]:
+        reachable = row["reachable"]
+        free = row.get("disk_free_kb")
         table.add_row(
-            row.host,
-            "ok" if row.reachable else "[red]FAILED[/]",
-            (f.arch or "?") if f else "-",
-            escape(f.libc or "?") if f else "-",
-            f"{f.disk_free_kb // 1024} MiB" if f and f.disk_free_kb is not None else "-",
-            " ".join(sorted(f.tools)) if f else "-",
-            result,
+            row["host"],
+            "ok" if reachable else "[red]FAILED[/]",
+            (row.get("arch") or "?") if reachable else "-",
+            escape(row.get("libc") or "?") if reachable else "-",
+            f"{free // 1024} MiB" if free is not None else "-",
+            " ".join(row.get("tools") or []) if reachable else "-",
+            "[green]ok[/]" if row["ok"] else "[bold red]" + escape("; ".join(row["problems"])) + "[/]",
         )
     console.print(table)
-    failed = [r.host for r in rows if not r.ok]
+    failed = [r["host"] for r in document["hosts"] if not r["ok"]]
     if failed:
         console.print(f"[bold red]check failed[/] on {', '.join(failed)}", highlight=False)
     else:
         console.print("[bold green]check passed[/]: every host is ready", highlight=False)
 
 
-def print_lifecycle_plan(console: Console, plan: LifecyclePlan, *, full_scripts: bool = False) -> None:
-    """``--dry-run`` of start/stop/restart: batches, each host's release and node, the exact script."""
+class LifecycleHostView(Protocol):
+    """One host of a start/stop/restart plan, as the renderer reads it."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def release(self) -> str | None: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def node_pids(self) -> tuple[int, ...]: ...
+    @property
+    def script(self) -> Script: ...
+
+
+class LifecyclePlanView(Protocol):
+    """A start/stop/restart plan, as the renderer reads it."""
+
+    @property
+    def operation(self) -> str: ...
+    @property
+    def env(self) -> str: ...
+    @property
+    def hosts(self) -> Sequence[LifecycleHostView]: ...
+    @property
+    def batches(self) -> Sequence[Sequence[str]]: ...
+    @property
+    def max_fail(self) -> int: ...
+    @property
+    def pause(self) -> float: ...
+
+
+LIFECYCLE_PHASES = {
+    "start": "lock -> per batch: start the stopped nodes, health gate -> unlock",
+    "stop": "lock -> per batch: SIGTERM each VM, wait for it to exit (SIGKILL after node.stop_timeout) -> unlock",
+    "restart": "lock -> per batch: stop, wait for exit, start, health gate -> unlock",
+}
+
+
+def print_lifecycle_plan(console: Console, plan: LifecyclePlanView, *, verbose: bool = False) -> None:
+    """``--dry-run`` of start/stop/restart: phases, batches, each host's release and node; scripts with --verbose."""
     console.print(f"[bold]Plan:[/] {plan.operation} in {plan.env}", highlight=False)
-    for i, batch in enumerate(plan.batches, start=1):
-        console.print(f"  batch {i}: {', '.join(batch)}", highlight=False)
-    if plan.operation != "stop":
-        console.print(
-            f"  health gate after every start; the rollout stops after more than {plan.max_fail} failed host(s)",
-            highlight=False,
-        )
+    console.print(f"  phases: {LIFECYCLE_PHASES.get(plan.operation, plan.operation)}", highlight=False)
+    print_batches(console, plan.batches, max_fail=plan.max_fail, pause=plan.pause, gate=plan.operation != "stop")
     for item in plan.hosts:
         running = f"node pid {' '.join(map(str, item.node_pids))}" if item.node_pids else "node not running"
         console.print(
-            f"\n[bold]{item.host}[/]: {item.release or '(nothing deployed)'}"
+            f"  [bold]{item.host}[/]: {item.release or '(nothing deployed)'}"
             + (f" ({item.version})" if item.version else "")
-            + f", {running}",
+            + f", {running}: {plan.operation}",
             highlight=False,
         )
-        console.print(f"  --- {plan.operation}: sh -s <<SCRIPT", highlight=False, markup=False)
-        for line in render_script(item.script, full=full_scripts).splitlines():
-            console.print(f"    {line}", highlight=False, markup=False)
-    console.print("\n[bold]dry run:[/] nothing was changed on any host.", highlight=False)
+        if verbose:
+            print_script(console, plan.operation, item.script)
+    print_dry_run_footer(console, verbose)

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from deployer.cli.render import status_json
 from deployer.core.artifact import Artifact
 from deployer.core.config import parse_count
 from deployer.core.facts import HostFacts, parse_probe
@@ -41,6 +40,7 @@ from deployer.core.plan import batches, health_check, layout_for
 from deployer.engine.executor import Cancelled, Executor, Masker, fill_sessions
 from deployer.errors import DeployerError, PlanError, RemoteCommandError
 from deployer.operations import release as api
+from deployer.operations.documents import status_json
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour

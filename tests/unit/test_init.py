@@ -329,11 +329,11 @@ def test_generated_release_modules_are_valid_elixir(tmp_path: Path) -> None:
 def test_the_init_task_reports_written_and_skipped_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = mix_project(tmp_path / "demo")
     cli_main(["deployer", "init", "--path", str(root)])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "mix project demo_app: release demo_app (mix)" in out
     assert "wrote    inventory/staging.yml" in out and "updated  mix.exs" in out
     cli_main(["deployer", "init", "--path", str(root)])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "skipped  inventory/prod.yml (exists; --force overwrites it)" in out
     with pytest.raises(SystemExit) as exited:
         cli_main(["deployer", "init", "--path", str(tmp_path / "nothing")])
