@@ -65,14 +65,15 @@ def split(value: str | None) -> list[str]:
 
 
 _INVOKE_HINT = re.compile(r"`invoke ([a-z][\w.-]*)([^`]*)`")
-_ENV_PLACEHOLDER = re.compile(r"--env(?:=| )(?:<env>|ENV)\b")
+_ENV_PLACEHOLDER = re.compile(r"--env(?:=| )(?:<env>|ENV)(?!\w)")
+_OLD_HOST = re.compile(r"--host(?=[ =])")
 
 
 def speak_deployer(text: str, env: str | None) -> str:
     """Hints from the layers below speak ``invoke <task>``: say ``deployer <task> --env <the real env>``."""
 
     def rewrite(match: re.Match[str]) -> str:
-        task, rest = match.group(1), match.group(2)
+        task, rest = match.group(1), _OLD_HOST.sub("--hosts", match.group(2))
         if env:
             rest = _ENV_PLACEHOLDER.sub(f"--env {env}", rest)
             if "--env" not in rest:
