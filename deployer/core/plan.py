@@ -11,7 +11,7 @@ import secrets as random_secrets
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from pydantic import SecretStr
 
@@ -153,7 +153,7 @@ def plan_deploy(
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
-    now = now or datetime.now(UTC)
+    now = now or datetime.now(timezone.utc)
     taken = {r for f in facts.values() for r in f.releases}
     release_id = make_release_id(now, artifact.version, taken)
     health = health_check(inventory)
