@@ -20,21 +20,23 @@ from deployer.errors import DeployerError
     auto_shortflags=False,
     help={
         "path": "The project directory (default: the current directory).",
-        "force": "Overwrite files that already exist (default: skip them and say so).",
-        "edit_mix": "Add a releases: entry with the :tar step to mix.exs when it has none (default on).",
+        "force": "Overwrite files that already exist, keeping the old content in <file>.bak.",
+        "edit_mix": "Edit mix.exs (a releases: entry with :tar) or rebar.config (vm_args_src) when needed (on).",
+        "tasks_py": "Also write tasks.py (from deployer.tasks import ns) for running the tasks with invoke.",
     },
 )
-def init(c: Context, path: str = ".", force: bool = False, edit_mix: bool = True) -> None:
-    """Adopt deployer in an existing Mix or rebar3 project: tasks.py, inventories, a release-tasks module.
+def init(c: Context, path: str = ".", force: bool = False, edit_mix: bool = True, tasks_py: bool = False) -> None:
+    """Adopt deployer in an existing Mix or rebar3 project: inventories, and what the release needs.
 
-    Detects the app and release name, flavour, build command and tarball from mix.exs or rebar.config and
-    writes tasks.py, inventory/staging.yml and inventory/prod.yml (commented, with placeholder hosts) and,
-    for Mix projects without one, lib/<app>/release.ex with migrate/0 and rollback/2. A mix.exs without
-    releases: gets one with steps: [:assemble, :tar] (--no-edit-mix: only print it). Existing files are
-    never overwritten without --force; the files skipped are listed.
+    Detects the app and release name, flavour, build command and tarball (and Phoenix, Ecto, the endpoint's
+    port) and writes inventory/defaults.yml (the shared settings, once), inventory/staging.yml and
+    inventory/prod.yml (hosts, strategy; placeholder hosts). Mix projects without one get lib/<app>/release.ex
+    with migrate/0 and rollback/2, and a releases: entry with steps: [:assemble, :tar] in mix.exs; rebar3
+    projects get config/vm.args.src with deployer's node name and no cookie. tasks.py only with --tasks-py.
+    Existing files are never overwritten without --force (which keeps <file>.bak); skipped files are listed.
     """
     try:
-        result = init_project(path, force=force, edit_mix=edit_mix)
+        result = init_project(path, force=force, edit_mix=edit_mix, tasks_py=tasks_py)
     except (DeployerError, OSError) as exc:
         raise usage_error(str(exc)) from None
     print_result(result)
@@ -59,15 +61,19 @@ def print_result(result: InitResult, out: TextIO | None = None) -> None:
         f"{project.tool} project {project.app}: release {project.release} ({project.flavour}), "
         f"build `{project.build_command}`, tarball {project.tarball}"
     )
-    for path in result.written:
-        emit(f"  wrote    {show(path)}")
-    for path in result.updated:
-        emit(f"  updated  {show(path)}")
-    for path in result.skipped:
-        emit(f"  skipped  {show(path)} (exists; --force overwrites it)")
+    what = (
+        ("wrote", result.written, ""),
+        ("overwrote", result.overwritten, " (the previous content is in {path}.bak)"),
+        ("unchanged", result.unchanged, ""),
+        ("updated", result.updated, ""),
+        ("skipped", result.skipped, " (exists and differs; --force overwrites it, keeping a .bak)"),
+    )
+    for verb, paths, detail in what:
+        for path in paths:
+            emit(f"  {verb:<9} {show(path)}" + detail.format(path=show(path)))
     for note in result.notes:
         emit(f"note: {note}")
     emit(
         "next: replace the example hosts in inventory/staging.yml, then `deployer trust --env staging`, "
-        "`deployer deploy --env staging --dry-run` and `deployer deploy --env staging`"
+        "`deployer check --env staging`, `deployer deploy --env staging --dry-run` and `deployer deploy --env staging`"
     )

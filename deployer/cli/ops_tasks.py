@@ -14,12 +14,15 @@ from typing import Any
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
+from rich.markup import escape
 
 from deployer.cli.common import terminate_like_ctrl_c, usage_error, write_stdout
 from deployer.cli.render import print_json
 from deployer.cli.render_ops import print_check, print_lifecycle_plan, print_releases, print_status
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import inspect_tarball
+from deployer.core.inventory import Inventory, load_inventory
+from deployer.errors import DeployerError
 from deployer.operations import node as ops
 from deployer.operations import release as api
 
@@ -201,12 +204,26 @@ def check(c: Context, target: Target, tarball: str | None = None) -> None:
     artifact = inspect_tarball(Path(tarball), target.inventory.config.app.name) if tarball else None
     local = ops.LocalMachine.detect()
     document = ops.check_document(ops.check(target.inventory, target.options(), artifact=artifact, local=local), local)
+    secrets = _secrets_problem(target.inventory)
+    document["secrets"] = {"ok": secrets is None, "error": secrets}
+    document["ok"] = document["ok"] and secrets is None
     if target.json_:
         print_json(document)
     else:
         print_check(target.human, document)
+        if secrets is not None:
+            target.human.print(f"[bold red]secrets:[/] {escape(secrets)}", highlight=False)
     if not document["ok"]:
         raise Exit(code=1)
+
+
+def _secrets_problem(inventory: Inventory) -> str | None:
+    """Why a deploy could not resolve the environment's secrets (missing value or file), or None."""
+    try:
+        load_inventory(inventory.env, inventory.path.parent, resolve_secrets=True)
+    except DeployerError as exc:
+        return str(exc)
+    return None
 
 
 TASKS = (status, releases, logs, start, stop, restart, console, observer, check)

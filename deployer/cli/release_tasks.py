@@ -63,7 +63,8 @@ def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = Fa
     """
     if tarball and not Path(tarball).is_file():
         raise fail(run.errors, DeployerError(f"--tarball {tarball}: no such file"), run.env, code=2)
-    inventory = run.load(secrets=not run.dry_run)
+    # A dry run resolves the secrets too: a secret the real deploy would miss is reported now, with its key.
+    inventory = run.load(secrets=True)
     try:
         artifact = _artifact(inventory, tarball, run.human)
     except DeployerError as exc:

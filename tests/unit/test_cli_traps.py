@@ -313,3 +313,31 @@ def test_unlock_force_reaches_the_operation(project: Path, monkeypatch: pytest.M
     assert run("unlock", "--env", "test") == 0
     assert run("unlock", "--env", "test", "--force") == 0
     assert seen == [False, True]
+
+
+# --- checks that catch what will fail ------------------------------------------------------------------------
+
+
+def test_a_dry_run_reports_a_missing_secret_with_its_key(
+    project: Path, work: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("HELLO_SECRET")
+    tarball = release_tarball(project / "hello-0.1.0.tar.gz")
+    assert run("deploy", "--env", "test", "--tarball", str(tarball), "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "inventory/test.yml: env.secret.HELLO_SECRET: HELLO_SECRET is not set in the environment" in err
+    assert work == []
+
+
+def test_check_reports_a_missing_secret(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(ops, "check", lambda *args, **kwargs: [])
+    assert run("check", "--env", "test", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["secrets"] == {"ok": True, "error": None}
+    monkeypatch.delenv("HELLO_SECRET")
+    assert run("check", "--env", "test", "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is False and "env.secret.HELLO_SECRET" in document["secrets"]["error"]
+    assert run("check", "--env", "test") == 1
+    assert "secrets: " in capsys.readouterr().err
