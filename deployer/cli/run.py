@@ -20,7 +20,17 @@ from invoke.tasks import Task, task
 from rich.console import Console
 
 from deployer.cli import flags
-from deployer.cli.common import consoles, fail, flag_help, interruptible, load, select, speak_deployer, split
+from deployer.cli.common import (
+    consoles,
+    fail,
+    flag_help,
+    interruptible,
+    load,
+    select,
+    speak_deployer,
+    split,
+    usage_error,
+)
 from deployer.cli.render import ConsoleEvents, print_json, print_report
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Report
@@ -134,6 +144,13 @@ COMMON_NAMES = frozenset(
 Body = Callable[..., None]
 
 
+def refuse_invoke_dry(c: Context) -> None:
+    """``invoke --dry deploy`` (Invoke's own option: echo shell commands) must not be taken for a dry run."""
+    run_config = getattr(getattr(c, "config", None), "run", None)
+    if run_config is not None and getattr(run_config, "dry", False):
+        raise usage_error("--dry/-R is Invoke's option (echo shell commands), not a dry run: use --dry-run")
+
+
 def rollout_task(*, selection: bool = True, strategy: bool = True, **extra_help: str) -> Callable[[Body], Task[Any]]:
     """A task that touches hosts: ``body(c, run, **its own flags)`` gets the shared flags checked, as ``run``.
 
@@ -156,6 +173,7 @@ def rollout_task(*, selection: bool = True, strategy: bool = True, **extra_help:
 
         @functools.wraps(body)
         def wrapper(c: Context, **kwargs: Any) -> None:
+            refuse_invoke_dry(c)
             shared = {name: kwargs.pop(name) for name in list(kwargs) if name in COMMON_NAMES}
             body(c, Common.parse(**shared), **kwargs)
 
@@ -226,6 +244,7 @@ def fleet_task(*, one: str | None = None, json_: bool = False, **extra_help: str
             host: str | None = None,
             **kwargs: Any,
         ) -> None:
+            refuse_invoke_dry(c)
             selected = split(flags.either(hosts, host))
             if one is not None:
                 selected = [flags.one_host(",".join(selected), body.__name__)]

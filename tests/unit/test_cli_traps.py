@@ -341,3 +341,19 @@ def test_check_reports_a_missing_secret(
     assert document["ok"] is False and "env.secret.HELLO_SECRET" in document["secrets"]["error"]
     assert run("check", "--env", "test") == 1
     assert "secrets: " in capsys.readouterr().err
+
+
+def test_invokes_own_dry_option_is_refused_in_a_projects_tasks_py(project: Path, work: list[str]) -> None:
+    """`invoke --dry deploy` (a project's tasks.py): Invoke's echo option is not taken for a dry run."""
+    from invoke.config import Config
+    from invoke.context import Context
+    from invoke.exceptions import Exit
+
+    from deployer.cli import ops_tasks
+
+    dry = Context(Config(overrides={"run": {"dry": True}}))
+    for task in (release_tasks.deploy, release_tasks.rollback, ops_tasks.restart, ops_tasks.status):
+        with pytest.raises(Exit) as refused:
+            task(dry, env="test")
+        assert refused.value.code == 2 and "not a dry run: use --dry-run" in str(refused.value.message)
+    assert work == []
