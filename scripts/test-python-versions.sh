@@ -36,7 +36,7 @@ for python in "${found[@]}"; do
         "$python" -m venv "$venv"
     fi
     # The project (editable) and what the unit tests import; not the docs toolchain.
-    "$venv/bin/python" -m pip install -q -e . pytest pytest-mock pytest-timeout hypothesis pexpect build setuptools wheel \
+    "$venv/bin/python" -m pip install -q -e . pytest pytest-mock pytest-timeout hypothesis pexpect build "setuptools>=68" wheel \
         "tomli; python_version < '3.11'"
     if "$venv/bin/python" -m pytest "${args[@]}"; then
         passed+=("$version")
