@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -476,7 +476,7 @@ def run_baseline(
     mark = mark or _quiet
     inventory = deployment.inventory()
     health = inventory.config.health
-    rid = f"{datetime.now(UTC):%Y%m%d%H%M%S}-0.1.0-{secrets.token_hex(3)}"
+    rid = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}-0.1.0-{secrets.token_hex(3)}"
     cookie_file = workdir / f"{deployment.name}.cookie"
     if not cookie_file.exists():
         cookie_file.write_text(secrets.token_hex(20))

@@ -17,7 +17,7 @@ import json
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             if all(later.hosts != scenario.hosts for later in plan[index + 1 :]):
                 bench.release(scenario.hosts)  # stop those nodes: idle VMs would only add noise
     data = {
-        "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round(time.monotonic() - started, 1),
         "machine": info,
         "config": {

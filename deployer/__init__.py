@@ -1,6 +1,7 @@
 """deployer: ship Erlang/Elixir OTP releases to fleets of bare-metal hosts over SSH.
 
-The Invoke collection lives in :mod:`deployer.cli.release_tasks`; the library API in :mod:`deployer.operations.release`.
+The tasks live in :mod:`deployer.cli` (collected in :mod:`deployer.tasks`); the library API in
+:mod:`deployer.operations`.
 """
 
 __version__ = "0.1.0"

@@ -2,37 +2,36 @@
 
 Run in the project's directory, it detects the application and its release (app name from
 ``mix.exs`` ``app:`` or ``rebar.config``'s ``relx`` release, flavour, release name, build command,
-tarball glob) and writes:
+tarball glob; Phoenix and Ecto from the dependencies mix resolved in ``mix.lock``, else those declared in
+mix.exs, and the endpoint's port from the config) and writes:
 
-* ``tasks.py``: two lines importing the collection, for ``invoke`` users;
-* ``inventory/staging.yml`` and ``inventory/prod.yml``: every detected setting, commented, with
-  placeholder hosts to replace; both validate as they are;
+* ``inventory/defaults.yml``: everything the environments share, once (app, build, ssh, env, migrate,
+  health); ``inventory/staging.yml`` and ``inventory/prod.yml``: only hosts, strategy and per-environment
+  values, with placeholder hosts to replace; all validate as they are;
 * Mix projects without one: ``lib/<app>/release.ex``, the release-tasks module with ``migrate/0``,
-  ``rollback/2`` and ``load_app`` following the usual ``Ecto.Migrator`` pattern (without Ecto among
-  the dependencies, a ``migrate/0`` that says there is nothing to migrate, with the Ecto version in
-  a comment), run by ``bin/<app> eval`` once per deploy.
+  ``rollback/2`` and ``load_app`` following the usual ``Ecto.Migrator`` pattern (the one
+  ``mix phx.gen.release`` writes is used as it is), run by ``bin/<app> eval`` once per deploy;
+* Phoenix: ``PHX_SERVER=true``, ``PORT``, ``SECRET_KEY_BASE`` (and ``DATABASE_URL``) as secrets, ``PHX_HOST``
+  per environment, and an HTTP health check on the endpoint's port;
+* rebar3: ``config/vm.args.src`` with ``-name ${RELEASE_NODE}`` and no ``-setcookie`` (relx's stock vm.args
+  names the node itself and puts the cookie in argv), and rebar.config pointed at it;
+* ``tasks.py`` only with ``--tasks-py`` (for teams that run ``invoke``).
 
-A Mix project whose ``mix.exs`` declares no ``releases:`` gets one release with
-``steps: [:assemble, :tar]`` added to its ``project/0`` keyword list (deployer ships the release's
-tarball, which ``mix release`` only writes with the ``:tar`` step). That insertion is the only change
-ever made to an existing file, it adds a line and removes nothing, and ``--no-edit-mix`` turns it off;
-a ``releases:`` entry without the ``:tar`` step is reported with the line to add, never edited.
+A Mix project whose ``mix.exs`` declares no ``releases:`` gets one release with ``steps: [:assemble, :tar]``
+added to its ``project/0`` keyword list (deployer ships the release's tarball). Those two edits (mix.exs,
+rebar.config) only add or replace one entry; ``--no-edit-mix`` turns them off and prints what to change.
 
-Existing files are never overwritten without ``--force``; the result names every file skipped.
+Existing files are never overwritten without ``--force``; with it the previous content is kept in
+``<file>.bak`` and the result says "overwrote". Files that already say exactly this are left alone.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
-
-from invoke.context import Context
-from invoke.exceptions import Exit
-from invoke.tasks import task
+from typing import Literal
 
 from deployer import __version__
 from deployer.core.config import APP_NAME_RE
@@ -73,6 +72,16 @@ class Project:
     runtime_config: str | None = None
     """The run-time configuration file found (``config/runtime.exs``, ``config/sys.config.src``)."""
     umbrella: bool = False
+    phoenix: bool = False
+    """A Phoenix application (``:phoenix`` among the resolved or declared dependencies)."""
+    http_port: int | None = None
+    """The port the Phoenix endpoint listens on (from config; 4000 by default)."""
+    phx_release: bool = False
+    """``mix phx.gen.release`` ran: ``rel/overlays/bin/server`` and ``bin/migrate`` exist."""
+    vm_args: str | None = None
+    """rebar3: the relx ``vm_args``/``vm_args_src`` file named in rebar.config (None: relx's default)."""
+    vm_args_src: bool = False
+    """rebar3: that file is a ``vm_args_src`` (rendered with ${VAR} at each start)."""
 
     @property
     def migrate_module(self) -> str | None:
@@ -86,10 +95,14 @@ class Project:
 
 @dataclass
 class InitResult:
-    """What ``init_project`` did: files written, skipped (they existed), updated; notes for the user."""
+    """What ``init_project`` did: files written, overwritten (``.bak`` kept), skipped, updated; notes."""
 
     project: Project
     written: list[Path] = field(default_factory=list)
+    overwritten: list[Path] = field(default_factory=list)
+    """Existing files replaced with ``--force``; the previous content is in ``<file>.bak``."""
+    unchanged: list[Path] = field(default_factory=list)
+    """Existing files that already had exactly what init would write."""
     skipped: list[Path] = field(default_factory=list)
     updated: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -141,6 +154,37 @@ def _mix_release_name(text: str) -> tuple[str | None, str]:
     return None, ""
 
 
+def mix_deps(root: Path, mix_exs: str) -> set[str]:
+    """The project's dependencies: the resolved ones in ``mix.lock`` (what mix itself fetched), else the
+    ``{:name, ...}`` entries of mix.exs (comments stripped), e.g. ``{"phoenix", "ecto_sql"}``."""
+    lock = root / "mix.lock"
+    if lock.is_file():
+        names = set(re.findall(r'^\s*"([a-z][a-z0-9_]*)":\s*\{', lock.read_text(encoding="utf-8"), re.M))
+        if names:
+            return names
+    return set(re.findall(r"\{\s*:([a-z][a-z0-9_]*)\s*,", _strip_comments(mix_exs, "#")))
+
+
+def _config_text(root: Path, *names: str) -> str:
+    texts = []
+    for name in names:
+        path = root / "config" / name
+        if path.is_file():
+            texts.append(_strip_comments(path.read_text(encoding="utf-8"), "#"))
+    return "\n".join(texts)
+
+
+def endpoint_port(root: Path) -> int:
+    """The HTTP port of the Phoenix endpoint in production: runtime.exs/prod.exs/config.exs, else 4000."""
+    text = _config_text(root, "runtime.exs", "prod.exs", "config.exs")
+    patterns = (r'"PORT"\)\s*\|\|\s*"(\d{2,5})"', r'"PORT",\s*"(\d{2,5})"', r"\bhttp:\s*\[[^\]]*\bport:\s*(\d{2,5})")
+    for pattern in patterns:
+        found = re.search(pattern, text)
+        if found:
+            return int(found.group(1))
+    return 4000
+
+
 def _detect_mix(root: Path) -> Project:
     text = _strip_comments((root / "mix.exs").read_text(encoding="utf-8"), "#")
     app_match = re.search(r"\bapp:\s*:([a-z][A-Za-z0-9_]*)", text)
@@ -158,8 +202,11 @@ def _detect_mix(root: Path) -> Project:
     module_match = re.search(r"defmodule\s+([A-Z][A-Za-z0-9_.]*?)\.Mix(?:Project|file)\s+do", text)
     module = module_match.group(1) if module_match else camelize(app)
     version_match = re.search(r"\bversion:\s*\"([^\"]+)\"", text)
-    distillery = bool(re.search(r"\{\s*:distillery\b", text))
-    ecto = bool(re.search(r"\{\s*:ecto_sql\b", text))
+    deps = mix_deps(root, text)
+    distillery = "distillery" in deps
+    ecto = "ecto_sql" in deps or bool(re.search(r"\becto_repos:", _config_text(root, "config.exs")))
+    phoenix = "phoenix" in deps
+    phx_release = (root / "rel" / "overlays" / "bin" / "server").is_file()
     if re.search(r"\breleases\b", text) is None:
         releases_config: Literal["ok", "missing", "no_tar", "n/a"] = "missing"
     elif re.search(r"steps:\s*\[[^\]]*:tar\b", text):
@@ -209,6 +256,9 @@ def _detect_mix(root: Path) -> Project:
         release_module=_find_release_module(root),
         runtime_config=runtime,
         umbrella=umbrella,
+        phoenix=phoenix,
+        http_port=endpoint_port(root) if phoenix else None,
+        phx_release=phx_release,
     )
 
 
@@ -245,6 +295,7 @@ def _detect_rebar3(root: Path) -> Project:
             app = match.group(1)
             break
     runtime = next((name for name in ("config/sys.config.src", "config/vm.args.src") if (root / name).is_file()), None)
+    vm_args = re.search(r"\{\s*(vm_args(?:_src)?)\s*,\s*\"([^\"]+)\"\s*\}", text)
     spec = flavour_spec("rebar3")
     return Project(
         root=root,
@@ -258,6 +309,8 @@ def _detect_rebar3(root: Path) -> Project:
         release_source="rebar.config `relx` release",
         version=version if re.fullmatch(r"\d[\w.+-]*", version) else None,
         runtime_config=runtime,
+        vm_args=vm_args.group(2) if vm_args else None,
+        vm_args_src=bool(vm_args and vm_args.group(1) == "vm_args_src"),
     )
 
 
@@ -298,17 +351,22 @@ def _runtime_comment(project: Project) -> list[str]:
     ]
 
 
-def render_inventory(project: Project, env: str) -> str:
-    """``inventory/<env>.yml`` for ``project``: valid as written, every detected setting commented."""
+def _secret_names(project: Project) -> list[str]:
+    names = ["SECRET_KEY_BASE"] if project.phoenix else []
+    return names + (["DATABASE_URL"] if project.ecto and project.phoenix else [])
+
+
+def render_defaults(project: Project) -> str:
+    """``inventory/defaults.yml``: everything the environments share, written once."""
     rel = project.release
-    prod = env == "prod"
     out = [
-        f"# The {env} environment of {rel}, written by `deployer init` (deployer {__version__}).",
-        "# Every key is documented in docs/inventory.md. Replace the example hosts (192.0.2.0/24 is a",
-        f"# documentation range), then: `deployer trust --env {env}`, `deployer deploy --env {env} --dry-run`.",
+        f"# What every environment of {rel} shares, written by `deployer init` (deployer {__version__}).",
+        "# inventory/<env>.yml is merged over this file (mappings key by key, lists replaced); keys are",
+        "# documented in docs/inventory.md. `deployer config --env ENV` prints the merged result.",
         "",
         "app:",
-        _line(f"  name: {rel}", f"release name, from {project.release_source}: the tarball holds bin/{rel}"),
+        # (Not where the name came from: init's own mix.exs edit would change that, and the file with it.)
+        _line(f"  name: {rel}", f"the release name: the tarball holds bin/{rel}"),
         _line(f"  flavour: {project.flavour}", "mix | rebar3 | distillery: how bin/" + rel + " is driven"),
         "",
         _line(f"deploy_to: /srv/{rel}", "on every host: releases/, current, shared/, revisions.log"),
@@ -332,7 +390,74 @@ def render_inventory(project: Project, env: str) -> str:
         "ssh:",
         _line("  user: deploy", "the user owning deploy_to on the hosts"),
         "  # identity_file: ~/.ssh/id_ed25519   # default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa",
-        _line("  known_hosts: known_hosts", f"inventory/known_hosts: `deployer trust --env {env}` records keys"),
+        _line("  known_hosts: known_hosts", "inventory/known_hosts: `deployer trust --env ENV` records keys"),
+        "",
+        *_runtime_comment(project),
+        "env:",
+    ]
+    if project.phoenix:
+        out += [
+            "  clear:",
+            _line('    PHX_SERVER: "true"', "start the endpoint (what rel/overlays/bin/server sets)"),
+            _line(f'    PORT: "{project.http_port}"', "the endpoint's port (config/runtime.exs reads PORT)"),
+            _line("  secret:", "values from your environment or secrets_file at deploy time, never here"),
+            *[
+                _line(
+                    f"    - {name}", "mix phx.gen.secret" if name == "SECRET_KEY_BASE" else "ecto://USER:PASS@HOST/DB"
+                )
+                for name in _secret_names(project)
+            ],
+        ]
+    else:
+        port_example = "PORT" if project.tool == "mix" else "HTTP_PORT"
+        out += [
+            "  clear: {}",
+            f'  #   {port_example}: "4000"',
+            "  # secret:",
+            "  #   - SECRET_KEY_BASE",
+            "  #   - DATABASE_URL",
+        ]
+    out.append("")
+    module = project.migrate_module
+    if module:
+        how = " (what rel/overlays/bin/migrate runs)" if project.phx_release else ""
+        out += [
+            _line("migrate:", f"bin/{rel} eval, once per deploy, before any host switches{how}"),
+            f"  eval: {_q(f'{module}.migrate()')}",
+        ]
+    else:
+        out += [
+            f"# migrate:                        # a release with migrations: an expression for bin/{rel} eval,",
+            '#   eval: "my_release_tasks:migrate()"   # run once per deploy before any host switches',
+        ]
+    out += ["", _line("health:", "checked on each host after its node starts; must pass before the next batch")]
+    if project.phoenix:
+        out.append(
+            _line(
+                f"  http: http://127.0.0.1:{project.http_port}/",
+                "the endpoint answers (any 2xx); a /health route is better",
+            )
+        )
+    else:
+        out.append("  # http: http://127.0.0.1:4000/health   # preferred when the app serves HTTP: any 2xx is healthy")
+        if project.flavour == "mix":
+            out.append(_line('  rpc: "1 + 1"', f"the node answers bin/{rel} rpc (boots a VM per try)"))
+        else:
+            out.append(
+                "  # rpc: ...                      # without http or rpc, healthy means the node's VM is running"
+            )
+    out.append(_line("  deadline: 60", "seconds for a started node to become healthy"))
+    return "\n".join(out) + "\n"
+
+
+def render_inventory(project: Project, env: str) -> str:
+    """``inventory/<env>.yml``: only what differs per environment (hosts, strategy, host name, secrets file)."""
+    rel = project.release
+    prod = env == "prod"
+    out = [
+        f"# The {env} environment of {rel}, written by `deployer init` (deployer {__version__}), merged over",
+        "# inventory/defaults.yml. Replace the example hosts (192.0.2.0/24 is a documentation range), then:",
+        f"# `deployer trust --env {env}`, `deployer check --env {env}`, `deployer deploy --env {env} --dry-run`.",
         "",
         "hosts:",
     ]
@@ -350,37 +475,15 @@ def render_inventory(project: Project, env: str) -> str:
             "    address: 192.0.2.11",
             _line("    roles: [app, migrator]", "the migration runs once per deploy, on the first migrator"),
         ]
-    port_example = "PORT" if project.tool == "mix" else "HTTP_PORT"
-    out += [
-        "",
-        *_runtime_comment(project),
-        "env:",
-        "  clear: {}",
-        f'  #   {port_example}: "4000"',
-        "  # secret:",
-        "  #   - SECRET_KEY_BASE",
-        "  #   - DATABASE_URL",
-        f"  # secrets_file: ~/.config/deployer/{rel}-{env}.env",
-        "",
-    ]
-    module = project.migrate_module
-    if module:
-        out += [
-            _line("migrate:", f"bin/{rel} eval, once per deploy, before any host switches"),
-            f"  eval: {_q(f'{module}.migrate()')}",
-        ]
+    out += ["", "env:"]
+    if project.phoenix:
+        host = "example.com" if prod else "staging.example.com"
+        out += ["  clear:", _line(f"    PHX_HOST: {host}", "the public host name the endpoint builds URLs with")]
+    secrets_file = f"secrets_file: ~/.config/deployer/{rel}-{env}.env"
+    if _secret_names(project):
+        out.append(_line(f"  {secrets_file}", "the secrets' values: KEY=VALUE, outside the repository"))
     else:
-        out += [
-            f"# migrate:                        # a release with migrations: an expression for bin/{rel} eval,",
-            '#   eval: "my_release_tasks:migrate()"   # run once per deploy before any host switches',
-        ]
-    out += ["", _line("health:", "checked on each host after its node starts; must pass before the next batch")]
-    out.append("  # http: http://127.0.0.1:4000/health   # preferred when the app serves HTTP: any 2xx is healthy")
-    if project.flavour == "mix":
-        out.append(_line('  rpc: "1 + 1"', f"the node answers bin/{rel} rpc (boots a VM per try)"))
-    else:
-        out.append("  # rpc: ...                      # without http or rpc, healthy means the node's VM is running")
-    out.append(_line("  deadline: 60", "seconds for a started node to become healthy"))
+        out += ["  clear: {}", _line(f"  # {secrets_file}", "once env.secret names secrets: their values")]
     out += ["", "strategy:"]
     if prod:
         out += [
@@ -392,6 +495,37 @@ def render_inventory(project: Project, env: str) -> str:
     else:
         out.append(_line("  kind: parallel", "every host at once"))
     return "\n".join(out) + "\n"
+
+
+VM_ARGS_SRC = """\
+## Rendered by bin/{release} from the environment at every start (relx vm_args_src), written by deployer init.
+## The node name comes from RELEASE_NODE, which deployer sets ({node} by default). No -setcookie: the VM
+## reads $HOME/.erlang.cookie, which deployer writes (0600), so the cookie never appears in argv or ps.
+-name ${{RELEASE_NODE}}
+"""
+
+_NAME_OR_COOKIE = re.compile(r"^\s*-(?:s?name|setcookie)\b")
+
+
+def render_vm_args_src(project: Project, existing: str | None = None) -> str:
+    """``config/vm.args.src``: deployer's node name, no cookie, and the rest of an existing vm.args."""
+    head = VM_ARGS_SRC.format(release=project.release, node=f"{project.release}@127.0.0.1")
+    kept = [line for line in (existing or "").splitlines() if not _NAME_OR_COOKIE.match(line)]
+    kept = [line for line in kept if line.strip() and not line.lstrip().startswith("##")]
+    return head + ("\n".join(kept) + "\n" if kept else "+K true\n+A 4\n")
+
+
+def use_vm_args_src(rebar_config: str, path: str) -> str | None:
+    """rebar.config with relx reading ``path`` as vm_args_src (replacing a vm_args); None if unsure."""
+    tuple_re = re.compile(r"\{\s*vm_args\s*,\s*\"[^\"]+\"\s*\}")
+    if len(tuple_re.findall(rebar_config)) == 1:
+        return tuple_re.sub(f'{{vm_args_src, "{path}"}}', rebar_config)
+    if re.search(r"\bvm_args", rebar_config):
+        return None
+    relx = re.search(r"\{\s*relx\s*,\s*\[", rebar_config)
+    if relx is None:
+        return None
+    return rebar_config[: relx.end()] + f'{{vm_args_src, "{path}"}},\n        ' + rebar_config[relx.end() :].lstrip()
 
 
 _ECTO_MIGRATE = """\
@@ -510,26 +644,36 @@ def add_mix_release(text: str, release: str) -> str | None:
 
 
 def _write(result: InitResult, path: Path, content: str, force: bool) -> None:
-    if path.exists() and not force:
-        result.skipped.append(path)
+    """Write a new file; an existing one is left alone, unless ``force``: then ``<file>.bak`` keeps it."""
+    if path.exists():
+        if path.read_text(encoding="utf-8", errors="replace") == content:
+            result.unchanged.append(path)
+            return
+        if not force:
+            result.skipped.append(path)
+            return
+        backup = path.with_name(path.name + ".bak")
+        backup.write_bytes(path.read_bytes())
+        path.write_text(content, encoding="utf-8")
+        result.overwritten.append(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content, encoding="utf-8")
     result.written.append(path)
 
 
-def init_project(root: Path | str = ".", *, force: bool = False, edit_mix: bool = True) -> InitResult:
-    """Write tasks.py, the inventories and (Mix) the release module into the project at ``root``."""
+def init_project(
+    root: Path | str = ".", *, force: bool = False, edit_mix: bool = True, tasks_py: bool = False
+) -> InitResult:
+    """Write the inventories (shared part in defaults.yml), and what the release needs to be deployable:
+    (Mix) the release-tasks module, (rebar3) a vm.args.src with deployer's node name and no cookie;
+    ``tasks_py``: a tasks.py for ``invoke`` users."""
     project = detect_project(root)
     result = InitResult(project=project)
     base = project.root
-    _write(result, base / "tasks.py", render_tasks_py(), force)
-    if base / "tasks.py" in result.skipped:
-        result.notes.append(
-            "tasks.py exists: to get deployer's tasks from `invoke`, add `from deployer.tasks import ns` "
-            "(or add its tasks to your collection: `ns.add_collection(deployer_ns, 'deploy')`); "
-            "`deployer <task>` works without it"
-        )
+    if tasks_py:
+        _write(result, base / "tasks.py", render_tasks_py(), force)
+    _write(result, base / "inventory" / "defaults.yml", render_defaults(project), force)
     for env in ENVIRONMENTS:
         _write(result, base / "inventory" / f"{env}.yml", render_inventory(project, env), force)
 
@@ -542,8 +686,58 @@ def init_project(root: Path | str = ".", *, force: bool = False, edit_mix: bool 
             "umbrella project: no release module was generated; add one to the app owning the repos and set "
             "migrate.eval in the inventories"
         )
+    if project.tool == "rebar3":
+        _rebar_vm_args(result, force, edit=edit_mix)
+    if project.phoenix:
+        result.notes.append(
+            f"phoenix: PHX_SERVER=true and PORT={project.http_port} in env.clear, SECRET_KEY_BASE"
+            + (" and DATABASE_URL" if project.ecto else "")
+            + " as secrets (values from your environment or the secrets_file), PHX_HOST per environment, "
+            f"health check http://127.0.0.1:{project.http_port}/"
+            + ("" if project.phx_release else "; `mix phx.gen.release` adds bin/server and bin/migrate (optional)")
+        )
     result.notes.append(_runtime_note(project))
     return result
+
+
+VM_ARGS_SRC_PATH = "config/vm.args.src"
+
+
+def _rebar_vm_args(result: InitResult, force: bool, *, edit: bool) -> None:
+    """relx's stock vm.args names the node itself and puts the cookie in argv: use a vm.args.src instead."""
+    project = result.project
+    base = project.root
+    current = project.vm_args
+    if project.vm_args_src and current is not None:
+        text = (base / current).read_text(encoding="utf-8") if (base / current).is_file() else ""
+        if "${RELEASE_NODE}" in text and not re.search(r"^\s*-setcookie\b", text, re.M):
+            return
+        if not force:
+            result.notes.append(
+                f"ACTION: {current} must say `-name ${{RELEASE_NODE}}` and have no -setcookie (deployer names the "
+                "node and gives the VM its cookie through $HOME/.erlang.cookie); --force rewrites it (keeps .bak)"
+            )
+            return
+    existing = (base / current).read_text(encoding="utf-8") if current and (base / current).is_file() else None
+    target = current if project.vm_args_src and current else VM_ARGS_SRC_PATH
+    _write(result, base / target, render_vm_args_src(project, existing), force)
+    if project.vm_args_src:
+        return
+    rebar = base / "rebar.config"
+    updated = use_vm_args_src(rebar.read_text(encoding="utf-8"), VM_ARGS_SRC_PATH) if edit else None
+    was = f'{{vm_args, "{current}"}}' if current else "relx's default vm.args"
+    if updated is None:
+        result.notes.append(
+            f'ACTION: in rebar.config, replace {was} with {{vm_args_src, "{VM_ARGS_SRC_PATH}"}}: the node must be '
+            "named by deployer (-name ${RELEASE_NODE}) and take its cookie from $HOME/.erlang.cookie, not argv"
+        )
+        return
+    rebar.write_text(updated, encoding="utf-8")
+    result.updated.append(rebar)
+    result.notes.append(
+        f"rebar.config: relx now renders {VM_ARGS_SRC_PATH} (was {was}, which named the node itself and put "
+        "the cookie in every ps listing): the node is deployer's RELEASE_NODE, the cookie stays off argv"
+    )
 
 
 def _release_module(result: InitResult, force: bool) -> None:
@@ -608,65 +802,4 @@ def _runtime_note(project: Project) -> str:
         "runtime configuration: one tarball goes to every environment, so read per-environment settings "
         'at boot: create config/runtime.exs (import Config; config :app, key: System.fetch_env!("KEY")) '
         "and set the values in env: of inventory/<env>.yml"
-    )
-
-
-# --- the task ------------------------------------------------------------------------------------------
-
-
-@task(
-    name="init",
-    positional=[],
-    auto_shortflags=False,
-    help={
-        "path": "The project directory (default: the current directory).",
-        "force": "Overwrite files that already exist (default: skip them and say so).",
-        "edit_mix": "Add a releases: entry with the :tar step to mix.exs when it has none (default on).",
-    },
-)
-def init(c: Context, path: str = ".", force: bool = False, edit_mix: bool = True) -> None:
-    """Adopt deployer in an existing Mix or rebar3 project: tasks.py, inventories, a release-tasks module.
-
-    Detects the app and release name, flavour, build command and tarball from mix.exs or rebar.config and
-    writes tasks.py, inventory/staging.yml and inventory/prod.yml (commented, with placeholder hosts) and,
-    for Mix projects without one, lib/<app>/release.ex with migrate/0 and rollback/2. A mix.exs without
-    releases: gets one with steps: [:assemble, :tar] (--no-edit-mix: only print it). Existing files are
-    never overwritten without --force; the files skipped are listed.
-    """
-    try:
-        result = init_project(path, force=force, edit_mix=edit_mix)
-    except (DeployerError, OSError) as exc:
-        raise Exit(f"error: {exc}", code=2) from None
-    print_result(result)
-
-
-def print_result(result: InitResult, out: TextIO | None = None) -> None:
-    stream = out if out is not None else sys.stdout
-    project = result.project
-    base = project.root
-
-    def show(path: Path) -> str:
-        try:
-            return str(path.relative_to(base))
-        except ValueError:
-            return str(path)
-
-    def emit(text: str) -> None:
-        print(text, file=stream)
-
-    emit(
-        f"{project.tool} project {project.app}: release {project.release} ({project.flavour}), "
-        f"build `{project.build_command}`, tarball {project.tarball}"
-    )
-    for path in result.written:
-        emit(f"  wrote    {show(path)}")
-    for path in result.updated:
-        emit(f"  updated  {show(path)}")
-    for path in result.skipped:
-        emit(f"  skipped  {show(path)} (exists; --force overwrites it)")
-    for note in result.notes:
-        emit(f"note: {note}")
-    emit(
-        "next: replace the example hosts in inventory/staging.yml, then `deployer trust --env staging`, "
-        "`deployer deploy --env staging --dry-run` and `deployer deploy --env staging`"
     )

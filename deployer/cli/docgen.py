@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from deployer.cli.program import HIDDEN_FLAGS
 from deployer.core.config import InventoryConfig
 
 if TYPE_CHECKING:
@@ -133,12 +134,26 @@ def render() -> str:
 TASKS_INTRO = """# Task reference
 
 Every task and flag, generated from the tasks' docstrings and flag help — exactly what
-`deployer <task> --help` prints (`python -m deployer.cli.docgen tasks > docs/tasks-reference.md`). For
+`deployer help <task>` prints (`python -m deployer.cli.docgen tasks > docs/tasks-reference.md`). For
 explanations, examples and exit statuses, read [Tasks](tasks.md).
 
-Run a task as `deployer <task> [flags]` (the console script installed with the package), or as
-`invoke <task> [flags]` in a project whose `tasks.py` imports the collection
-(`from deployer.tasks import ns`). `deployer --list` lists the tasks.
+Run a task as `deployer <task> [flags]` (the console script installed with the package). In a project whose
+`tasks.py` imports the collection (`from deployer.tasks import ns`), `invoke <task> [flags]` runs the same
+tasks. `deployer --list` lists the tasks; `deployer help <task>` shows a task's flags.
+
+**Options of the program itself**: only `--help [TASK]`, `--list`, `--version` and
+`--print-completion-script bash|zsh|fish`. Invoke's program options (`--dry`, `--pty`, `--warn-only`, ...)
+are not deployer options and are refused; so is anything that looks like `--dry-run` but is not it.
+
+**Output**: stdout carries only machine output — the `--json` document, `logs` lines, `config`'s YAML,
+`observer --print`'s command. Everything written for people (progress, `--dry-run` plans, tables,
+reports, warnings, errors, prompts) goes to stderr, with or without `--json`. So
+`deployer deploy --env prod --json > report.json` always yields pure JSON while the terminal shows the run.
+
+**Exit status**: 0 success; 1 the operation failed (the report says where and what each host now runs);
+2 bad usage (an unknown task or flag, a bad flag value, an invalid inventory): nothing was done. Flag
+values (`--batch-size`, `--max-fail`, `--pause`, `--strategy`, `--hosts`, ...) are checked before any
+build, lock or connection.
 """
 
 
@@ -175,7 +190,7 @@ def _task_section(name: str, task: Task[Any]) -> list[str]:
     # Invoke's get_arguments() pops each flag's help from the task: read it from a copy.
     clone = copy.copy(task)
     clone.help = dict(task.help)
-    arguments = [a for a in clone.get_arguments() if not a.positional]
+    arguments = [a for a in clone.get_arguments() if not a.positional and not set(a.names) & HIDDEN_FLAGS]
     if not arguments:
         out.append("No flags.")
         return out

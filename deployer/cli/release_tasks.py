@@ -1,105 +1,30 @@
-"""The Invoke collection: ``invoke deploy --env prod`` and friends.
+"""The release tasks: deploy, rollback, migrate, history, unlock, config.
 
-Tasks are thin: parse flags, load the inventory, call :mod:`deployer.operations.release`, print
-the result, exit non-zero on failure. A project's ``tasks.py`` needs two lines::
-
-    from deployer.tasks import ns  # noqa: F401
+Thin: check the flags, load the inventory, call :mod:`deployer.operations.release`, print, exit non-zero on
+failure. A project's ``tasks.py`` gets them (and every other task) with ``from deployer.tasks import ns``.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import inspect
+import re
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import yaml
 from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.tasks import task
 from rich.console import Console
 from rich.markup import escape
 
 from deployer.build import builder as build
-from deployer.cli.render import (
-    ConsoleEvents,
-    print_history,
-    print_json,
-    print_plan,
-    print_report,
-)
+from deployer.cli.common import consoles, fail, flag_help, load, write_stdout
+from deployer.cli.render import print_history, print_plan
+from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import Artifact, inspect_tarball, version_from_filename
-from deployer.core.inventory import Inventory, load_inventory
+from deployer.core.inventory import Inventory
 from deployer.errors import DeployerError
 from deployer.operations import release as api
-
-COMMON_HELP = {
-    "env": "Environment: reads inventory/<env>.yml (required).",
-    "hosts": "Only these hosts (comma-separated names).",
-    "roles": "Only hosts with one of these roles (comma-separated).",
-    "inventory_dir": "Directory holding the inventory files (default: inventory).",
-    "json_": "Print a machine-readable JSON report on stdout (progress goes to stderr).",
-    "verbose": "Show the exact remote scripts (secrets masked) and their output.",
-    "dry_run": "Print the plan (batches, per-host steps, exact scripts) and change nothing.",
-}
-
-
-def _help(*names: str, **extra: str) -> dict[str, str]:
-    """Help texts for the given common flags plus task-specific ones."""
-    return {**{name: COMMON_HELP[name] for name in names}, **extra}
-
-
-def _split(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
-
-
-def _consoles(json_: bool) -> tuple[Console, Console]:
-    """(human output, error output). With --json, humans read stderr and stdout stays pure JSON."""
-    # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns and split release ids.
-    width = None if sys.stdout.isatty() else 160
-    human = Console(stderr=True, width=width) if json_ else Console(width=width)
-    return human, Console(stderr=True, width=width)
-
-
-@contextmanager
-def _interruptible(console: Console) -> Iterator[threading.Event]:
-    """First SIGINT/SIGTERM: let running host steps finish, undo, unlock. Second SIGINT: stop at once."""
-    cancel = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if cancel.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        cancel.set()
-        name = signal.Signals(signum).name
-        console.print(
-            f"[bold yellow]{name}:[/] finishing the running host steps, then undoing and unlocking "
-            "(Ctrl-C again to abandon the run)",
-            highlight=False,
-        )
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield cancel
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _load(env: str | None, inventory_dir: str, *, secrets: bool = True) -> Inventory:
-    if not env:
-        raise Exit("error: --env is required (it selects inventory/<env>.yml)", code=2)
-    try:
-        return load_inventory(env, inventory_dir, resolve_secrets=secrets)
-    except DeployerError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
-
-
-def _fail(console: Console, exc: DeployerError, code: int = 1) -> Exit:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
-    return Exit(code=code)
 
 
 def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Artifact:
@@ -125,214 +50,102 @@ def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Ar
     return artifact
 
 
-def _strategy(
-    strategy: str | None, batch_size: str | None, canary: bool, max_fail: str | None, pause: str | None
-) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if strategy:
-        overrides["kind"] = strategy
-    if batch_size:
-        overrides["batch_size"] = batch_size
-        overrides.setdefault("kind", "rolling")
-    if canary:
-        overrides["canary"] = True
-    if max_fail is not None:
-        overrides["max_fail"] = max_fail
-    if pause is not None:
-        try:
-            overrides["pause"] = float(pause)
-        except ValueError:
-            raise Exit(f"error: --pause must be a number of seconds, got {pause!r}", code=2) from None
-    if overrides.get("kind") not in (None, "parallel", "rolling"):
-        raise Exit(f"error: --strategy must be parallel or rolling, got {overrides['kind']!r}", code=2)
-    return overrides
-
-
-def _finish(result: api.Result, human: Console, json_: bool, dry_run: bool, verbose: bool) -> None:
-    if dry_run and result.plan is not None:
-        print_plan(human, result.plan, full_scripts=verbose)
-    if json_:
-        print_json(result.report.to_json())
-    if not dry_run or result.report.error:
-        print_report(human, result.report)
-    if not result.report.ok and not (dry_run and not result.report.error):
-        raise Exit(code=1)
-
-
-@task(
-    positional=[],
-    auto_shortflags=False,
-    help=_help(
-        "env",
-        "hosts",
-        "roles",
-        "inventory_dir",
-        "json_",
-        "verbose",
-        "dry_run",
-        tarball="Deploy this prebuilt release tarball instead of building.",
-        strategy="parallel or rolling (overrides the inventory).",
-        batch_size="Hosts per batch when rolling: a count or a percentage like 25%.",
-        canary="Switch one host first; nothing else proceeds until it is healthy.",
-        max_fail="Failed hosts tolerated before no further batch starts (count or %).",
-        pause="Seconds to wait between batches.",
-        force="Deploy even to hosts the release cannot run on (architecture, libc or OpenSSL mismatch).",
-    ),
+@rollout_task(
+    tarball="Deploy this prebuilt release tarball instead of building.",
+    force="Deploy even to hosts the release cannot run on (architecture, libc or OpenSSL mismatch).",
 )
-def deploy(
-    c: Context,
-    env: str | None = None,
-    tarball: str | None = None,
-    hosts: str | None = None,
-    roles: str | None = None,
-    dry_run: bool = False,
-    json_: bool = False,
-    verbose: bool = False,
-    strategy: str | None = None,
-    batch_size: str | None = None,
-    canary: bool = False,
-    max_fail: str | None = None,
-    pause: str | None = None,
-    force: bool = False,
-    inventory_dir: str = "inventory",
-) -> None:
+def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = False) -> None:
     """Build the release and ship it: upload, extract, migrate once, switch atomically, restart, health-check.
 
     Every host is locked first. Anything failing before a switch leaves every host on its old release;
     a host whose new node is unhealthy is reverted on its own and the rollout stops.
     Exit status 0 only when every host ended healthy on the new release.
     """
-    # A dry run resolves the secrets too (they are shown masked): a missing one is reported before any work.
-    inventory = _load(env, inventory_dir, secrets=True)
-    human, errors = _consoles(json_)
+    if tarball and not Path(tarball).is_file():
+        raise fail(run.errors, DeployerError(f"--tarball {tarball}: no such file"), run.env, code=2)
+    # A dry run resolves the secrets too: a secret the real deploy would miss is reported now, with its key.
+    inventory = run.load(secrets=True)
     try:
-        artifact = _artifact(inventory, tarball, human)
-        with _interruptible(human) as cancel:
-            result = api.deploy(
-                inventory,
-                artifact,
-                api.Options(
-                    hosts=_split(hosts),
-                    roles=_split(roles),
-                    dry_run=dry_run,
-                    strategy=_strategy(strategy, batch_size, canary, max_fail, pause),
-                    events=ConsoleEvents(human, verbose=verbose),
-                    cancel=cancel,
-                    force=force,
-                ),
-            )
+        artifact = _artifact(inventory, tarball, run.human)
     except DeployerError as exc:
-        raise _fail(errors, exc) from None
-    _finish(result, human, json_, dry_run, verbose)
+        raise fail(run.errors, exc, run.env) from None
+    run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force)
 
 
-@task(positional=[], auto_shortflags=False, help=_help("env", "inventory_dir", "json_", "verbose", "dry_run"))
-def migrate(
-    c: Context,
-    env: str | None = None,
-    dry_run: bool = False,
-    json_: bool = False,
-    verbose: bool = False,
-    inventory_dir: str = "inventory",
-) -> None:
+@rollout_task(selection=False, strategy=False)
+def migrate(c: Context, run: Common) -> None:
     """Run the current release's migration once, on the migrator host, under the deploy lock."""
     # The migration runs with the environment file already on the host: no secret is needed here.
-    inventory = _load(env, inventory_dir, secrets=False)
-    human, errors = _consoles(json_)
-    try:
-        with _interruptible(human) as cancel:
-            result = api.migrate(
-                inventory, api.Options(dry_run=dry_run, events=ConsoleEvents(human, verbose=verbose), cancel=cancel)
-            )
-    except DeployerError as exc:
-        raise _fail(errors, exc) from None
-    _finish(result, human, json_, dry_run, verbose)
+    inventory = run.load()
+    run.execute(lambda options: api.migrate(inventory, options), print_plan)
 
 
-@task(
-    positional=[],
-    auto_shortflags=False,
-    help=_help(
-        "env",
-        "hosts",
-        "roles",
-        "inventory_dir",
-        "json_",
-        "verbose",
-        "dry_run",
-        to="Release id or version to roll back to (default: each host's previous good release).",
-        strategy="parallel or rolling (overrides the inventory).",
-        batch_size="Hosts per batch when rolling.",
-    ),
-)
-def rollback(
-    c: Context,
-    env: str | None = None,
-    to: str | None = None,
-    hosts: str | None = None,
-    roles: str | None = None,
-    dry_run: bool = False,
-    json_: bool = False,
-    verbose: bool = False,
-    strategy: str | None = None,
-    batch_size: str | None = None,
-    inventory_dir: str = "inventory",
-) -> None:
+@rollout_task(to="Release id or version to roll back to (default: each host's previous good release).")
+def rollback(c: Context, run: Common, to: str | None = None) -> None:
     """Switch hosts back to the previous good release (or --to), restart and health-check.
 
     Refuses when a host has nothing to roll back to or lacks the named release. Failed releases are
     never rollback targets.
     """
-    inventory = _load(env, inventory_dir, secrets=False)
-    human, errors = _consoles(json_)
-    try:
-        with _interruptible(human) as cancel:
-            result = api.rollback(
-                inventory,
-                to,
-                api.Options(
-                    hosts=_split(hosts),
-                    roles=_split(roles),
-                    dry_run=dry_run,
-                    strategy=_strategy(strategy, batch_size, False, None, None),
-                    events=ConsoleEvents(human, verbose=verbose),
-                    cancel=cancel,
-                ),
-            )
-    except DeployerError as exc:
-        raise _fail(errors, exc) from None
-    _finish(result, human, json_, dry_run, verbose)
+    inventory = run.load()
+    run.execute(lambda options: api.rollback(inventory, to, options), print_plan)
 
 
-@task(positional=[], auto_shortflags=False, help=_help("env", "hosts", "roles", "inventory_dir"))
-def history(
-    c: Context,
-    env: str | None = None,
-    hosts: str | None = None,
-    roles: str | None = None,
-    inventory_dir: str = "inventory",
-) -> None:
+@fleet_task()
+def history(c: Context, target: Target) -> None:
     """The deploy history of each host from revisions.log: when, what, who, outcome."""
-    inventory = _load(env, inventory_dir, secrets=False)
-    human, errors = _consoles(False)
-    try:
-        rows = api.status(inventory, api.Options(hosts=_split(hosts), roles=_split(roles)))
-    except DeployerError as exc:
-        raise _fail(errors, exc) from None
-    print_history(human, rows)
+    print_history(target.human, api.status(target.inventory, target.options()))
 
 
-@task(positional=[], auto_shortflags=False, help=_help("env", "hosts", "inventory_dir"))
-def unlock(c: Context, env: str | None = None, hosts: str | None = None, inventory_dir: str = "inventory") -> None:
-    """Remove a deploy lock left behind by a killed run (shows who held it and for how long)."""
-    inventory = _load(env, inventory_dir, secrets=False)
-    human, errors = _consoles(False)
-    try:
-        before = api.unlock(inventory, api.Options(hosts=_split(hosts)))
-    except DeployerError as exc:
-        raise _fail(errors, exc) from None
-    for host, info in before.items():
-        human.print(
-            f"  {host:<12} " + (f"removed lock held by {info.describe()}" if info else "was not locked"),
+def _unlock_accepts_force() -> bool:
+    """The engine's unlock gains ``force`` (remove a live lock too); older engines remove any lock."""
+    return "force" in inspect.signature(api.unlock).parameters
+
+
+@fleet_task(force="Also remove a lock whose holder still looks alive (only when you know that run is gone).")
+def unlock(c: Context, target: Target, force: bool = False) -> None:
+    """Remove a deploy lock left behind by a killed run (shows who held it and for how long).
+
+    A lock whose holder may still be running is kept unless --force.
+    """
+    extra: dict[str, Any] = {"force": force} if _unlock_accepts_force() else {}
+    options = target.options()
+    options.force = force
+    before = api.unlock(target.inventory, options, **extra)
+    for name, info in before.items():
+        target.human.print(
+            f"  {name:<12} " + (f"removed lock held by {info.describe()}" if info else "was not locked"),
             highlight=False,
         )
+
+
+_SECRET_LOOKING = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL|COOKIE|API_?KEY|DATABASE_URL", re.IGNORECASE)
+MASK = "<masked>"
+
+
+def masked_config(inventory: Inventory) -> tuple[dict[str, Any], list[str]]:
+    """The merged inventory as data, secret-looking clear values masked; and the keys that were masked."""
+    data = inventory.config.model_dump(mode="json")
+    masked: list[str] = []
+    clear = data.get("env", {}).get("clear") or {}
+    for key in sorted(clear):
+        if _SECRET_LOOKING.search(key):
+            clear[key] = MASK
+            masked.append(f"env.clear.{key}")
+    return data, masked
+
+
+@task(positional=[], auto_shortflags=False, help=flag_help("env", "inventory_dir"))
+def config(c: Context, env: str | None = None, inventory_dir: str = "inventory") -> None:
+    """Print the environment's merged inventory (defaults.yml under <env>.yml) as YAML on stdout.
+
+    Secret values are never read: env.secret shows where each one comes from, and clear env values
+    whose names look secret are masked (move them to env.secret).
+    """
+    inventory = load(env, inventory_dir)
+    data, masked = masked_config(inventory)
+    human, _ = consoles()
+    human.print(f"# {escape(str(inventory.path))} merged over its defaults", highlight=False)
+    write_stdout(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    for key in masked:
+        human.print(f"[bold yellow]warning:[/] {key} looks secret: masked here; move it to env.secret", highlight=False)

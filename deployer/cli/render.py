@@ -1,8 +1,8 @@
-"""Turns events, plans and reports into text for people (rich) or JSON for machines.
+"""Turns events, plans and reports into text for people (rich, on stderr) or JSON for machines (stdout).
 
-Per-host lines carry the host name as a prefix; uploads get a progress bar per
-host when the output is a terminal; a summary table closes every run. When the
-output is not a terminal (CI logs) there are no bars or colours, only lines.
+Per-host lines carry the host name as a prefix; uploads get a progress bar per host when the output is a
+terminal; a summary table closes every run. Off a terminal (CI logs) there are no bars or colours, only
+lines. Renderers read the core's models (plan, outcome, facts) and never call into the operations.
 """
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from deployer.core.facts import format_age
+from deployer.core.facts import HostFacts
 from deployer.core.outcome import Report
-from deployer.core.plan import Plan
-from deployer.operations.status import HostStatus
-from deployer.remote.release import NODE_FUNCTIONS
-from deployer.remote.shell import Script
+from deployer.core.plan import HostPlan, Plan
+
+if TYPE_CHECKING:
+    from deployer.remote.shell import Script
 
 STATUS_STYLE = {
     "done": "green",
@@ -91,7 +92,7 @@ class ConsoleEvents:
         with self._lock:
             if stream == "script":
                 self.console.print(f"  {host:<{self.width}} $ sh -s <<'SCRIPT'", highlight=False, markup=False)
-                for line in fold_helpers(text).splitlines():
+                for line in text.splitlines():
                     self.console.print(f"  {host:<{self.width}} > {line}", highlight=False, markup=False)
                 return
             for line in text.splitlines():
@@ -110,62 +111,105 @@ class ConsoleEvents:
                 self._tasks.clear()
 
 
-def fold_helpers(script_text: str) -> str:
-    """Show the shared shell helper functions as one line; they are the same in every script."""
-    return script_text.replace(
-        NODE_FUNCTIONS, "# node helpers: node_pids is_alive stop_node load_env (deployer/remote/release.py)\n"
-    )
+# --- plans (--dry-run) --------------------------------------------------------------------------------------
 
 
-def render_script(script: Script, *, full: bool) -> str:
-    text = script.render(reveal=False)
-    return text if full else fold_helpers(text)
+def print_script(console: Console, label: str, script: Script) -> None:
+    """One step's exact remote script (secrets masked), indented under its label (``--dry-run --verbose``)."""
+    how = "sh -s <<SCRIPT" if script.stdin else script.remote_command()
+    console.print(f"      --- {label}: {how}", highlight=False, markup=False)
+    for line in script.render(reveal=False).splitlines():
+        console.print(f"        {line}", highlight=False, markup=False)
 
 
-def print_plan(console: Console, plan: Plan, *, full_scripts: bool = False) -> None:
-    """``--dry-run``: the batches, per-host steps, and the exact scripts (secrets masked)."""
-    console.print(
-        f"[bold]Plan:[/] {plan.kind} in {plan.env}" + (f" of release {plan.release_id}" if plan.release_id else ""),
-        highlight=False,
-    )
+def print_batches(
+    console: Console, batches: Sequence[Sequence[str]], *, max_fail: int, pause: float, gate: bool = True
+) -> None:
+    """The batches in order, and what stops the rollout: shared by every plan that touches hosts."""
+    total = sum(len(b) for b in batches)
+    console.print(f"  {total} host(s) in {len(batches)} batch(es):", highlight=False)
+    for i, batch in enumerate(batches, start=1):
+        console.print(f"    batch {i}: {', '.join(batch)}", highlight=False)
+    if gate:
+        console.print(
+            f"  health gate on every host; more than {max_fail} failed host(s) stop the rollout", highlight=False
+        )
+    if pause and len(batches) > 1:
+        console.print(f"  pause {pause:g}s between batches", highlight=False)
+
+
+def print_dry_run_footer(console: Console, verbose: bool) -> None:
+    """The last lines of every ``--dry-run``: nothing changed, and how to see the scripts."""
+    more = "" if verbose else " (--verbose also prints the exact remote scripts)"
+    console.print(f"\n[bold]dry run:[/] nothing was changed on any host{more}.", highlight=False)
+
+
+NODE_PHASES = {
+    "start": "lock -> per batch: start the stopped nodes, health gate -> unlock",
+    "stop": "lock -> per batch: SIGTERM each VM, wait for it to exit (SIGKILL after node.stop_timeout) -> unlock",
+    "restart": "lock -> per batch: stop, wait for exit, start, health gate -> unlock",
+}
+
+
+def _phases(plan: Plan) -> str:
+    if plan.kind in NODE_PHASES:
+        return NODE_PHASES[plan.kind]
+    if plan.kind == "migrate":
+        return f"lock -> migrate on {plan.migrator} -> unlock"
+    first = ["lock every host"]
+    if plan.kind == "deploy":
+        first += ["upload", "prepare"]
+    if plan.migrator and plan.migrate is not None:
+        first.append(f"migrate once on {plan.migrator}")
+    return " -> ".join([*first, "per batch: switch, restart, health gate (revert on failure)", "unlock"])
+
+
+def _host_header(host: HostPlan) -> str:
+    """What a host runs now and, when the operation changes the release, what it will run."""
+    if host.target != host.before:
+        return f"{host.before or '(nothing)'} -> {host.target}"
+    running = f"node pid {' '.join(map(str, host.node_pids))}" if host.node_pids else "node not running"
+    return f"{host.before or '(nothing deployed)'}" + (f" ({host.version})" if host.version else "") + f", {running}"
+
+
+def print_plan(console: Console, plan: Plan, *, verbose: bool = False) -> None:
+    """``--dry-run`` of deploy, rollback, migrate: phases, batches, per-host steps; scripts with --verbose."""
+    title = f"[bold]Plan:[/] {plan.kind} in {plan.env}"
+    if plan.release_id:
+        title += f", release {plan.release_id}" + (f" (version {plan.version})" if plan.version else "")
+    console.print(title, highlight=False)
     if plan.artifact is not None:
         a = plan.artifact
-        console.print(f"  artifact {a.path} version {a.version} sha256 {a.sha256} ({a.size} bytes)", highlight=False)
-    for i, batch in enumerate(plan.batches, start=1):
-        console.print(f"  batch {i}: {', '.join(batch)}", highlight=False)
-    if plan.migrator:
-        console.print(f"  migration on {plan.migrator} before any host switches", highlight=False)
+        console.print(
+            f"  artifact {a.path} version {a.version} sha256 {a.short_sha} ({a.size / 2**20:.1f} MiB)", highlight=False
+        )
+    console.print(f"  phases: {_phases(plan)}", highlight=False)
+    if plan.hosts:
+        print_batches(console, plan.batches, max_fail=plan.max_fail, pause=plan.pause, gate=plan.kind != "stop")
     for warning in plan.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False)
-    for host_plan in plan.hosts:
-        if host_plan.target == host_plan.before:
-            running = " ".join(map(str, host_plan.node_pids))
-            header = (
-                f"{host_plan.before or '(nothing deployed)'}"
-                + (f" ({host_plan.version})" if host_plan.version else "")
-                + (f", node pid {running}" if running else ", node not running")
-            )
-        else:
-            header = f"{host_plan.before or '(nothing)'} -> {host_plan.target}"
-        console.print(f"\n[bold]{host_plan.host}[/]: {header}", highlight=False)
-        if plan.kind == "deploy" and not host_plan.upload:
-            console.print("  upload: skipped, the host already has this artifact", highlight=False)
-        for note in host_plan.notes:
-            console.print(f"  {note}", highlight=False)
-        steps = plan.listing(host_plan)
-        for label, script in steps:
-            console.print(
-                f"  --- {label}: {script.remote_command() if not script.stdin else 'sh -s <<SCRIPT'}",
-                highlight=False,
-                markup=False,
-            )
-            for line in render_script(script, full=full_scripts).splitlines():
-                console.print(f"    {line}", highlight=False, markup=False)
+    for host in plan.hosts:
+        steps: list[tuple[str, Script | None]] = list(plan.listing(host))
+        if plan.kind == "deploy" and not host.upload:
+            steps.insert(0, ("upload skipped (already on the host)", None))
+        console.print(
+            f"  [bold]{host.host}[/]: {_host_header(host)}: " + ", ".join(label for label, _ in steps),
+            highlight=False,
+        )
+        for note in host.notes:
+            console.print(f"      {escape(note)}", highlight=False)
+        if verbose:
+            for label, script in steps:
+                if script is not None:
+                    print_script(console, label, script)
     if plan.kind == "migrate" and plan.migrate is not None:
-        console.print(f"\n[bold]{plan.migrator}[/]: migrate with {plan.release_id}", highlight=False)
-        for line in render_script(plan.migrate, full=full_scripts).splitlines():
-            console.print(f"    {line}", highlight=False, markup=False)
-    console.print("\n[bold]dry run:[/] nothing was changed on any host.", highlight=False)
+        console.print(f"  [bold]{plan.migrator}[/]: migrate with {plan.release_id}", highlight=False)
+        if verbose:
+            print_script(console, "migrate", plan.migrate)
+    print_dry_run_footer(console, verbose)
+
+
+# --- reports ----------------------------------------------------------------------------------------------
 
 
 def print_report(console: Console, report: Report) -> None:
@@ -180,7 +224,7 @@ def print_report(console: Console, report: Report) -> None:
         table.add_row(
             h.host,
             h.before or "-",
-            h.after or ("-" if h.known else "?"),
+            h.after or "?",
             f"[{style}]{h.outcome}[/]",
             healthy,
             f"{sum(h.timings.values()):.1f}s",
@@ -190,22 +234,41 @@ def print_report(console: Console, report: Report) -> None:
     for warning in report.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.mixed:
-        console.print(
-            "[bold yellow]the fleet is mixed:[/] hosts run different releases; "
-            "`invoke deploy` or `invoke rollback` converges it",
-            highlight=False,
-        )
+        print_mixed(console, report.env)
     if report.error:
         console.print(f"[bold red]error:[/] {escape(report.error)}", highlight=False, markup=True)
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{report.operation}: {verdict} in {report.duration:.1f}s", highlight=False)
 
 
+def print_mixed(console: Console, env: str) -> None:
+    """The fleet runs different releases: say how to converge it."""
+    console.print(
+        "[bold yellow]mixed fleet:[/] hosts run different releases; "
+        f"`deployer deploy --env {env}` or `deployer rollback --env {env}` converges it",
+        highlight=False,
+    )
+
+
 def print_json(data: Any, stream: TextIO | None = None) -> None:
+    """Machine output: the JSON document on stdout."""
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    (stream or sys.stdout).flush()
 
 
-def print_history(console: Console, rows: list[HostStatus]) -> None:
+class ProbedHost(Protocol):
+    """A host as probed by ``status``/``history``: its facts, or why it could not be probed."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def facts(self) -> HostFacts | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+def print_history(console: Console, rows: Sequence[ProbedHost]) -> None:
+    """Each host's revisions.log: when, what, outcome, release, who."""
     for row in rows:
         if row.facts is None:
             console.print(f"[bold]{row.host}[/]: unreachable: {escape(row.error or '')}", highlight=False)
@@ -222,9 +285,13 @@ def print_history(console: Console, rows: list[HostStatus]) -> None:
 
 __all__ = [
     "ConsoleEvents",
-    "format_age",
+    "ProbedHost",
+    "print_batches",
+    "print_dry_run_footer",
     "print_history",
     "print_json",
+    "print_mixed",
     "print_plan",
     "print_report",
+    "print_script",
 ]

@@ -1,20 +1,21 @@
-"""Text output of the fleet-operation tasks: status, releases, check tables and the lifecycle plan."""
+"""Text output of the fleet-operation tasks: status, releases and check tables, the start/stop/restart plan.
+
+The tables render the JSON documents the operations produce (``status --json`` prints the same data), so
+what a person reads and what a machine parses cannot disagree.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deployer.operations import release as api
-from deployer.operations.node import (
-    CheckRow,
-    HostStatus,
-    releases_document,
-    status_document,
-)
+from deployer.cli.render import print_mixed
+
+if TYPE_CHECKING:
+    pass
 
 HEALTH_TEXT = {
     "ok": "[green]yes[/]",
@@ -25,15 +26,14 @@ HEALTH_TEXT = {
 }
 
 
-def print_status(console: Console, rows: Sequence[HostStatus]) -> None:
+def print_status(console: Console, document: dict[str, Any], env: str) -> None:
     """One row per host: reachable, current release and version, node pid, healthy, releases, lock."""
-    data = status_document(rows)
     table = Table(title="status")
     for column in ("host", "reachable", "current", "version", "node pid", "healthy", "releases", "lock"):
         table.add_column(column, overflow="fold")
-    for h in data["hosts"]:
-        healthy = HEALTH_TEXT.get(h["health"] or "", "-")
-        if h["health_error"] and h["health"] in ("failing", "unknown"):
+    for h in document["hosts"]:
+        healthy = HEALTH_TEXT.get(h.get("health") or "", "-")
+        if h.get("health_error") and h.get("health") in ("failing", "unknown"):
             healthy += f" {escape(h['health_error'])}"
         table.add_row(
             h["host"],
@@ -46,20 +46,16 @@ def print_status(console: Console, rows: Sequence[HostStatus]) -> None:
             escape(h["lock"] or "-"),
         )
     console.print(table)
-    if data["mixed"]:
-        console.print(
-            "[bold yellow]mixed fleet:[/] hosts run different releases; "
-            "`invoke deploy` or `invoke rollback` converges it",
-            highlight=False,
-        )
+    if document["mixed"]:
+        print_mixed(console, env)
 
 
-STATUS_STYLE = {"good": "green", "failed": "bold red", "unknown": "yellow"}
+RELEASE_STYLE = {"good": "green", "failed": "bold red", "unknown": "yellow"}
 
 
-def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
+def print_releases(console: Console, document: dict[str, Any]) -> None:
     """Per host, the releases on disk oldest first: id, version, good/failed/unknown, the current one."""
-    for host in releases_document(rows)["hosts"]:
+    for host in document["hosts"]:
         if not host["reachable"]:
             console.print(f"[bold]{host['host']}[/]: [red]unreachable[/] {escape(host['error'] or '')}")
             continue
@@ -67,7 +63,7 @@ def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
         for column in ("", "release", "version", "status"):
             table.add_column(column)
         for entry in host["releases"]:
-            style = STATUS_STYLE.get(entry["status"], "")
+            style = RELEASE_STYLE.get(entry["status"], "")
             table.add_row(
                 "[bold]current[/]" if entry["current"] else "",
                 entry["release"],
@@ -79,27 +75,27 @@ def print_releases(console: Console, rows: Sequence[api.HostStatus]) -> None:
         console.print(table)
 
 
-def print_check(console: Console, rows: Sequence[CheckRow], note: str | None = None) -> None:
+def print_check(console: Console, document: dict[str, Any]) -> None:
     """The preflight table: what each host has, and every problem found."""
-    if note:
-        console.print(f"note: {note}", highlight=False)
+    if document.get("note"):
+        console.print(document["note"], highlight=False)
     table = Table(title="check")
     for column in ("host", "ssh", "arch", "libc", "disk free", "tools", "result"):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        f = row.facts
-        result = "[green]ok[/]" if row.ok else "[bold red]" + escape("; ".join(row.problems)) + "[/]"
+    for row in document["hosts"]:
+        reachable = row["reachable"]
+        free = row.get("disk_free_kb")
         table.add_row(
-            row.host,
-            "ok" if row.reachable else "[red]FAILED[/]",
-            (f.arch or "?") if f else "-",
-            escape(f.libc or "?") if f else "-",
-            f"{f.disk_free_kb // 1024} MiB" if f and f.disk_free_kb is not None else "-",
-            " ".join(sorted(f.tools)) if f else "-",
-            result,
+            row["host"],
+            "ok" if reachable else "[red]FAILED[/]",
+            (row.get("arch") or "?") if reachable else "-",
+            escape(row.get("libc") or "?") if reachable else "-",
+            f"{free // 1024} MiB" if free is not None else "-",
+            " ".join(row.get("tools") or []) if reachable else "-",
+            "[green]ok[/]" if row["ok"] else "[bold red]" + escape("; ".join(row["problems"])) + "[/]",
         )
     console.print(table)
-    failed = [r.host for r in rows if not r.ok]
+    failed = [r["host"] for r in document["hosts"] if not r["ok"]]
     if failed:
         console.print(f"[bold red]check failed[/] on {', '.join(failed)}", highlight=False)
     else:

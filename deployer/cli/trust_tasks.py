@@ -1,4 +1,4 @@
-"""``invoke trust``: record hosts' SSH keys in the project's known_hosts, after showing their fingerprints."""
+"""``deployer trust``: record hosts' SSH keys in the project's known_hosts, after showing their fingerprints."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
 from rich.console import Console
 from rich.markup import escape
 
-from deployer.core.inventory import load_inventory
+from deployer.cli.common import speak_deployer, usage_error
+from deployer.cli.run import Target, fleet_task
 from deployer.errors import DeployerError
 from deployer.ssh.endpoints import endpoint
 from deployer.ssh.trust import Confirm, HostKeyCheck, TrustResult, project_known_hosts
@@ -74,7 +74,7 @@ def _explain(console: Console, result: TrustResult, path: str, replace: bool) ->
         if not check.in_project:
             console.print(
                 f"[bold red]refused:[/] {escape(check.host)}: the key recorded for {escape(check.name)} outside "
-                f"{escape(path)} (e.g. ~/.ssh/known_hosts) differs; `invoke trust` does not edit that file. Once you "
+                f"{escape(path)} (e.g. ~/.ssh/known_hosts) differs; `deployer trust` does not edit that file. Once you "
                 f"know why the key changed: ssh-keygen -R '{escape(check.name)}'",
                 highlight=False,
             )
@@ -92,27 +92,12 @@ def _explain(console: Console, result: TrustResult, path: str, replace: bool) ->
         console.print("every host is already trusted; nothing to record", highlight=False)
 
 
-@task(
-    positional=[],
-    auto_shortflags=False,
-    help={
-        "env": "Environment: reads inventory/<env>.yml (required).",
-        "host": "Only this host (a name from the inventory; several: comma-separated).",
-        "yes": "Record without asking (check the fingerprints first; required when stdin is not a terminal).",
-        "replace": "Replace a recorded key that CHANGED (only once you know why it changed).",
-        "hashed": "Write hashed host names (|1|salt|hash, like ssh-keygen -H) instead of plain ones.",
-        "inventory_dir": "Directory holding the inventory files (default: inventory).",
-    },
+@fleet_task(
+    yes="Record without asking (check the fingerprints first; required when stdin is not a terminal).",
+    replace="Replace a recorded key that CHANGED (only once you know why it changed).",
+    hashed="Write hashed host names (|1|salt|hash, like ssh-keygen -H) instead of plain ones.",
 )
-def trust(
-    c: Context,
-    env: str | None = None,
-    host: str | None = None,
-    yes: bool = False,
-    replace: bool = False,
-    hashed: bool = False,
-    inventory_dir: str = "inventory",
-) -> None:
+def trust(c: Context, target: Target, yes: bool = False, replace: bool = False, hashed: bool = False) -> None:
     """Show each host's SSH key (type and SHA256 fingerprint) and record it in the project's known_hosts.
 
     The keys are fetched with a key exchange only (no login). New keys are recorded after you confirm
@@ -120,41 +105,26 @@ def trust(
     Writes to the file named by ssh.known_hosts in the inventory, never to ~/.ssh/known_hosts.
     Exit status 0 when every selected host ends up trusted.
     """
-    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-    if not env:
-        raise Exit("error: --env is required (it selects inventory/<env>.yml)", code=2)
+    inventory, console = target.inventory, target.human
     try:
-        inventory = load_inventory(env, inventory_dir, resolve_secrets=False)
         path = project_known_hosts(inventory.config.ssh.known_hosts, inventory.path)
-        names = [part.strip() for part in (host or "").split(",") if part.strip()]
-        selected = inventory.select(names)
     except DeployerError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
-    targets = [(h.name, endpoint(inventory, h)) for h in selected]
-    gateway = targets[0][1].gateway if targets else None
-    console.print(f"host keys for {env} (recording in {escape(str(path))}):", highlight=False)
+        raise usage_error(speak_deployer(str(exc), inventory.env)) from None
+    hosts = [(h.name, endpoint(inventory, h)) for h in inventory.select(target.hosts, target.roles)]
+    gateway = hosts[0][1].gateway if hosts else None
+    # Hosts behind a gateway are reached through it, so it must be trusted first.
+    stages = ([[(gateway.name, gateway)]] if gateway is not None else []) + [hosts]
+    console.print(f"host keys for {inventory.env} (recording in {escape(str(path))}):", highlight=False)
     confirm = _confirm(console, yes)
-    if gateway is not None:
-        # Hosts behind a gateway are reached through it, so it must be trusted first.
-        first = trust_hosts(
-            [(gateway.name, gateway)],
+    for stage in stages:
+        result = trust_hosts(
+            stage,
             path,
             confirm=confirm,
             replace=replace,
             hashed=hashed,
             report=lambda check: _print_check(console, check),
         )
-        if not first.ok:
-            _explain(console, first, str(path), replace)
+        _explain(console, result, str(path), replace)
+        if not result.ok:
             raise Exit(code=1)
-    result = trust_hosts(
-        targets,
-        path,
-        confirm=confirm,
-        replace=replace,
-        hashed=hashed,
-        report=lambda check: _print_check(console, check),
-    )
-    _explain(console, result, str(path), replace)
-    if not result.ok:
-        raise Exit(code=1)

@@ -11,7 +11,7 @@ import secrets as random_secrets
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import SecretStr
@@ -271,7 +271,7 @@ def plan_deploy(
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
-    now = now or datetime.now(UTC)
+    now = now or datetime.now(timezone.utc)
     taken = {r for f in facts.values() for r in f.releases}
     release_id = make_release_id(now, artifact.version, taken)
     selected = [h for h in inventory.hosts if h.name in facts]

@@ -14,7 +14,7 @@ release, node pids, revisions.log) and decides here (pure, unit-tested):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Literal
 
 from deployer.core.facts import HostFacts
@@ -25,7 +25,7 @@ Decision = Literal["success", "unchanged", "revert", "failed"]
 
 def _epoch(stamp: str) -> float | None:
     try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
     except ValueError:
         return None
 

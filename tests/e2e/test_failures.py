@@ -349,7 +349,7 @@ def test_sigkill_leaves_a_stale_lock_that_unlock_removes(app: App, tmp_path: Pat
     refused = cli(app, "deploy", "--tarball", str(v2))
     out, _ = refused.communicate(timeout=120)
     assert refused.returncode == 1
-    assert "holds the deploy lock" in out and "the lock is stale" in out and "invoke unlock" in out
+    assert "holds the deploy lock" in out and "the lock is stale" in out and "deployer unlock --env e2e" in out
     unlocked = cli(app, "unlock")
     out, _ = unlocked.communicate(timeout=120)
     assert unlocked.returncode == 0, out

@@ -2,14 +2,15 @@
 
 Everything a new user does, through the `deployer` command: the generated mix.exs release (with the
 :tar step), release module (no Ecto: its migrate/0 says so and succeeds) and inventory are used as
-written, except the hosts and SSH settings, which point at the fleet (as `invoke fleet.up` would write
-them). The health check is the generated `rpc: "1 + 1"`.
+written (the shared part in inventory/defaults.yml), except the hosts and SSH settings, which point at the
+fleet (as `invoke fleet.up` would write them). The health check is the generated `rpc: "1 + 1"`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def point_at_fleet(path: Path, fleet: Fleet, deploy_to: str) -> dict[str, Any]:
     }
     data["deploy_to"] = deploy_to
     data["node"] = {"stop_timeout": 20}
-    data["health"]["deadline"] = 180  # each rpc try boots a VM: slow on a loaded machine
+    data["health"] = {"deadline": 180}  # merged over defaults.yml's: each rpc try boots a VM, slow under load
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return data
 
@@ -83,19 +84,20 @@ def test_init_a_mix_new_project_and_deploy_it(session_fleet: Fleet, tmp_path: Pa
     init = deployer_cmd(project, "init")
     assert init.returncode == 0, init.stdout + init.stderr
     for line in (
-        "wrote    tasks.py",
-        "wrote    inventory/staging.yml",
-        "wrote    inventory/prod.yml",
-        "wrote    lib/demo_app/release.ex",
-        "updated  mix.exs",
+        "wrote     inventory/defaults.yml",
+        "wrote     inventory/staging.yml",
+        "wrote     inventory/prod.yml",
+        "wrote     lib/demo_app/release.ex",
+        "updated   mix.exs",
     ):
-        assert line in init.stdout, init.stdout
-    assert "config/runtime.exs" in init.stdout
+        assert line in init.stderr, init.stderr
+    assert "config/runtime.exs" in init.stderr and init.stdout == ""
+    assert not (project / "tasks.py").exists()  # a Mix team does not need one (--tasks-py writes it)
     assert "steps: [:assemble, :tar]" in (project / "mix.exs").read_text()
     for env in ("staging", "prod"):
         load_inventory(env, project / "inventory", resolve_secrets=False)
     again = deployer_cmd(project, "init")
-    assert again.returncode == 0 and "skipped  inventory/staging.yml (exists; --force overwrites it)" in again.stdout
+    assert again.returncode == 0 and "unchanged inventory/staging.yml" in again.stderr
 
     # --- deploy the generated staging environment, pointed at the fleet --------------------------------
     deploy_to = f"{fleet.deploy_root}/init-{fleet.runid}"
@@ -103,7 +105,7 @@ def test_init_a_mix_new_project_and_deploy_it(session_fleet: Fleet, tmp_path: Pa
     try:
         deployed = deployer_cmd(project, "deploy", "--env", "staging", "--verbose", timeout=900)
         assert deployed.returncode == 0, deployed.stdout[-6000:] + deployed.stderr[-3000:]
-        assert "no Ecto repos configured, nothing to migrate" in deployed.stdout  # the generated migrate/0 ran
+        assert "no Ecto repos configured, nothing to migrate" in deployed.stderr  # the generated migrate/0 ran
 
         # Every host runs the node of the new release: a live VM whose health check (rpc) passes.
         inventory = load_inventory("staging", project / "inventory", resolve_secrets=False)
@@ -120,5 +122,45 @@ def test_init_a_mix_new_project_and_deploy_it(session_fleet: Fleet, tmp_path: Pa
         assert status.returncode == 0, status.stdout[-3000:] + status.stderr[-3000:]
         document = json.loads(status.stdout)
         assert {h["host"] for h in document["hosts"]} == {h.name for h in fleet.hosts}
+    finally:
+        stop_nodes(fleet, deploy_to)
+
+
+@pytest.mark.skipif(shutil.which("rebar3") is None, reason="needs rebar3")
+def test_init_a_rebar3_new_release_and_deploy_it_as_deployers_node(session_fleet: Fleet, tmp_path: Path) -> None:
+    """relx's stock vm.args says `-sname relapp -setcookie relapp_cookie`: after init, the deployed node is
+    named by deployer (`-name relapp@127.0.0.1`) and no cookie is in any argv on the hosts."""
+    fleet = session_fleet
+    created = subprocess.run(
+        ["rebar3", "new", "release", "relapp"], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    project = tmp_path / "relapp"
+    stock = (project / "config" / "vm.args").read_text()
+    assert "-setcookie" in stock and "-sname relapp" in stock  # what init must not let through
+
+    init = deployer_cmd(project, "init")
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert "wrote     config/vm.args.src" in init.stderr and "updated   rebar.config" in init.stderr
+    assert '{vm_args_src, "config/vm.args.src"}' in (project / "rebar.config").read_text()
+    src = [line for line in (project / "config" / "vm.args.src").read_text().splitlines() if not line.startswith("#")]
+    assert "-name ${RELEASE_NODE}" in src and not any(line.startswith(("-setcookie", "-sname")) for line in src)
+
+    deploy_to = f"{fleet.deploy_root}/initerl-{fleet.runid}"
+    point_at_fleet(project / "inventory" / "staging.yml", fleet, deploy_to)
+    try:
+        deployed = deployer_cmd(project, "deploy", "--env", "staging", timeout=900)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-6000:]
+        inventory = load_inventory("staging", project / "inventory", resolve_secrets=False)
+        cookie_file = f"{deploy_to}/shared/.cookie"
+        for row in api.status(inventory, api.Options()):
+            assert row.reachable and row.facts is not None and row.facts.node_pids, row.error
+            cookie = fleet.exec(row.host, f"cat {cookie_file}").stdout.strip()
+            for pid in row.facts.node_pids:
+                argv = fleet.exec(row.host, f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+                assert "-name relapp@127.0.0.1" in argv, argv
+                # relx's start script passes a bare `-setcookie` (no value: the VM reads $HOME/.erlang.cookie).
+                assert re.search(r"-setcookie +[^-\s]", argv) is None, argv
+                assert "relapp_cookie" not in argv and cookie not in argv, argv
     finally:
         stop_nodes(fleet, deploy_to)

@@ -109,7 +109,7 @@ def test_status_json_and_table(app: App) -> None:
         assert h["lock"] is None and h["disk_free_kb"] > 0
     table = cli(app, "status")
     assert table.returncode == 0, table.stderr
-    assert all(host in table.stdout for host in HOSTS) and "yes" in table.stdout
+    assert all(host in table.stderr for host in HOSTS) and "yes" in table.stderr
     # A host filter matching nothing is an error, never "all hosts".
     nothing = cli(app, "status", "--hosts", "h9")
     assert nothing.returncode != 0 and "no host named h9" in nothing.stdout + nothing.stderr
@@ -144,8 +144,8 @@ def test_releases(app: App) -> None:
     for host in doc["hosts"]:
         assert host["releases"] == [{"release": current, "version": "0.1.0", "status": "good", "current": True}]
     table = cli(app, "releases", "--roles", "migrator")
-    assert table.returncode == 0 and "h1" in table.stdout and "h2" not in table.stdout
-    assert current in table.stdout and "good" in table.stdout
+    assert table.returncode == 0 and "h1" in table.stderr and "h2" not in table.stderr
+    assert current in table.stderr and "good" in table.stderr
 
 
 # --- logs ---------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_stop_and_start(app: App) -> None:
     others = {h: p for h, p in node_pids_safe(app).items() if h != "h2"}
     started = cli(app, "start")
     assert started.returncode == 0, started.stdout + started.stderr
-    assert "already running" in started.stdout
+    assert "already running" in started.stderr
     assert app.health("h2") is not None
     assert {h: p for h, p in node_pids(app).items() if h != "h2"} == others
 
@@ -270,7 +270,7 @@ def test_lifecycle_dry_run_changes_nothing(app: App) -> None:
     for task in ("stop", "restart", "start"):
         done = cli(app, task, "--dry-run")
         assert done.returncode == 0, done.stderr
-        assert f"Plan: {task} in e2e" in done.stdout and "nothing was changed" in done.stdout
+        assert f"Plan: {task} in e2e" in done.stderr and "nothing was changed" in done.stderr
     assert node_pids(app) == before
     assert app.sh("h1", f"test -d {app.deploy_to}/.lock && echo locked || echo free").strip() == "free"
 
@@ -424,7 +424,7 @@ def test_check_passes_on_the_fleet(app: App) -> None:
         assert {"tar", "sha256sum"} <= set(host["tools"]) and host["arch"]
     assert "local" not in doc and doc["note"] is None  # hosts are checked against the release, not this machine
     table = cli(app, "check")
-    assert table.returncode == 0 and "check passed" in table.stdout
+    assert table.returncode == 0 and "check passed" in table.stderr
 
 
 def test_check_reports_every_problem(app: App, tmp_path: Path) -> None:
@@ -439,7 +439,7 @@ def test_check_reports_every_problem(app: App, tmp_path: Path) -> None:
         (h1,) = json.loads(done.stdout)["hosts"]
         assert h1["reachable"] is False and "is not known" in h1["problems"][0]
         table = cli(app, "check", "--hosts", "h1")
-        assert table.returncode == 1 and "check failed on h1" in table.stdout
+        assert table.returncode == 1 and "check failed on h1" in table.stderr
     finally:
         app.rewrite(ssh=ssh)
     huge = Artifact(Path("huge.tar.gz"), "hello", "9.9.9", "f" * 64, 2**50, 2**51, "13.1.5")

@@ -81,13 +81,13 @@ def test_unknown_and_changed_host_keys_are_refused_until_trusted(
         out = refused.stdout + refused.stderr
         assert refused.returncode != 0
         assert f"h1: host key for {h1.address} port 2222 is not known: ssh-ed25519 {fingerprint(k1)}" in out
-        assert "invoke trust --env <env> --host h1" in out
+        assert "deployer trust --env e2e --hosts h1" in out
         assert snapshot(app, "h1") == snapshot(app, "h2") == "absent\n"
 
         # --- trust one host: only it is recorded, as [address]:2222 --------------------------------------------
         one = invoke(app, "trust", "--host", "h1", "--yes")
         assert one.returncode == 0, one.stdout + one.stderr
-        assert f"{h1.address} port 2222: ssh-ed25519 {fingerprint(k1)}" in one.stdout and "new" in one.stdout
+        assert f"{h1.address} port 2222: ssh-ed25519 {fingerprint(k1)}" in one.stderr and "new" in one.stderr
         assert known_hosts.read_text() == f"[{h1.address}]:2222 ssh-ed25519 {k1.get_base64()}\n"
 
         # --- h2 still unknown: refused; h1 was locked and released, nothing else changed ---------------------
@@ -101,7 +101,7 @@ def test_unknown_and_changed_host_keys_are_refused_until_trusted(
         # --- trust the rest (hashed entries) and deploy ------------------------------------------------------
         rest = invoke(app, "trust", "--yes", "--hashed")
         assert rest.returncode == 0, rest.stdout + rest.stderr
-        assert "already trusted" in rest.stdout and "recorded h2" in rest.stdout
+        assert "already trusted" in rest.stderr and "recorded h2" in rest.stderr
         lines = known_hosts.read_text().splitlines()
         assert len(lines) == 2 and lines[1].startswith("|1|") and h2.address not in lines[1]
         deployed = invoke(app, "deploy", "--tarball", tarball)
@@ -124,7 +124,7 @@ def test_unknown_and_changed_host_keys_are_refused_until_trusted(
         recorded = known_hosts.read_text()
         silent = invoke(app, "trust", "--yes")
         assert silent.returncode == 1
-        assert "CHANGED" in silent.stdout and "--replace" in silent.stdout
+        assert "CHANGED" in silent.stderr and "--replace" in silent.stderr
         assert known_hosts.read_text() == recorded
 
         # --- --replace: the old entry goes, the new key is recorded, deploys work again ---------------------------

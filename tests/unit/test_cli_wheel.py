@@ -41,8 +41,9 @@ def test_wheel_installs_a_working_deployer_command(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     built = _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)], cwd=source)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    wheels = list(dist.glob("deployer-*.whl"))
-    assert [w.name for w in wheels] == [f"deployer-{deployer.__version__}-py3-none-any.whl"]
+    # The distribution is otp-deployer (`deployer` on PyPI is another project); the package and command: deployer.
+    wheels = list(dist.glob("otp_deployer-*.whl"))
+    assert [w.name for w in wheels] == [f"otp_deployer-{deployer.__version__}-py3-none-any.whl"]
     with zipfile.ZipFile(wheels[0]) as wheel:
         names = wheel.namelist()
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
@@ -77,7 +78,7 @@ def test_wheel_installs_a_working_deployer_command(tmp_path: Path) -> None:
     assert "fleet." not in listed.stdout and "bench" not in listed.stdout
     helped = _run([str(script), "deploy", "--help"], cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
-    assert "Usage: deployer [--core-opts] deploy [--options]" in helped.stdout
+    assert "Usage: deployer deploy [--flags]" in helped.stdout
     assert "--dry-run" in helped.stdout
     version = _run([str(script), "--version"], cwd=tmp_path)
     assert version.stdout.strip() == f"deployer {deployer.__version__}"

@@ -13,9 +13,13 @@ from deployer.build.init import (
     add_mix_release,
     camelize,
     detect_project,
+    endpoint_port,
     init_project,
+    mix_deps,
+    render_defaults,
     render_inventory,
     render_release_module,
+    use_vm_args_src,
 )
 from deployer.cli.program import main as cli_main
 from deployer.core.inventory import load_inventory
@@ -177,9 +181,15 @@ def test_camelize() -> None:
 
 def test_init_writes_valid_inventories_and_a_release_module(tmp_path: Path) -> None:
     root = mix_project(tmp_path / "demo")
-    result = init_project(root)
+    result = init_project(root, tasks_py=True)
     written = {p.relative_to(root).as_posix() for p in result.written}
-    assert written == {"tasks.py", "inventory/staging.yml", "inventory/prod.yml", "lib/demo_app/release.ex"}
+    assert written == {
+        "tasks.py",
+        "inventory/defaults.yml",
+        "inventory/staging.yml",
+        "inventory/prod.yml",
+        "lib/demo_app/release.ex",
+    }
     assert result.skipped == [] and result.updated == [root / "mix.exs"]
 
     configs = validate(root)
@@ -198,9 +208,14 @@ def test_init_writes_valid_inventories_and_a_release_module(tmp_path: Path) -> N
     assert prod.strategy.kind == "rolling" and prod.strategy.canary  # type: ignore[attr-defined]
     assert staging.strategy.kind == "parallel"  # type: ignore[attr-defined]
 
-    inventory = (root / "inventory" / "prod.yml").read_text()
-    assert "config/runtime.exs" in inventory  # the run-time configuration comment
-    assert "192.0.2." in inventory  # documentation addresses only
+    # The shared part is written once: the environments hold only hosts, strategy and their own values.
+    defaults = (root / "inventory" / "defaults.yml").read_text()
+    assert "config/runtime.exs" in defaults  # the run-time configuration comment
+    for env in ("staging", "prod"):
+        text = (root / "inventory" / f"{env}.yml").read_text()
+        assert "192.0.2." in text  # documentation addresses only
+        assert "build:" not in text and "app:" not in text and "health:" not in text and "migrate:" not in text
+        assert f"secrets_file: ~/.config/deployer/demo_app-{env}.env" in text
 
     # tasks.py: two lines that give the collection to invoke.
     tasks_py = (root / "tasks.py").read_text()
@@ -236,20 +251,23 @@ def test_second_run_skips_everything_and_force_overwrites(tmp_path: Path) -> Non
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
     again = init_project(root)
-    assert again.written == [] and again.updated == []
-    assert {p.relative_to(root).as_posix() for p in again.skipped} == {
-        "tasks.py",
+    assert again.written == [] and again.updated == [] and again.overwritten == []
+    assert [p.relative_to(root).as_posix() for p in again.skipped] == ["inventory/prod.yml"]  # edited: kept
+    assert {p.relative_to(root).as_posix() for p in again.unchanged} == {
+        "inventory/defaults.yml",
         "inventory/staging.yml",
-        "inventory/prod.yml",
         "lib/demo_app/release.ex",
     }
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert not (root / "tasks.py").exists()  # only with --tasks-py
+    assert not any("tasks.py" in note for note in again.notes)
     # The existing release module is now the one the inventories use.
     assert any("DemoApp.Release.migrate()" in note for note in again.notes)
 
     forced = init_project(root, force=True)
-    assert root / "inventory" / "prod.yml" in forced.written
+    assert forced.overwritten == [root / "inventory" / "prod.yml"] and forced.written == []
     assert (root / "inventory" / "prod.yml").read_text() != "# mine\n"
+    assert (root / "inventory" / "prod.yml.bak").read_text() == "# mine\n"  # the edited file is kept
     assert (root / "mix.exs").read_text().count("releases:") == 1
 
 
@@ -284,15 +302,16 @@ def test_rebar3_and_distillery_inventories_validate(tmp_path: Path) -> None:
     root = rebar_project(tmp_path / "relapp")
     result = init_project(root)
     assert {p.relative_to(root).as_posix() for p in result.written} == {
-        "tasks.py",
+        "inventory/defaults.yml",
         "inventory/staging.yml",
         "inventory/prod.yml",
+        "config/vm.args.src",
     }
     for config in validate(root).values():
         assert config.app.flavour == "rebar3" and config.migrate is None  # type: ignore[attr-defined]
         assert config.build.tarball == "_build/prod/rel/relapp/relapp-*.tar.gz"  # type: ignore[attr-defined]
         assert config.health.rpc is None  # type: ignore[attr-defined]
-    assert "sys.config.src" in (root / "inventory" / "staging.yml").read_text()
+    assert "sys.config.src" in (root / "inventory" / "defaults.yml").read_text()
 
     distillery = MIX_NEW.replace('# {:dep_from_hexpm, "~> 0.3.0"},', '{:distillery, "~> 2.1"},')
     root = mix_project(tmp_path / "dist", distillery)
@@ -307,7 +326,9 @@ def test_every_generated_inventory_line_is_short_and_commented_where_detected(tm
     for env in ("staging", "prod"):
         text = render_inventory(project, env)
         assert all(len(line) <= 120 for line in text.splitlines()), env
-        assert "name: demo_app" in text and "from mix.exs `app: :demo_app`" in text
+    defaults = render_defaults(project)
+    assert all(len(line) <= 120 for line in defaults.splitlines())
+    assert "name: demo_app" in defaults and "the tarball holds bin/demo_app" in defaults
 
 
 @pytest.mark.skipif(shutil.which("elixir") is None, reason="needs elixir")
@@ -329,12 +350,16 @@ def test_generated_release_modules_are_valid_elixir(tmp_path: Path) -> None:
 def test_the_init_task_reports_written_and_skipped_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = mix_project(tmp_path / "demo")
     cli_main(["deployer", "init", "--path", str(root)])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "mix project demo_app: release demo_app (mix)" in out
-    assert "wrote    inventory/staging.yml" in out and "updated  mix.exs" in out
+    assert "wrote     inventory/staging.yml" in out and "updated   mix.exs" in out
     cli_main(["deployer", "init", "--path", str(root)])
-    out = capsys.readouterr().out
-    assert "skipped  inventory/prod.yml (exists; --force overwrites it)" in out
+    out = capsys.readouterr().err
+    assert "unchanged inventory/prod.yml" in out
+    (root / "inventory" / "prod.yml").write_text("# mine\n")
+    cli_main(["deployer", "init", "--path", str(root), "--force"])
+    out = capsys.readouterr().err
+    assert "overwrote inventory/prod.yml (the previous content is in inventory/prod.yml.bak)" in out
     with pytest.raises(SystemExit) as exited:
         cli_main(["deployer", "init", "--path", str(tmp_path / "nothing")])
     assert exited.value.code == 2
@@ -347,3 +372,142 @@ def test_an_unrelated_release_ex_is_kept_and_reported(tmp_path: Path) -> None:
     assert root / "lib" / "demo_app" / "release.ex" in result.skipped
     assert (root / "lib" / "demo_app" / "release.ex").read_text() == "defmodule DemoApp.Other do\nend\n"
     assert any(note.startswith("ACTION: lib/demo_app/release.ex exists") for note in result.notes)
+
+
+# --- rebar3: the node is deployer's, the cookie stays off argv ------------------------------------------
+
+STOCK_VM_ARGS = """\
+-sname relapp
+
+-setcookie relapp_cookie
+
++K true
++A30
+"""
+
+
+def test_rebar3_stock_vm_args_becomes_a_vm_args_src_with_deployers_node_and_no_cookie(tmp_path: Path) -> None:
+    root = rebar_project(tmp_path / "relapp")
+    (root / "config").mkdir()
+    (root / "config" / "vm.args").write_text(STOCK_VM_ARGS)
+    result = init_project(root)
+    src = (root / "config" / "vm.args.src").read_text()
+    lines = [line for line in src.splitlines() if line and not line.startswith("##")]
+    assert lines == ["-name ${RELEASE_NODE}", "+K true", "+A30"]  # the node's name from deployer; no cookie
+    rebar = (root / "rebar.config").read_text()
+    assert '{vm_args_src, "config/vm.args.src"}' in rebar and "{vm_args," not in rebar
+    assert rebar == REBAR_CONFIG.replace('{vm_args, "./config/vm.args"}', '{vm_args_src, "config/vm.args.src"}')
+    assert root / "rebar.config" in result.updated
+    assert any("cookie in every ps listing" in note for note in result.notes)
+    assert detect_project(root).vm_args_src
+
+    # A second run finds a vm.args.src that already fits: nothing to do, nothing to say.
+    again = init_project(root)
+    assert again.written == [] and again.updated == []
+    assert not any("rebar.config" in n or n.startswith("ACTION") for n in again.notes)
+
+
+def test_rebar3_vm_args_src_that_names_the_node_itself_is_reported(tmp_path: Path) -> None:
+    root = rebar_project(tmp_path / "relapp")
+    (root / "config").mkdir()
+    (root / "config" / "vm.args.src").write_text("-sname relapp\n-setcookie ${COOKIE}\n")
+    (root / "rebar.config").write_text(
+        REBAR_CONFIG.replace('{vm_args, "./config/vm.args"}', '{vm_args_src, "config/vm.args.src"}')
+    )
+    result = init_project(root)
+    assert (root / "config" / "vm.args.src").read_text() == "-sname relapp\n-setcookie ${COOKIE}\n"
+    assert any(note.startswith("ACTION: config/vm.args.src must say `-name ${RELEASE_NODE}`") for note in result.notes)
+    forced = init_project(root, force=True)
+    assert root / "config" / "vm.args.src" in forced.overwritten
+    assert "-name ${RELEASE_NODE}" in (root / "config" / "vm.args.src").read_text()
+    assert (root / "config" / "vm.args.src.bak").read_text() == "-sname relapp\n-setcookie ${COOKIE}\n"
+
+
+def test_vm_args_src_edit_of_rebar_config() -> None:
+    assert use_vm_args_src('{relx, [{release, {a, "1"}, [a]}]}.\n', "config/vm.args.src") == (
+        '{relx, [{vm_args_src, "config/vm.args.src"},\n        {release, {a, "1"}, [a]}]}.\n'
+    )
+    two = '{relx, [{vm_args, "a"}]}.\n{profiles, [{prod, [{relx, [{vm_args, "b"}]}]}]}.\n'
+    assert use_vm_args_src(two, "config/vm.args.src") is None  # unsure: say what to change instead
+    assert use_vm_args_src("{deps, []}.\n", "config/vm.args.src") is None
+
+
+# --- Phoenix ---------------------------------------------------------------------------------------------
+
+PHOENIX_DEPS = """\
+      {:phoenix, "~> 1.7.10"},
+      {:phoenix_ecto, "~> 4.4"},
+      {:ecto_sql, "~> 3.10"},
+      {:postgrex, ">= 0.0.0"},
+      # {:phoenix_live_dashboard, "~> 0.8"},"""
+
+RUNTIME_EXS = """\
+import Config
+
+if config_env() == :prod do
+  host = System.get_env("PHX_HOST") || "example.com"
+  port = String.to_integer(System.get_env("PORT") || "4040")
+
+  config :demo_app, DemoAppWeb.Endpoint,
+    url: [host: host, port: 443, scheme: "https"],
+    http: [ip: {0, 0, 0, 0, 0, 0, 0, 0}, port: port]
+end
+"""
+
+
+def phoenix_project(root: Path, *, gen_release: bool = False) -> Path:
+    mix_project(root, MIX_NEW.replace('      # {:dep_from_hexpm, "~> 0.3.0"},', PHOENIX_DEPS))
+    (root / "config").mkdir()
+    (root / "config" / "config.exs").write_text("import Config\nconfig :demo_app, ecto_repos: [DemoApp.Repo]\n")
+    (root / "config" / "runtime.exs").write_text(RUNTIME_EXS)
+    if gen_release:  # what `mix phx.gen.release` writes
+        (root / "rel" / "overlays" / "bin").mkdir(parents=True)
+        (root / "rel" / "overlays" / "bin" / "server").write_text("#!/bin/sh\nPHX_SERVER=true exec ./demo_app start\n")
+        (root / "rel" / "overlays" / "bin" / "migrate").write_text(
+            "#!/bin/sh\nexec ./demo_app eval DemoApp.Release.migrate\n"
+        )
+        (root / "lib" / "demo_app" / "release.ex").write_text(
+            "defmodule DemoApp.Release do\n  @app :demo_app\n  def migrate do\n    :ok\n  end\nend\n"
+        )
+    return root
+
+
+def test_phoenix_is_detected_from_the_dependencies_not_the_text(tmp_path: Path) -> None:
+    root = phoenix_project(tmp_path / "demo")
+    project = detect_project(root)
+    assert project.phoenix and project.ecto and project.http_port == 4040
+    assert "phoenix_live_dashboard" not in mix_deps(root, (root / "mix.exs").read_text())
+    # mix.lock is what mix resolved: it wins over what mix.exs seems to say.
+    (root / "mix.lock").write_text('%{\n  "jason": {:hex, :jason, "1.4.1"},\n}\n')
+    assert not detect_project(root).phoenix
+    # A word "phoenix" in a comment or a string is not a dependency.
+    plain = mix_project(tmp_path / "plain", MIX_NEW.replace("# Run", '# {:phoenix, "~> 1.7"} someday\n  # Run'))
+    assert not detect_project(plain).phoenix
+    assert endpoint_port(plain) == 4000
+
+
+def test_phoenix_inventories(tmp_path: Path) -> None:
+    root = phoenix_project(tmp_path / "demo")
+    result = init_project(root)
+    configs = validate(root)
+    for env, config in configs.items():
+        assert config.env.clear["PHX_SERVER"] == "true" and config.env.clear["PORT"] == "4040"  # type: ignore[attr-defined]
+        assert list(config.env.secret) == ["SECRET_KEY_BASE", "DATABASE_URL"]  # type: ignore[attr-defined]
+        assert config.env.clear["PHX_HOST"] == ("example.com" if env == "prod" else "staging.example.com")  # type: ignore[attr-defined]
+        assert config.health.http == "http://127.0.0.1:4040/"  # type: ignore[attr-defined]
+        assert config.migrate.eval == "DemoApp.Release.migrate()"  # type: ignore[attr-defined]
+    assert any(note.startswith("phoenix: PHX_SERVER=true") and "phx.gen.release" in note for note in result.notes)
+    release_ex = (root / "lib" / "demo_app" / "release.ex").read_text()
+    assert "Ecto.Migrator.with_repo" in release_ex
+
+
+def test_a_phx_gen_release_app_keeps_its_release_module(tmp_path: Path) -> None:
+    root = phoenix_project(tmp_path / "demo", gen_release=True)
+    before = (root / "lib" / "demo_app" / "release.ex").read_text()
+    result = init_project(root)
+    assert (root / "lib" / "demo_app" / "release.ex").read_text() == before
+    assert detect_project(root).phx_release
+    for config in validate(root).values():
+        assert config.migrate.eval == "DemoApp.Release.migrate()"  # type: ignore[attr-defined]
+    assert "what rel/overlays/bin/migrate runs" in (root / "inventory" / "defaults.yml").read_text()
+    assert not any("phx.gen.release" in note for note in result.notes)

@@ -463,7 +463,7 @@ def test_task_needs_yes_off_a_terminal(
     offers = {"web1": keys["web1"], "web2": keys["web2"], "web3": keys["other"]}
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
     code = run_trust(monkeypatch, offers, inventory_dir=str(directory), host="web1")
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert code == 1 and "standard input is not a terminal" in out
     assert f"10.0.0.1 port 22: ssh-ed25519 {fingerprint(keys['web1'])}" in out
     assert not (directory / "known_hosts").exists()
@@ -476,7 +476,7 @@ def test_task_needs_yes_off_a_terminal(
     # A changed key: refused (exit 1, file untouched), then replaced with --replace.
     offers["web1"] = keys["other"]
     code = run_trust(monkeypatch, offers, inventory_dir=str(directory), yes=True)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert code == 1 and "CHANGED" in out and "--replace" in out
     assert (directory / "known_hosts").read_text().startswith(text)
     code = run_trust(monkeypatch, offers, inventory_dir=str(directory), yes=True, replace=True)
@@ -494,7 +494,7 @@ def test_task_prompts_on_a_terminal(
 
     monkeypatch.setattr("sys.stdin", Tty("n\n"))
     assert run_trust(monkeypatch, {"web1": keys["web1"]}, inventory_dir=str(directory), host="web1") == 1
-    assert "[y/N]" in capsys.readouterr().out and not (directory / "known_hosts").exists()
+    assert "[y/N]" in capsys.readouterr().err and not (directory / "known_hosts").exists()
     monkeypatch.setattr("sys.stdin", Tty("y\n"))
     assert run_trust(monkeypatch, {"web1": keys["web1"]}, inventory_dir=str(directory), host="web1") == 0
     assert (directory / "known_hosts").read_text() == known_hosts_line("10.0.0.1", keys["web1"]) + "\n"
