@@ -14,15 +14,12 @@ from typing import Any
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
-from rich.markup import escape
 
-from deployer.cli.common import terminate_like_ctrl_c, usage_error, write_stdout
+from deployer.cli.common import load, terminate_like_ctrl_c, usage_error, write_stdout
 from deployer.cli.render import print_json, print_plan
 from deployer.cli.render_ops import print_check, print_releases, print_status
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import inspect_tarball
-from deployer.core.inventory import Inventory, load_inventory
-from deployer.errors import DeployerError
 from deployer.operations import node as ops
 from deployer.operations import release as api
 
@@ -202,28 +199,16 @@ def check(c: Context, target: Target, tarball: str | None = None) -> None:
     if tarball and not Path(tarball).is_file():
         raise usage_error(f"--tarball {tarball}: no such file")
     artifact = inspect_tarball(Path(tarball), target.inventory.config.app.name) if tarball else None
+    # A deploy needs every secret: a missing value or secrets file is bad input (exit 2), before any host.
+    load(target.inventory.env, str(target.inventory.path.parent), secrets=True)
     rows = ops.check(target.inventory, target.options(), artifact=artifact)
     document = ops.check_document(rows, tarball=artifact is not None)
-    secrets = _secrets_problem(target.inventory)
-    document["secrets"] = {"ok": secrets is None, "error": secrets}
-    document["ok"] = document["ok"] and secrets is None
     if target.json_:
         print_json(document)
     else:
         print_check(target.human, document)
-        if secrets is not None:
-            target.human.print(f"[bold red]secrets:[/] {escape(secrets)}", highlight=False)
     if not document["ok"]:
         raise Exit(code=1)
-
-
-def _secrets_problem(inventory: Inventory) -> str | None:
-    """Why a deploy could not resolve the environment's secrets (missing value or file), or None."""
-    try:
-        load_inventory(inventory.env, inventory.path.parent, resolve_secrets=True)
-    except DeployerError as exc:
-        return str(exc)
-    return None
 
 
 TASKS = (status, releases, logs, start, stop, restart, console, observer, check)
