@@ -30,6 +30,7 @@ import paramiko
 
 from deployer.errors import ConnectError, HostKeyError, RemoteCommandError
 from deployer.remote.shell import Script
+from deployer.ssh.known_hosts import HostKeyCheck, KnownHosts, canonical_host, lookup_name
 
 # Paramiko's defaults (2 MiB window, 32 KiB packets) throttle uploads; OpenSSH accepts these.
 WINDOW_SIZE = 64 * 1024 * 1024
@@ -77,10 +78,20 @@ class Endpoint:
     forward_agent: bool = False
     gateway: Endpoint | None = None
 
+    host_key_alias: str | None = None
+    """Look the host key up under this name instead (OpenSSH's ``HostKeyAlias``)."""
+
     @property
     def known_hosts_name(self) -> str:
-        """The name known_hosts uses: ``host``, or ``[host]:port`` off port 22."""
-        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        """The name known_hosts uses: the alias, else ``host``, or ``[host]:port`` off port 22."""
+        return self.host_key_alias if self.host_key_alias else lookup_name(self.address, self.port)
+
+    @property
+    def plain_known_hosts_name(self) -> str | None:
+        """Off port 22 (and without an alias) OpenSSH also accepts a key recorded under the bare host name."""
+        if self.host_key_alias or self.port in (0, 22):
+            return None
+        return canonical_host(self.address)
 
 
 class Transport(Protocol):
@@ -116,55 +127,13 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-class KnownHosts(paramiko.HostKeys):
-    """``paramiko.HostKeys`` plus the keys marked ``@revoked``, which are never accepted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.revoked: list[paramiko.PKey] = []
-
-    def read(self, path: str) -> None:
-        """Add one OpenSSH known_hosts file. Unlike ``HostKeys.load`` (which raises on them), marker lines
-        are understood: ``@revoked`` keys are collected, ``@cert-authority`` lines are skipped (CA-signed host
-        keys are not supported, so they vouch for nothing); a line that cannot be parsed is skipped, as
-        OpenSSH does. For a name and key type, the first file and line win."""
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line = raw.strip()
-                if not line or line.startswith("#"):
-                    continue
-                marker = None
-                if line.startswith("@"):
-                    marker, _, line = line.replace("\t", " ").partition(" ")
-                    line = line.strip()
-                try:
-                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
-                except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
-                    continue
-                if entry is None or entry.key is None:
-                    continue
-                if marker == "@revoked":
-                    self.revoked.append(entry.key)
-                    continue
-                if marker is not None:
-                    continue
-                for name in entry.hostnames:
-                    recorded = self.lookup(name)
-                    if recorded is None or entry.key.get_name() not in recorded:
-                        self.add(name, entry.key.get_name(), entry.key)
-
-
 def read_known_hosts(files: list[str]) -> KnownHosts:
-    """The keys in ``files`` (missing files are skipped); raises ``OSError`` when one cannot be read."""
-    keys = KnownHosts()
-    for file in files:
-        if os.path.isfile(file):
-            keys.read(file)
-    return keys
+    """The lines of ``files`` (missing files are skipped); raises ``OSError`` when one cannot be read."""
+    return KnownHosts.read(files)
 
 
 def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
-    """The user's ``~/.ssh/known_hosts`` (unless disabled) plus the project's files; hashed entries work."""
+    """The user's ``~/.ssh/known_hosts`` (unless disabled) plus the project's files."""
     files = list(endpoint.known_hosts)
     if endpoint.use_user_known_hosts:
         files.insert(0, os.path.expanduser("~/.ssh/known_hosts"))
@@ -174,54 +143,54 @@ def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
         raise ConnectError(endpoint.name, f"cannot read known_hosts file {exc.filename}: {exc.strerror}") from None
 
 
-_RSA_ALIASES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+def check_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: KnownHosts) -> HostKeyCheck:
+    """OpenSSH's verdict on ``offered`` for this endpoint (see :mod:`deployer.ssh.known_hosts`)."""
+    return known_hosts.check(endpoint.known_hosts_name, offered.asbytes(), plain_name=endpoint.plain_known_hosts_name)
 
 
-def _prefer(first: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(a for a in first if a in available) + tuple(a for a in available if a not in first)
-
-
-def _preferred_key_types(known: dict[str, paramiko.PKey], available: tuple[str, ...]) -> tuple[str, ...]:
-    wanted: list[str] = []
-    for key_type in known:
-        wanted.extend(_RSA_ALIASES if key_type == "ssh-rsa" else (key_type,))
-    ordered = tuple(t for t in available if t in wanted)
-    return ordered or available
-
-
-def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: paramiko.HostKeys) -> None:
-    """Raise :class:`HostKeyError` unless ``offered`` is the key known_hosts has for this endpoint."""
-    known = known_hosts.lookup(endpoint.known_hosts_name)
+def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: KnownHosts) -> HostKeyCheck:
+    """Raise :class:`HostKeyError` unless known_hosts accepts ``offered`` for this endpoint as OpenSSH would."""
+    check = check_host_key(endpoint, offered, known_hosts)
     key_type = offered.get_name()
     where = f"{endpoint.address} port {endpoint.port}"
-    if any(k.asbytes() == offered.asbytes() for k in getattr(known_hosts, "revoked", ())):
+    if check.verdict == "ok":
+        return check
+    if check.verdict == "revoked":
+        line = check.matched.where if check.matched else "known_hosts"
         raise HostKeyError(
             endpoint.name,
-            f"host key for {where} is REVOKED in known_hosts: {key_type} {fingerprint(offered)}",
+            f"host key for {where} is REVOKED in known_hosts ({line}): {key_type} {fingerprint(offered)}",
             hint="this key must never be accepted again; find out why the host still offers it",
         )
-    if not known:
+    if check.verdict == "unknown":
+        ca_note = ""
+        if check.authorities:
+            lines = ", ".join(k.where for k in check.authorities)
+            ca_note = (
+                f" (known_hosts has only @cert-authority lines for this host: {lines}; deployer does not "
+                "verify host certificates, so record the host's own key)"
+            )
         raise HostKeyError(
             endpoint.name,
-            f"host key for {where} is not known: {key_type} {fingerprint(offered)}",
+            f"host key for {where} is not known: {key_type} {fingerprint(offered)}{ca_note}",
             hint=(
                 "check this fingerprint with the host's administrator, then run "
                 f"`invoke trust --env <env> --host {endpoint.name}` or add it to the project's known_hosts"
             ),
         )
-    expected = known.get(key_type)
-    if expected is None and key_type.startswith("rsa-sha2"):
-        expected = known.get("ssh-rsa")
-    if expected is None or expected.asbytes() != offered.asbytes():
-        recorded = ", ".join(f"{t} {fingerprint(k)}" for t, k in known.items())
-        raise HostKeyError(
-            endpoint.name,
-            f"HOST KEY CHANGED for {where}: known_hosts has {recorded}, the host offered "
-            f"{key_type} {fingerprint(offered)}. Someone may be intercepting the connection, "
-            "or the host was reinstalled",
-            hint="do not deploy until you know why; if the host was rebuilt, remove the old entry "
-            f"(ssh-keygen -R {endpoint.known_hosts_name}) and trust the new key explicitly",
-        )
+    recorded = ", ".join(k.describe() for k in check.recorded)
+    raise HostKeyError(
+        endpoint.name,
+        f"HOST KEY CHANGED for {where}: known_hosts has {recorded}, the host offered "
+        f"{key_type} {fingerprint(offered)}. Someone may be intercepting the connection, "
+        "or the host was reinstalled",
+        hint="do not deploy until you know why; if the host was rebuilt, remove the old entry "
+        f"(ssh-keygen -R {endpoint.known_hosts_name}) and trust the new key explicitly",
+    )
+
+
+def _prefer(first: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a for a in first if a in available) + tuple(a for a in available if a not in first)
 
 
 def _set_dead_peer_detection(sock: socket.socket, interval: int, count: int) -> None:
@@ -312,9 +281,7 @@ class SSHTransport:
         options = transport.get_security_options()
         options.ciphers = _prefer(PREFERRED_CIPHERS, tuple(options.ciphers))
         options.digests = _prefer(PREFERRED_MACS, tuple(options.digests))
-        known = known_hosts.lookup(ep.known_hosts_name)
-        if known:
-            options.key_types = _preferred_key_types(dict(known), tuple(options.key_types))
+        options.key_types = known_hosts.preferred_algorithms(ep.known_hosts_name, tuple(options.key_types))
         try:
             transport.start_client(timeout=ep.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
