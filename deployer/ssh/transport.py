@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import math
 import os
 import select
+import shlex
 import socket
 import threading
 import time
@@ -31,6 +33,7 @@ import paramiko
 from deployer.errors import ConnectError, HostKeyError, RemoteCommandError
 from deployer.remote.shell import Script
 from deployer.ssh.known_hosts import HostKeyCheck, KnownHosts, canonical_host, lookup_name
+from deployer.ssh.logs import log_channel
 
 # Paramiko's defaults (2 MiB window, 32 KiB packets) throttle uploads; OpenSSH accepts these.
 WINDOW_SIZE = 64 * 1024 * 1024
@@ -189,6 +192,28 @@ def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: Kno
     )
 
 
+def describe_failure(exc: BaseException) -> str:
+    """One line for an operator from what socket/paramiko raised during a connection (no traceback)."""
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        nxt = cause.__cause__ or cause.__context__
+        assert nxt is not None
+        if not isinstance(nxt, OSError | EOFError | paramiko.SSHException):
+            break
+        cause = nxt
+    if isinstance(exc, EOFError) or isinstance(cause, EOFError):
+        return "the host closed the connection"
+    if isinstance(cause, ConnectionResetError) or "reset by peer" in str(exc):
+        return "the connection was reset by the host"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[0].lower() + cause.strerror[1:]
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if text.startswith("Error reading SSH protocol banner"):
+        detail = text[len("Error reading SSH protocol banner") :].strip(" :")
+        return "no SSH banner from the host" + (f" ({detail})" if detail else "")
+    return text
+
+
 def _prefer(first: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(a for a in first if a in available) + tuple(a for a in available if a not in first)
 
@@ -275,6 +300,7 @@ class SSHTransport:
         known_hosts = load_known_hosts(ep)
         sock = self._open_socket()
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        transport.set_log_channel(log_channel(ep.name))
         transport.banner_timeout = ep.connect_timeout
         transport.handshake_timeout = ep.connect_timeout
         transport.auth_timeout = ep.connect_timeout
@@ -286,7 +312,9 @@ class SSHTransport:
             transport.start_client(timeout=ep.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
-            raise ConnectError(ep.name, f"SSH handshake with {ep.address}:{ep.port} failed: {exc}") from None
+            raise ConnectError(
+                ep.name, f"SSH handshake with {ep.address} port {ep.port} failed: {describe_failure(exc)}"
+            ) from None
         try:
             verify_host_key(ep, transport.get_remote_server_key(), known_hosts)
             self._authenticate(transport)
@@ -334,22 +362,26 @@ class SSHTransport:
         try:
             channel = self._transport.open_session(timeout=min(timeout, self.endpoint.connect_timeout + 20))
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {exc}") from None
+            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {describe_failure(exc)}") from None
         self.sessions += 1
         if self.endpoint.forward_agent:
             paramiko.agent.AgentRequestHandler(channel)
-        channel.exec_command(command)
+        channel.exec_command(guarded_command(command, timeout))
         return channel
 
     def run(self, script: Script, *, on_output: OutputCallback | None = None) -> CommandResult:
         timeout = script.timeout or self.endpoint.command_timeout
         started = time.monotonic()
         channel = self._open(script.remote_command(), timeout)
+        stderr = _Stderr(on_output)
         try:
             if script.stdin:
-                channel.sendall(script.render(reveal=True).encode())
-            channel.shutdown_write()
-            return self._collect(channel, script, started, timeout, on_output)
+                # If the channel or connection died, _collect says which.
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    channel.sendall(script.render(reveal=True).encode())
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.shutdown_write()
+            return self._collect(channel, script, started, timeout, on_output, stderr)
         finally:
             channel.close()
 
@@ -368,6 +400,7 @@ class SSHTransport:
         started = time.monotonic()
         total = source.stat().st_size
         channel = self._open(script.remote_command(), timeout)
+        stderr = _Stderr(None)
         # Whole packets only: paramiko puts at most max_packet - 64 bytes of data in one packet, and a
         # chunk that is not a multiple of that ends in a runt packet the host must wake up for.
         payload = max(1024, channel.out_max_packet_size - 64)
@@ -380,7 +413,8 @@ class SSHTransport:
                     if should_stop is not None and should_stop():
                         raise UploadStopped(self.name, script.name, f"upload stopped after {sent} of {total} bytes")
                     if time.monotonic() - started > timeout:
-                        raise RemoteCommandError(self.name, script.name, f"upload timed out after {timeout:g}s")
+                        stderr.drain(channel)
+                        raise self._gave_up(script.name, timeout, stderr.pid, f"upload timed out after {timeout:g}s")
                     if channel.exit_status_ready():
                         break  # the remote side gave up; its stderr says why
                     channel.settimeout(max(1.0, timeout - (time.monotonic() - started)))
@@ -389,15 +423,25 @@ class SSHTransport:
                         # packet, which for a whole chunk is quadratic in the chunk size.
                         for start in range(0, len(chunk), payload):
                             channel.sendall(chunk[start : start + payload])
-                    except (TimeoutError, OSError, paramiko.SSHException) as exc:
-                        raise RemoteCommandError(self.name, script.name, f"upload interrupted: {exc}") from None
+                    except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+                        if not self._connection_lost():
+                            stderr.drain(channel)
+                            if time.monotonic() - started > timeout:
+                                raise self._gave_up(
+                                    script.name, timeout, stderr.pid, f"upload timed out after {timeout:g}s"
+                                ) from None
+                            raise RemoteCommandError(
+                                self.name, script.name, f"upload interrupted: {describe_failure(exc)}"
+                            ) from None
+                        raise self._lost(script.name, f"after {sent} of {total} bytes were sent") from None
                     sent += len(chunk)
                     self.bytes_uploaded += len(chunk)
                     if progress is not None:
                         progress(sent, total)
             _cork(self._transport.sock, False)  # the last partial frame and the EOF go now
-            channel.shutdown_write()
-            return self._collect(channel, script, started, timeout, None)
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.shutdown_write()
+            return self._collect(channel, script, started, timeout, None, stderr)
         finally:
             _cork(self._transport.sock, False)
             channel.close()
@@ -409,9 +453,9 @@ class SSHTransport:
         started: float,
         timeout: float,
         on_output: OutputCallback | None,
+        stderr: _Stderr,
     ) -> CommandResult:
         out: list[bytes] = []
-        err: list[bytes] = []
         fd = channel.fileno()
         deadline = started + timeout
         while True:
@@ -420,36 +464,94 @@ class SSHTransport:
                 out.append(data)
                 if on_output is not None:
                     on_output("stdout", data.decode("utf-8", "replace"))
-            while channel.recv_stderr_ready():
-                data = channel.recv_stderr(65536)
-                err.append(data)
-                if on_output is not None:
-                    on_output("stderr", data.decode("utf-8", "replace"))
+            stderr.drain(channel)
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                 break
             if not self._transport.is_active():
-                raise RemoteCommandError(
-                    self.name,
-                    _last_step(err) or script.name,
-                    "the SSH connection was lost while the step ran",
-                    hint="the step may have completed or not on the host: check `invoke status`",
-                )
+                raise self._lost(_last_step(stderr.chunks) or script.name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RemoteCommandError(
-                    self.name,
-                    _last_step(err) or script.name,
-                    f"no result after {timeout:g}s; gave up waiting",
-                    hint="the host may be hung or the network dropped; check `invoke status` before retrying",
+                raise self._gave_up(
+                    _last_step(stderr.chunks) or script.name, timeout, stderr.pid, f"no result after {timeout:g}s"
                 )
             select.select([fd], [], [], min(remaining, 1.0))
+        stderr.finish()
         status = channel.recv_exit_status()
+        if status == -1:
+            # No exit-status arrived: the connection died (paramiko closes the channel first and marks the
+            # transport inactive a moment later), or the remote shell was killed by a signal.
+            step = _last_step(stderr.chunks) or script.name
+            if self._connection_lost():
+                raise self._lost(step)
+            raise RemoteCommandError(
+                self.name,
+                step,
+                "the remote shell ended without an exit status (killed by a signal?)",
+                hint="look at the host's logs (e.g. the kernel's OOM killer); check `invoke status` before retrying",
+            )
         return CommandResult(
             exit_status=status,
             stdout=b"".join(out).decode("utf-8", "replace"),
-            stderr=b"".join(err).decode("utf-8", "replace"),
+            stderr=b"".join(stderr.chunks).decode("utf-8", "replace"),
             duration=time.monotonic() - started,
         )
+
+    def _connection_lost(self, wait: float = 2.0) -> bool:
+        """True when the connection is (or within ``wait`` seconds turns out to be) dead."""
+        until = time.monotonic() + wait
+        while self._transport.is_active():
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _lost(self, step: str, detail: str = "") -> RemoteCommandError:
+        ep = self.endpoint
+        return RemoteCommandError(
+            self.name,
+            step,
+            f"the SSH connection to {ep.address} port {ep.port} was lost during this step"
+            + (f" ({detail})" if detail else ""),
+            hint="the step may or may not have completed on the host: check `invoke status` before retrying",
+        )
+
+    def _gave_up(self, step: str, timeout: float, pid: int | None, what: str) -> RemoteCommandError:
+        """Stop the remote script whose deadline passed, and say whether that worked."""
+        stopped = pid is not None and self._kill_group(pid)
+        if stopped:
+            detail = f"{what}; the remote script was stopped (its process group killed)"
+        else:
+            detail = (
+                f"{what}; the host could not be told to stop the script, it stops it itself "
+                f"{REMOTE_GRACE:g}s after the deadline"
+            )
+        return RemoteCommandError(
+            self.name,
+            step,
+            detail,
+            hint="the host may be hung or the network slow; check `invoke status` before retrying "
+            "(ssh.command_timeout sets the deadline)",
+        )
+
+    def _kill_group(self, pid: int) -> bool:
+        """Kill the remote script's process group (``pid`` leads it) over a fresh session on this connection."""
+        if not self._transport.is_active():
+            return False
+        command = (
+            f"kill -TERM -- -{pid} 2>/dev/null || exit 0; i=0; "
+            f"while kill -0 -- -{pid} 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; "
+            f"kill -KILL -- -{pid} 2>/dev/null; exit 0"
+        )
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
+            try:
+                channel.settimeout(self.endpoint.connect_timeout + 5)
+                channel.exec_command(command)
+                return channel.recv_exit_status() == 0
+            finally:
+                channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
 
     def is_alive(self) -> bool:
         return self._transport.is_active()
@@ -612,6 +714,62 @@ def _cork(sock: object, on: bool) -> None:
     if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK"):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+
+
+# The remote side of every run/upload: the shell announces its pid (which leads its process group: sshd
+# starts each session with setsid) so a client whose deadline passed can kill the whole group, and runs the
+# script under coreutils `timeout`, which kills that group itself a little after the deadline should the
+# client be unable to (a cut link). Daemons the script starts with setsid (the node) are not in the group.
+PID_MARKER = b"@@pid "
+REMOTE_GRACE = 10.0
+
+
+def guarded_command(command: str, timeout: float) -> str:
+    """``command`` (a shell command line) wrapped as described above."""
+    limit = math.ceil(timeout + REMOTE_GRACE)
+    body = (
+        f'echo "{PID_MARKER.decode()}$$" >&2; '
+        f"if timeout -k 1 5 true 2>/dev/null; then exec timeout -k 5 {limit} {command}; fi; exec {command}"
+    )
+    return "sh -c " + shlex.quote(body)
+
+
+class _Stderr:
+    """A run's stderr as it arrives, with the wrapper's pid line taken out."""
+
+    def __init__(self, on_output: OutputCallback | None) -> None:
+        self.on_output = on_output
+        self.chunks: list[bytes] = []
+        self.pid: int | None = None
+        self._head: bytes | None = b""  # None once the first line was dealt with
+
+    def drain(self, channel: paramiko.Channel) -> None:
+        while channel.recv_stderr_ready():
+            self._feed(channel.recv_stderr(65536))
+
+    def _feed(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head += data
+            if b"\n" not in self._head and len(self._head) < 64:
+                return
+            line, newline, rest = self._head.partition(b"\n")
+            if newline and line.startswith(PID_MARKER) and line[len(PID_MARKER) :].isdigit():
+                self.pid = int(line[len(PID_MARKER) :])
+                data = rest
+            else:
+                data = self._head
+            self._head = None
+            if not data:
+                return
+        self.chunks.append(data)
+        if self.on_output is not None:
+            self.on_output("stderr", data.decode("utf-8", "replace"))
+
+    def finish(self) -> None:
+        if self._head:
+            head, self._head = self._head, None
+            self._feed(head)
+        self._head = None
 
 
 def _last_step(stderr_chunks: list[bytes]) -> str | None:
