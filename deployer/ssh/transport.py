@@ -76,6 +76,10 @@ class Endpoint:
     keepalive: int = 15
     keepalive_count: int = 3
     identity_file: str | None = None
+    identity_files: tuple[str, ...] = ()
+    """Keys to offer (OpenSSH's IdentityFile, several allowed); ``identity_file`` is the one-key form."""
+    identities_only: bool = False
+    """Offer only ``identity_files``, not the agent's keys (OpenSSH's IdentitiesOnly)."""
     known_hosts: tuple[str, ...] = ()
     use_user_known_hosts: bool = True
     forward_agent: bool = False
@@ -238,10 +242,14 @@ def _set_dead_peer_detection(sock: socket.socket, interval: int, count: int) -> 
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def _default_keys() -> list[paramiko.PKey]:
-    keys: list[paramiko.PKey] = []
+def _agent_keys() -> list[paramiko.PKey]:
     with contextlib.suppress(paramiko.SSHException):
-        keys.extend(paramiko.Agent().get_keys())
+        return list(paramiko.Agent().get_keys())
+    return []
+
+
+def _default_keys(*, agent: bool = True) -> list[paramiko.PKey]:
+    keys: list[paramiko.PKey] = _agent_keys() if agent else []
     for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
         path = Path.home() / ".ssh" / name
         if path.is_file():
@@ -255,28 +263,31 @@ def _default_keys() -> list[paramiko.PKey]:
 class SSHTransport:
     """A live SSH connection to one host. Thread-confined: one worker uses it at a time."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, *, gateways: Gateways | None = None) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
         self.sessions = 0
         self.bytes_uploaded = 0
+        self._gateways = gateways if gateways is not None else GATEWAYS
         self._gateway: SSHTransport | None = None
-        self._transport = self._connect()
+        try:
+            self._transport = self._connect()
+        except BaseException:
+            self._release_gateway()
+            raise
+
+    def _release_gateway(self) -> None:
+        if self._gateway is not None and self.endpoint.gateway is not None:
+            self._gateway = None
+            self._gateways.release(self.endpoint.gateway)
 
     # --- connection ------------------------------------------------------------------------------------
 
     def _open_socket(self) -> socket.socket | paramiko.Channel:
         ep = self.endpoint
         if ep.gateway is not None:
-            self._gateway = SSHTransport(ep.gateway)
-            try:
-                return self._gateway._transport.open_channel(
-                    "direct-tcpip", (ep.address, ep.port), ("127.0.0.1", 0), timeout=ep.connect_timeout
-                )
-            except (paramiko.SSHException, OSError) as exc:
-                raise ConnectError(
-                    ep.name, f"gateway {ep.gateway.name} cannot reach {ep.address}:{ep.port}: {exc}"
-                ) from None
+            self._gateway = self._gateways.acquire(ep.gateway)
+            return self._gateway.open_tunnel(ep)
         try:
             sock = socket.create_connection((ep.address, ep.port), timeout=ep.connect_timeout)
         except TimeoutError:
@@ -327,14 +338,20 @@ class SSHTransport:
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         ep = self.endpoint
-        if ep.identity_file:
-            path = Path(os.path.expanduser(ep.identity_file))
+        files = ep.identity_files or ((ep.identity_file,) if ep.identity_file else ())
+        keys: list[paramiko.PKey] = []
+        for file in files:
+            path = Path(os.path.expanduser(file))
             try:
-                keys = [paramiko.PKey.from_path(path)]
+                keys.append(paramiko.PKey.from_path(path))
             except (OSError, paramiko.SSHException) as exc:
+                if ep.identity_files and not path.exists():
+                    continue  # OpenSSH skips IdentityFile entries that do not exist
                 raise ConnectError(ep.name, f"cannot load identity file {path}: {exc}") from None
-        else:
-            keys = _default_keys()
+        if not files:
+            keys = _default_keys(agent=not ep.identities_only)
+        elif ep.identity_files and not ep.identities_only:
+            keys += _agent_keys()
         if not keys:
             raise ConnectError(
                 ep.name, "no SSH key to authenticate with", hint="set ssh.identity_file or load a key into ssh-agent"
@@ -558,8 +575,21 @@ class SSHTransport:
 
     def close(self) -> None:
         self._transport.close()
-        if self._gateway is not None:
-            self._gateway.close()
+        self._release_gateway()
+
+    def open_tunnel(self, target: Endpoint) -> paramiko.Channel:
+        """A ``direct-tcpip`` channel from this host to ``target``'s sshd (this host is its gateway)."""
+        try:
+            return self._transport.open_channel(
+                "direct-tcpip", (target.address, target.port), ("127.0.0.1", 0), timeout=target.connect_timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            detail = str(exc) or describe_failure(exc)
+            raise ConnectError(
+                target.name,
+                f"{self.name} cannot reach {target.address} port {target.port}: {detail}",
+                hint="is the host up, and is it reachable from the gateway (and its sshd AllowTcpForwarding yes)?",
+            ) from None
 
     @property
     def paramiko_transport(self) -> paramiko.Transport:
@@ -778,6 +808,66 @@ def _last_step(stderr_chunks: list[bytes]) -> str | None:
         if line.startswith("@@step "):
             return line[len("@@step ") :].strip()
     return None
+
+
+class Gateways:
+    """Connections to jump hosts, shared by every host behind them: one login per gateway however many
+    hosts it carries (32 parallel logins through one bastion trip its sshd's MaxStartups). A gateway is
+    closed when the last host using it closes, and reopened if it died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Endpoint, _Gateway] = {}
+        self.logins = 0
+        """How many gateway logins this registry made (tests count them)."""
+
+    def acquire(self, endpoint: Endpoint) -> SSHTransport:
+        """The open connection to ``endpoint`` (logging in once); pair every call with :meth:`release`."""
+        with self._lock:
+            entry = self._entries.setdefault(endpoint, _Gateway())
+            entry.refs += 1
+        try:
+            with entry.lock:
+                if entry.error is not None:
+                    raise entry.error  # the login every waiting host depends on failed: do not retry it 32 times
+                if entry.transport is None or not entry.transport.is_alive():
+                    if entry.transport is not None:
+                        entry.transport.close()
+                        entry.transport = None
+                    try:
+                        entry.transport = SSHTransport(endpoint, gateways=self)
+                    except ConnectError as exc:
+                        entry.error = exc
+                        raise
+                    self.logins += 1
+                return entry.transport
+        except BaseException:
+            self.release(endpoint)
+            raise
+
+    def release(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            entry = self._entries.get(endpoint)
+            if entry is None:
+                return
+            entry.refs -= 1
+            if entry.refs > 0:
+                return
+            del self._entries[endpoint]
+        if entry.transport is not None:
+            entry.transport.close()
+
+
+@dataclass
+class _Gateway:
+    refs: int = 0
+    transport: SSHTransport | None = None
+    error: ConnectError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+GATEWAYS = Gateways()
+"""The process's gateway connections (one run per process; tests may pass their own)."""
 
 
 @dataclass

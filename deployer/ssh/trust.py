@@ -30,9 +30,11 @@ import paramiko
 
 from deployer.errors import ConnectError, DeployerError
 from deployer.ssh.known_hosts import KnownHosts
+from deployer.ssh.logs import log_channel
 from deployer.ssh.transport import (
+    GATEWAYS,
     Endpoint,
-    SSHTransport,
+    describe_failure,
     fingerprint,
     load_known_hosts,
     read_known_hosts,
@@ -77,20 +79,16 @@ class HostKeyCheck:
 # --- fetching ---------------------------------------------------------------------------------------------
 
 
-def _socket(endpoint: Endpoint) -> tuple[socket.socket | paramiko.Channel, SSHTransport | None]:
-    """A byte stream to the host's sshd: direct, or through the (already trusted) gateway."""
+def _socket(endpoint: Endpoint) -> tuple[socket.socket | paramiko.Channel, Endpoint | None]:
+    """A byte stream to the host's sshd: direct, or through the (already trusted) gateway, whose shared
+    connection is released by the caller (the second value)."""
     if endpoint.gateway is not None:
-        gateway = SSHTransport(endpoint.gateway)  # checks the gateway's key strictly and logs in
+        gateway = GATEWAYS.acquire(endpoint.gateway)  # checks the gateway's key strictly and logs in
         try:
-            channel = gateway.paramiko_transport.open_channel(
-                "direct-tcpip", (endpoint.address, endpoint.port), ("127.0.0.1", 0), timeout=endpoint.connect_timeout
-            )
-        except (paramiko.SSHException, OSError) as exc:
-            gateway.close()
-            raise ConnectError(
-                endpoint.name, f"gateway {endpoint.gateway.name} cannot reach {endpoint.address}:{endpoint.port}: {exc}"
-            ) from None
-        return channel, gateway
+            return gateway.open_tunnel(endpoint), endpoint.gateway
+        except BaseException:
+            GATEWAYS.release(endpoint.gateway)
+            raise
     try:
         return socket.create_connection((endpoint.address, endpoint.port), timeout=endpoint.connect_timeout), None
     except OSError as exc:
@@ -103,6 +101,7 @@ def _socket(endpoint: Endpoint) -> tuple[socket.socket | paramiko.Channel, SSHTr
 def _handshake(endpoint: Endpoint, known: KnownHosts | None) -> paramiko.PKey:
     sock, gateway = _socket(endpoint)
     transport = paramiko.Transport(sock)
+    transport.set_log_channel(log_channel(endpoint.name))
     try:
         transport.banner_timeout = endpoint.connect_timeout
         transport.handshake_timeout = endpoint.connect_timeout
@@ -113,12 +112,13 @@ def _handshake(endpoint: Endpoint, known: KnownHosts | None) -> paramiko.PKey:
         return transport.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ConnectError(
-            endpoint.name, f"SSH key exchange with {endpoint.address}:{endpoint.port} failed: {exc}"
+            endpoint.name,
+            f"SSH key exchange with {endpoint.address} port {endpoint.port} failed: {describe_failure(exc)}",
         ) from None
     finally:
         transport.close()
         if gateway is not None:
-            gateway.close()
+            GATEWAYS.release(gateway)
 
 
 def fetch_host_key(endpoint: Endpoint, known: KnownHosts | None = None) -> paramiko.PKey:
