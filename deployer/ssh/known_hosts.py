@@ -15,15 +15,15 @@ reading of the format, rule for rule:
 * every line that matches takes part: the offered key is accepted when any plain line holds it, refused as
   changed when plain lines exist and none holds it (whatever their key type), unknown when there is none;
 * ``@revoked`` lines that match the host refuse their key even when another line accepts it;
-* ``@cert-authority`` lines vouch only for host certificates signed by that CA, never for a plain key.
-  deployer does not negotiate host certificates, so such a line never lets a host in; when it is all that
-  applies to a host, the refusal names the line (:attr:`HostKeyCheck.authorities`) and says so.
+* ``@cert-authority`` lines vouch only for host certificates signed by that CA, never for a plain key
+  (:meth:`KnownHosts.check_certificate`; a certificate that does not pass is judged as its plain key).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -33,7 +33,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Protocol
 
 Marker = Literal["", "@cert-authority", "@revoked"]
 Verdict = Literal["ok", "unknown", "changed", "revoked"]
@@ -265,6 +265,8 @@ class HostKeyCheck:
     """``@cert-authority`` lines that apply to the host (they vouch only for certificates)."""
     via_plain_name: bool = False
     """Accepted by an entry under the plain host name although the port is not 22."""
+    certificate_problem: str | None = None
+    """Why the host's certificate did not vouch (it was then judged as a plain key)."""
 
     @property
     def accepted(self) -> bool:
@@ -331,6 +333,55 @@ class KnownHosts:
                 )
         return found
 
+    def check_certificate(
+        self,
+        name: str,
+        cert: HostCertificateLike,
+        principal: str,
+        *,
+        plain_name: str | None = None,
+        now: float | None = None,
+    ) -> HostKeyCheck:
+        """OpenSSH's verdict on a host certificate (``check_host_key`` with a certificate, step for step).
+
+        Accepted when an ``@cert-authority`` line for the host holds its CA and the certificate is valid for
+        ``principal`` (the host name, or the alias); refused as revoked when its key or CA is ``@revoked``.
+        Otherwise the certificate is "downgraded" to its plain key, which :meth:`check` judges — first, off
+        port 22, under the plain host name alone (so a plain-name line accepts it even when a ``[host]:port``
+        line holds another key, as OpenSSH does when the host presents a certificate).
+        """
+        offered_type = blob_type(cert.key_blob) or "?"
+        fp = fingerprint_blob(cert.key_blob)
+        status, line = self._cert_status(name, cert)
+        if status == "revoked":
+            return HostKeyCheck("revoked", name, offered_type, fp, matched=line)
+        if status == "ok" and line is not None:
+            problem = cert.problem(principal, now)
+            if problem is None:
+                return HostKeyCheck("ok", name, offered_type, fp, matched=line)
+            plain = self.check(name, cert.key_blob, plain_name=plain_name)
+            return dataclasses.replace(plain, certificate_problem=f"certificate ({line.where}): {problem}")
+        if plain_name is not None and plain_name != name:
+            fallback, fallback_line = self._cert_status(plain_name, cert)
+            if fallback == "ok" and fallback_line is not None and cert.problem(principal, now) is None:
+                return HostKeyCheck("ok", name, offered_type, fp, matched=fallback_line, via_plain_name=True)
+            if fallback != "revoked":
+                downgraded = self._status(plain_name, cert.key_blob)
+                if downgraded.verdict == "ok":
+                    return dataclasses.replace(downgraded, name=name, via_plain_name=True)
+        return self.check(name, cert.key_blob, plain_name=plain_name)
+
+    def _cert_status(self, name: str, cert: HostCertificateLike) -> tuple[str, KnownKey | None]:
+        """ "revoked", "ok" (a CA line for ``name`` holds the certificate's CA) or "new"."""
+        applying = self.matching(name)
+        revoked = next(
+            (k for k in applying if k.marker == "@revoked" and k.blob in (cert.key_blob, cert.ca_blob)), None
+        )
+        if revoked is not None:
+            return "revoked", revoked
+        authority = next((k for k in applying if k.marker == "@cert-authority" and k.blob == cert.ca_blob), None)
+        return ("ok", authority) if authority is not None else ("new", None)
+
     def _status(self, name: str, offered: bytes) -> HostKeyCheck:
         applying = self.matching(name)
         offered_type = blob_type(offered) or "?"
@@ -347,16 +398,36 @@ class KnownHosts:
         return HostKeyCheck(verdict, name, offered_type, fp, recorded=tuple(plain), authorities=authorities)
 
     def preferred_algorithms(self, name: str, available: Sequence[str]) -> tuple[str, ...]:
-        """``available`` host key algorithms reordered like OpenSSH's ``order_hostkeyalgs``: when the best
-        one's key type is not recorded for ``name``, the recorded types go first (the rest follow), so a host
-        with several keys shows the one known_hosts holds."""
-        types = {k.key_type for k in self.plain_keys(name)}
-        if not available or not types or _plain_type(available[0]) in types:
+        """``available`` host key algorithms (in OpenSSH's default order: certificates first) reordered as
+        OpenSSH's ``order_hostkeyalgs`` does: unchanged when the first one's key type is recorded for
+        ``name``; otherwise the algorithms whose key type is recorded, and every certificate algorithm when a
+        ``@cert-authority`` line applies, go first. A host with several keys thus shows the one recorded."""
+        applying = self.matching(name)
+        types = {k.key_type for k in applying if not k.marker}
+        has_ca = any(k.marker == "@cert-authority" for k in applying)
+        if not available or _plain_type(available[0]) in types:
             return tuple(available)
-        first = [a for a in available if _plain_type(a) in types]
+        first = [a for a in available if (_is_cert(a) and has_ca) or _plain_type(a) in types]
         return tuple(first) + tuple(a for a in available if a not in first)
 
 
+class HostCertificateLike(Protocol):
+    """What :meth:`KnownHosts.check_certificate` needs of a certificate (see :mod:`deployer.ssh.certs`)."""
+
+    @property
+    def key_blob(self) -> bytes: ...
+
+    @property
+    def ca_blob(self) -> bytes: ...
+
+    def problem(self, name: str, now: float | None = None) -> str | None: ...
+
+
+def _is_cert(algorithm: str) -> bool:
+    return algorithm.endswith("-cert-v01@openssh.com")
+
+
 def _plain_type(algorithm: str) -> str:
-    """The key type an algorithm signs with (``rsa-sha2-512`` is an ``ssh-rsa`` key)."""
-    return "ssh-rsa" if algorithm in ("rsa-sha2-256", "rsa-sha2-512") else algorithm
+    """The plain key type of an algorithm (``rsa-sha2-512`` and its certificate form sign with ``ssh-rsa``)."""
+    base = algorithm.removesuffix("-cert-v01@openssh.com")
+    return "ssh-rsa" if base in ("rsa-sha2-256", "rsa-sha2-512") else base

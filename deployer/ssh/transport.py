@@ -32,6 +32,7 @@ import paramiko
 
 from deployer.errors import ConnectError, HostKeyError, RemoteCommandError
 from deployer.remote.shell import Script
+from deployer.ssh.certs import CERT_ALGORITHMS, CertificateError, host_certificate
 from deployer.ssh.known_hosts import HostKeyCheck, KnownHosts, canonical_host, lookup_name
 from deployer.ssh.logs import log_channel
 
@@ -151,7 +152,19 @@ def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
 
 
 def check_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: KnownHosts) -> HostKeyCheck:
-    """OpenSSH's verdict on ``offered`` for this endpoint (see :mod:`deployer.ssh.known_hosts`)."""
+    """OpenSSH's verdict on ``offered`` (a plain key or a host certificate) for this endpoint
+    (see :mod:`deployer.ssh.known_hosts`)."""
+    try:
+        cert = host_certificate(offered)
+    except CertificateError as exc:
+        raise HostKeyError(endpoint.name, f"the host's certificate is unusable: {exc}") from None
+    if cert is not None:
+        return known_hosts.check_certificate(
+            endpoint.known_hosts_name,
+            cert,
+            endpoint.host_key_alias or canonical_host(endpoint.address),
+            plain_name=endpoint.plain_known_hosts_name,
+        )
     return known_hosts.check(endpoint.known_hosts_name, offered.asbytes(), plain_name=endpoint.plain_known_hosts_name)
 
 
@@ -171,11 +184,12 @@ def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: Kno
         )
     if check.verdict == "unknown":
         ca_note = ""
-        if check.authorities:
+        if check.certificate_problem:
+            ca_note = f" (the host's {check.certificate_problem})"
+        elif check.authorities:
             lines = ", ".join(k.where for k in check.authorities)
             ca_note = (
-                f" (known_hosts has only @cert-authority lines for this host: {lines}; deployer does not "
-                "verify host certificates, so record the host's own key)"
+                f" (@cert-authority lines apply to this host ({lines}) but it presented no certificate signed by them)"
             )
         raise HostKeyError(
             endpoint.name,
@@ -318,7 +332,10 @@ class SSHTransport:
         options = transport.get_security_options()
         options.ciphers = _prefer(PREFERRED_CIPHERS, tuple(options.ciphers))
         options.digests = _prefer(PREFERRED_MACS, tuple(options.digests))
-        options.key_types = known_hosts.preferred_algorithms(ep.known_hosts_name, tuple(options.key_types))
+        # OpenSSH's default order: host certificates first, so a host with one is judged by it (see certs.py).
+        supported = getattr(paramiko.Transport, "_key_info", {})
+        algorithms = tuple(a for a in CERT_ALGORITHMS if a in supported) + tuple(options.key_types)
+        options.key_types = known_hosts.preferred_algorithms(ep.known_hosts_name, algorithms)
         try:
             transport.start_client(timeout=ep.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:

@@ -2,8 +2,9 @@
 real host and must reach the same verdict (accepted, unknown, changed, revoked).
 
 One fleet host runs, besides its own sshd (port 22, one ed25519 key), a second sshd on port 2222 with three host
-keys (ed25519, ECDSA, RSA) listening on its IPv4 and on an IPv6 address given to the host for this test (port 22
-and 2222 there). Each case writes known_hosts file(s) from a template, then runs
+keys (ed25519, ECDSA, RSA) and a host certificate for the ed25519 key (signed by this test's CA), listening on
+its IPv4 and on an IPv6 address given to the host for this test (port 22 and 2222 there). Each case writes
+known_hosts file(s) from a template, then runs
 
     ssh -F /dev/null -o StrictHostKeyChecking=yes -o UserKnownHostsFile=<files> -o GlobalKnownHostsFile=/dev/null
         -o BatchMode=yes [-o HostKeyAlias=<alias>] -p <port> root@<address> true
@@ -63,18 +64,35 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         subprocess.run(["ip", "addr", "add", f"{prefix}1/64", "dev", f"{h1.netns}o", "nodad"], check=True)
         fleet.exec("h1", f"ip addr add {v6}/64 dev eth0 nodad")
         d = SECOND_SSHD
+        work = tmp_path_factory.mktemp("known_hosts_table")
+        fleet.exec(
+            "h1", f"mkdir -p {d} && for t in ed25519 ecdsa rsa; do ssh-keygen -q -t $t -N '' -f {d}/key_$t; done"
+        )
+        # A host certificate for the ed25519 key, signed by a CA of this test, naming the host's addresses.
+        for name, kind in (("ca", "ed25519"), ("x_ed", "ed25519"), ("x_ec", "ecdsa")):
+            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(work / name)], check=True)
+        (work / "host_ed.pub").write_text(fleet.exec("h1", f"cat {d}/key_ed25519.pub").stdout)
+        principals = f"{h1.address},{v6},web1.prod.example"
+        sign = ["ssh-keygen", "-q", "-s", str(work / "ca"), "-I", "h1", "-h", "-n", principals, "-V", "-5m:+2h"]
+        subprocess.run([*sign, str(work / "host_ed.pub")], check=True)
+        cert = (work / "host_ed-cert.pub").read_text().strip()
+        fleet.exec("h1", f"printf '%s\\n' '{cert}' > {d}/key_ed25519-cert.pub")
         fleet.exec(
             "h1",
-            f"mkdir -p {d} && for t in ed25519 ecdsa rsa; do ssh-keygen -q -t $t -N '' -f {d}/key_$t; done && "
             f"grep -v -e '^Port' -e '^ListenAddress' -e '^AddressFamily' -e '^HostKey' -e '^PidFile' "
             f"/run/fleet/sshd_config > {d}/sshd_config && "
             f"printf '%s\\n' 'AddressFamily any' 'ListenAddress {h1.address}:2222' 'ListenAddress [{v6}]:2222' "
             f"'ListenAddress [{v6}]:22' 'HostKey {d}/key_ed25519' 'HostKey {d}/key_ecdsa' 'HostKey {d}/key_rsa' "
+            f"'HostCertificate {d}/key_ed25519-cert.pub' "
             f"'PidFile {d}/sshd.pid' >> {d}/sshd_config && /usr/sbin/sshd -f {d}/sshd_config -E {d}/sshd.log",
         )
-        work = tmp_path_factory.mktemp("known_hosts_table")
-        for name, kind in (("x_ed", "ed25519"), ("x_ec", "ecdsa")):
-            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(work / name)], check=True)
+        # The same keys without the certificate on port 2223: OpenSSH judges some files differently then.
+        fleet.exec(
+            "h1",
+            f"grep -v -e '^HostCertificate' -e '^ListenAddress' -e '^PidFile' {d}/sshd_config > {d}/plain_config && "
+            f"printf '%s\\n' 'ListenAddress {h1.address}:2223' 'PidFile {d}/plain.pid' >> {d}/plain_config && "
+            f"/usr/sbin/sshd -f {d}/plain_config -E {d}/plain.log",
+        )
         keys = {
             "ed": _pub(fleet, f"{d}/key_ed25519.pub"),
             "ec": _pub(fleet, f"{d}/key_ecdsa.pub"),
@@ -82,6 +100,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             "ed22": _pub(fleet, "/run/fleet/ssh_host_ed25519_key.pub"),
             "x_ed": " ".join((work / "x_ed.pub").read_text().split()[:2]),
             "x_ec": " ".join((work / "x_ec.pub").read_text().split()[:2]),
+            "ca": " ".join((work / "ca.pub").read_text().split()[:2]),
         }
         yield Target(fleet, h1.address, v6, keys, work)
     finally:
@@ -130,7 +149,10 @@ CASES = [
     Case("hashed entry with a bad salt is skipped", ("|1|c2FsdA==|AAAAAAAAAAAAAAAAAAAAAAAAAAA= {x_ed}\n* {ed}",), "ok"),
     Case("plain host name vouches off port 22", ("{A} {ed}",), "ok"),
     Case("plain host name with a wrong key: unknown", ("{A} {x_ed}",), "unknown"),
-    Case("port entry wins over the plain name", ("[{A}]:2222 {x_ed}\n{A} {ed}",), "changed"),
+    Case("port entry wins over the plain name", ("[{A}]:2223 {x_ed}\n{A} {ed}",), "changed", port=2223),
+    Case("with a certificate the plain name still vouches (OpenSSH quirk)", ("[{A}]:2222 {x_ed}\n{A} {ed}",), "ok"),
+    Case("no certificate: CA lines vouch for nothing", ("@cert-authority * {ca}",), "unknown", port=2223),
+    Case("no certificate, plain key recorded", ("[{A}]:2223 {ed}",), "ok", port=2223),
     Case("[host]:22 is not the name for port 22", ("[{A}]:22 {ed22}",), "unknown", port=22),
     Case("port 22 is looked up by the plain name", ("{A} {ed22}",), "ok", port=22),
     Case("an entry for port 2222 says nothing about 22", ("[{A}]:2222 {ed22}",), "unknown", port=22),
@@ -140,6 +162,24 @@ CASES = [
     Case("@revoked<TAB> with spaces later is an invalid marker", ("[{A}]:2222 {ed}\n@revoked\t* {ed}",), "ok"),
     Case("@revoked with no host key recorded", ("@revoked * {ed}",), "revoked"),
     Case("@cert-authority vouches for no plain key", ("@cert-authority * {ed}",), "unknown"),
+    Case("host certificate signed by a recorded CA", ("@cert-authority * {ca}",), "ok"),
+    Case("CA line for [host]:port", ("@cert-authority [{A}]:2222 {ca}",), "ok"),
+    Case("CA line under the plain name, off port 22", ("@cert-authority {A} {ca}",), "ok"),
+    Case("CA line for other hosts only", ("@cert-authority *.example.net {ca}",), "unknown"),
+    Case("another CA", ("@cert-authority * {x_ed}",), "unknown"),
+    Case("another CA, the plain key recorded", ("@cert-authority * {x_ed}\n[{A}]:2222 {ed}",), "ok"),
+    Case("the CA vouches despite a wrong plain key", ("@cert-authority * {ca}\n[{A}]:2222 {x_ed}",), "ok"),
+    Case("revoked CA", ("@cert-authority * {ca}\n@revoked * {ca}",), "revoked"),
+    Case("revoked certified key", ("@cert-authority * {ca}\n@revoked * {ed}",), "revoked"),
+    Case("certificate principal via alias", ("@cert-authority * {ca}",), "ok", alias="web1.prod.example"),
+    Case("alias not among the principals", ("@cert-authority * {ca}",), "unknown", alias="db9.prod.example"),
+    Case(
+        "alias not a principal, plain key recorded",
+        ("@cert-authority * {ca}\ndb9.prod.example {ed}",),
+        "ok",
+        alias="db9.prod.example",
+    ),
+    Case("certificate over IPv6", ("@cert-authority * {ca}",), "ok", v6=True),
     Case("unknown marker: line skipped", ("@trusted [{A}]:2222 {ed}",), "unknown"),
     Case("two markers: line skipped", ("@revoked @revoked * {ed}\n[{A}]:2222 {ed}",), "ok"),
     Case(

@@ -520,7 +520,7 @@ def test_marker_lines_do_not_break_loading_and_revoked_keys_are_refused(
     second = ep("10.0.0.2", known=project)
     with pytest.raises(HostKeyError, match="is REVOKED in known_hosts"):
         verify_host_key(second, k2, load_known_hosts(second))
-    # A CA line vouches for nothing: CA-signed host keys are not supported.
+    # A CA line vouches only for host certificates, never for a plain key.
     ca = ep("web.example.com", known=project)
     with pytest.raises(HostKeyError, match="is not known"):
         verify_host_key(ca, other, load_known_hosts(ca))
