@@ -8,6 +8,7 @@ logged in to once, and the hosts see their connections coming from it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness.examples import build_hello
@@ -24,8 +25,8 @@ def logins(fleet: Fleet, host: str) -> list[str]:
     return ACCEPTED.findall(fleet.exec(host, "cat /run/fleet/sshd.log").stdout)
 
 
-def test_deploy_through_a_bastion_logs_in_to_it_once(tmp_path: Path) -> None:
-    fleet = Fleet(5).start()
+def test_deploy_through_a_bastion_logs_in_to_it_once(make_fleet: Callable[..., Fleet], tmp_path: Path) -> None:
+    fleet = make_fleet(5)
     app = make_app(fleet, tmp_path, "jump")
     try:
         tarball = str(build_hello("0.1.0"))
@@ -69,4 +70,3 @@ def test_deploy_through_a_bastion_logs_in_to_it_once(tmp_path: Path) -> None:
             assert new and set(new) == {h["h2"].address}, (name, new)
     finally:
         remove_app(app)
-        fleet.stop()
