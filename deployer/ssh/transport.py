@@ -210,6 +210,15 @@ def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: Kno
     )
 
 
+# RFC 4254 channel open failure reasons, as a gateway reports them for a host it cannot reach.
+_OPEN_FAILURES = {
+    1: "the gateway refused to forward (administratively prohibited: its sshd's AllowTcpForwarding?)",
+    2: "the gateway could not connect to it",
+    3: "the gateway does not support forwarding",
+    4: "the gateway is short of resources",
+}
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line for an operator from what socket/paramiko raised during a connection (no traceback)."""
     cause = exc
@@ -601,7 +610,13 @@ class SSHTransport:
                 "direct-tcpip", (target.address, target.port), ("127.0.0.1", 0), timeout=target.connect_timeout
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            detail = str(exc) or describe_failure(exc)
+            if isinstance(exc, paramiko.ChannelException):
+                detail = _OPEN_FAILURES.get(exc.code, exc.text)
+            elif str(exc) == "Unable to open channel." and self._transport.is_active():
+                # paramiko hands the refusal's reason to one of the threads opening channels at once
+                detail = "the gateway refused or could not connect"
+            else:
+                detail = describe_failure(exc)
             raise ConnectError(
                 target.name,
                 f"{self.name} cannot reach {target.address} port {target.port}: {detail}",

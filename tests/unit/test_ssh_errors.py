@@ -149,3 +149,32 @@ def test_stderr_without_pid_line_is_kept_whole() -> None:
 
 def test_paramiko_is_what_we_think() -> None:
     assert hasattr(paramiko.Transport, "set_log_channel")
+
+
+class _RefusingTransport:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def open_channel(self, *args: object, **kwargs: object) -> None:
+        raise self.exc
+
+    def is_active(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (paramiko.ChannelException(1, "Administratively prohibited"), "AllowTcpForwarding"),
+        (paramiko.ChannelException(2, "Connect failed"), "the gateway could not connect to it"),
+        (paramiko.SSHException("Unable to open channel."), "the gateway refused or could not connect"),
+    ],
+)
+def test_a_gateway_that_cannot_reach_a_host_says_so(exc: BaseException, expected: str) -> None:
+    gateway = object.__new__(SSHTransport)
+    gateway.name = "gateway bastion"
+    gateway._transport = _RefusingTransport(exc)  # type: ignore[assignment]
+    with pytest.raises(ConnectError) as info:
+        gateway.open_tunnel(Endpoint("web1", "10.0.0.1", 22, "deploy"))
+    text = str(info.value)
+    assert text.startswith("web1: gateway bastion cannot reach 10.0.0.1 port 22: ") and expected in text, text
