@@ -178,3 +178,23 @@ def test_a_gateway_that_cannot_reach_a_host_says_so(exc: BaseException, expected
         gateway.open_tunnel(Endpoint("web1", "10.0.0.1", 22, "deploy"))
     text = str(info.value)
     assert text.startswith("web1: gateway bastion cannot reach 10.0.0.1 port 22: ") and expected in text, text
+
+
+def test_verbose_console_shows_paramiko_lines_with_their_host() -> None:
+    import io
+
+    from rich.console import Console
+
+    from deployer.cli.render import ConsoleEvents
+
+    buffer = io.StringIO()
+    try:
+        ConsoleEvents(Console(file=buffer, width=200), verbose=True)
+        logging.getLogger(logs.log_channel("web1")).error("Socket exception: No route to host (113)")
+    finally:
+        logs.set_sink(None)
+    assert "web1" in buffer.getvalue() and "ssh| Socket exception: No route to host (113)" in buffer.getvalue()
+    quiet = io.StringIO()
+    ConsoleEvents(Console(file=quiet, width=200), verbose=False)
+    logging.getLogger(logs.log_channel("web1")).error("Socket exception: No route to host (113)")
+    assert quiet.getvalue() == ""
