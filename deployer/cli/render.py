@@ -24,6 +24,7 @@ from deployer.core.plan import HostPlan, Plan
 
 if TYPE_CHECKING:
     from deployer.remote.shell import Script
+from deployer.ssh import logs as ssh_logs
 
 STATUS_STYLE = {
     "done": "green",
@@ -49,6 +50,8 @@ class ConsoleEvents:
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self.width = 12
+        if verbose:  # paramiko's own log lines, prefixed with their host (never shown otherwise)
+            ssh_logs.set_sink(lambda host, line: self.output(host, "ssh", line))
 
     def phase(self, name: str, detail: str = "") -> None:
         self._stop_progress()

@@ -30,7 +30,9 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # `[user@]host[:port]`: the same user and host rules as hosts (IPv6 gateways are not supported).
-GATEWAY_RE = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(?::[0-9]{1,5})?$")
+GATEWAY_RE = re.compile(
+    r"^(?:[a-z_][a-z0-9_-]{0,31}@)?(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
+)
 # An Erlang node name (`name` or `name@host`): it reaches the release script's command line.
 NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(?:@[A-Za-z0-9][A-Za-z0-9.-]{0,252})?$")
 # A remote absolute path: no whitespace, quotes or shell metacharacters, no '..' components.
@@ -239,9 +241,10 @@ NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name", "name
 
 
 def _check_gateway(value: str) -> str:
-    if not GATEWAY_RE.fullmatch(value):
+    match = GATEWAY_RE.fullmatch(value)
+    if match is None:
         raise ValueError(f"{value!r} is not a valid gateway: expected [user@]host[:port]")
-    _, _, port = value.rpartition("@")[2].partition(":")
+    port = match.group("port")
     if port and not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r}: the port must be between 1 and 65535")
     return value
@@ -381,7 +384,15 @@ class SSHConfig(_Model):
     )
     use_user_known_hosts: bool = Field(True, description="Also read ~/.ssh/known_hosts.")
     gateway: Gateway | None = Field(
-        None, description="Jump host as `[user@]host[:port]`; its host key is checked like any other."
+        None,
+        description="Jump host as `[user@]host[:port]` (an IPv6 address in brackets); its host key is checked "
+        "like any other. One connection to it carries every host.",
+    )
+    config: bool | str = Field(
+        False,
+        description="Read an OpenSSH client config: `true` for ~/.ssh/config, or a path (relative to the "
+        "inventory file). For each host address it applies HostName, User, Port, IdentityFile, IdentitiesOnly, "
+        "HostKeyAlias and ProxyJump (several hops); a host's own port and user, and ssh.gateway, still win.",
     )
     connect_timeout: PositiveSeconds = Field(10.0, description="Seconds to establish TCP + SSH + auth.")
     command_timeout: PositiveSeconds = Field(600.0, description="Deadline for any single remote step.")

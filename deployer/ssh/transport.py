@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import math
 import os
 import select
+import shlex
 import socket
 import threading
 import time
@@ -30,6 +32,9 @@ import paramiko
 
 from deployer.errors import ConnectError, HostKeyError, RemoteCommandError
 from deployer.remote.shell import Script
+from deployer.ssh.certs import CERT_ALGORITHMS, CertificateError, host_certificate
+from deployer.ssh.known_hosts import HostKeyCheck, KnownHosts, canonical_host, lookup_name
+from deployer.ssh.logs import log_channel
 
 # Paramiko's defaults (2 MiB window, 32 KiB packets) throttle uploads; OpenSSH accepts these.
 WINDOW_SIZE = 64 * 1024 * 1024
@@ -72,15 +77,29 @@ class Endpoint:
     keepalive: int = 15
     keepalive_count: int = 3
     identity_file: str | None = None
+    identity_files: tuple[str, ...] = ()
+    """Keys to offer (OpenSSH's IdentityFile, several allowed); ``identity_file`` is the one-key form."""
+    identities_only: bool = False
+    """Offer only ``identity_files``, not the agent's keys (OpenSSH's IdentitiesOnly)."""
     known_hosts: tuple[str, ...] = ()
     use_user_known_hosts: bool = True
     forward_agent: bool = False
     gateway: Endpoint | None = None
 
+    host_key_alias: str | None = None
+    """Look the host key up under this name instead (OpenSSH's ``HostKeyAlias``)."""
+
     @property
     def known_hosts_name(self) -> str:
-        """The name known_hosts uses: ``host``, or ``[host]:port`` off port 22."""
-        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        """The name known_hosts uses: the alias, else ``host``, or ``[host]:port`` off port 22."""
+        return self.host_key_alias if self.host_key_alias else lookup_name(self.address, self.port)
+
+    @property
+    def plain_known_hosts_name(self) -> str | None:
+        """Off port 22 (and without an alias) OpenSSH also accepts a key recorded under the bare host name."""
+        if self.host_key_alias or self.port in (0, 22):
+            return None
+        return canonical_host(self.address)
 
 
 class Transport(Protocol):
@@ -116,55 +135,13 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-class KnownHosts(paramiko.HostKeys):
-    """``paramiko.HostKeys`` plus the keys marked ``@revoked``, which are never accepted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.revoked: list[paramiko.PKey] = []
-
-    def read(self, path: str) -> None:
-        """Add one OpenSSH known_hosts file. Unlike ``HostKeys.load`` (which raises on them), marker lines
-        are understood: ``@revoked`` keys are collected, ``@cert-authority`` lines are skipped (CA-signed host
-        keys are not supported, so they vouch for nothing); a line that cannot be parsed is skipped, as
-        OpenSSH does. For a name and key type, the first file and line win."""
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line = raw.strip()
-                if not line or line.startswith("#"):
-                    continue
-                marker = None
-                if line.startswith("@"):
-                    marker, _, line = line.replace("\t", " ").partition(" ")
-                    line = line.strip()
-                try:
-                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
-                except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
-                    continue
-                if entry is None or entry.key is None:
-                    continue
-                if marker == "@revoked":
-                    self.revoked.append(entry.key)
-                    continue
-                if marker is not None:
-                    continue
-                for name in entry.hostnames:
-                    recorded = self.lookup(name)
-                    if recorded is None or entry.key.get_name() not in recorded:
-                        self.add(name, entry.key.get_name(), entry.key)
-
-
 def read_known_hosts(files: list[str]) -> KnownHosts:
-    """The keys in ``files`` (missing files are skipped); raises ``OSError`` when one cannot be read."""
-    keys = KnownHosts()
-    for file in files:
-        if os.path.isfile(file):
-            keys.read(file)
-    return keys
+    """The lines of ``files`` (missing files are skipped); raises ``OSError`` when one cannot be read."""
+    return KnownHosts.read(files)
 
 
 def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
-    """The user's ``~/.ssh/known_hosts`` (unless disabled) plus the project's files; hashed entries work."""
+    """The user's ``~/.ssh/known_hosts`` (unless disabled) plus the project's files."""
     files = list(endpoint.known_hosts)
     if endpoint.use_user_known_hosts:
         files.insert(0, os.path.expanduser("~/.ssh/known_hosts"))
@@ -174,54 +151,98 @@ def load_known_hosts(endpoint: Endpoint) -> KnownHosts:
         raise ConnectError(endpoint.name, f"cannot read known_hosts file {exc.filename}: {exc.strerror}") from None
 
 
-_RSA_ALIASES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+def check_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: KnownHosts) -> HostKeyCheck:
+    """OpenSSH's verdict on ``offered`` (a plain key or a host certificate) for this endpoint
+    (see :mod:`deployer.ssh.known_hosts`)."""
+    try:
+        cert = host_certificate(offered)
+    except CertificateError as exc:
+        raise HostKeyError(endpoint.name, f"the host's certificate is unusable: {exc}") from None
+    if cert is not None:
+        return known_hosts.check_certificate(
+            endpoint.known_hosts_name,
+            cert,
+            endpoint.host_key_alias or canonical_host(endpoint.address),
+            plain_name=endpoint.plain_known_hosts_name,
+        )
+    return known_hosts.check(endpoint.known_hosts_name, offered.asbytes(), plain_name=endpoint.plain_known_hosts_name)
 
 
-def _prefer(first: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(a for a in first if a in available) + tuple(a for a in available if a not in first)
-
-
-def _preferred_key_types(known: dict[str, paramiko.PKey], available: tuple[str, ...]) -> tuple[str, ...]:
-    wanted: list[str] = []
-    for key_type in known:
-        wanted.extend(_RSA_ALIASES if key_type == "ssh-rsa" else (key_type,))
-    ordered = tuple(t for t in available if t in wanted)
-    return ordered or available
-
-
-def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: paramiko.HostKeys) -> None:
-    """Raise :class:`HostKeyError` unless ``offered`` is the key known_hosts has for this endpoint."""
-    known = known_hosts.lookup(endpoint.known_hosts_name)
+def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: KnownHosts) -> HostKeyCheck:
+    """Raise :class:`HostKeyError` unless known_hosts accepts ``offered`` for this endpoint as OpenSSH would."""
+    check = check_host_key(endpoint, offered, known_hosts)
     key_type = offered.get_name()
     where = f"{endpoint.address} port {endpoint.port}"
-    if any(k.asbytes() == offered.asbytes() for k in getattr(known_hosts, "revoked", ())):
+    if check.verdict == "ok":
+        return check
+    if check.verdict == "revoked":
+        line = check.matched.where if check.matched else "known_hosts"
         raise HostKeyError(
             endpoint.name,
-            f"host key for {where} is REVOKED in known_hosts: {key_type} {fingerprint(offered)}",
+            f"host key for {where} is REVOKED in known_hosts ({line}): {key_type} {fingerprint(offered)}",
             hint="this key must never be accepted again; find out why the host still offers it",
         )
-    if not known:
+    if check.verdict == "unknown":
+        ca_note = ""
+        if check.certificate_problem:
+            ca_note = f" (the host's {check.certificate_problem})"
+        elif check.authorities:
+            lines = ", ".join(k.where for k in check.authorities)
+            ca_note = (
+                f" (@cert-authority lines apply to this host ({lines}) but it presented no certificate signed by them)"
+            )
         raise HostKeyError(
             endpoint.name,
-            f"host key for {where} is not known: {key_type} {fingerprint(offered)}",
+            f"host key for {where} is not known: {key_type} {fingerprint(offered)}{ca_note}",
             hint=(
                 "check this fingerprint with the host's administrator, then run "
                 f"`invoke trust --env <env> --host {endpoint.name}` or add it to the project's known_hosts"
             ),
         )
-    expected = known.get(key_type)
-    if expected is None and key_type.startswith("rsa-sha2"):
-        expected = known.get("ssh-rsa")
-    if expected is None or expected.asbytes() != offered.asbytes():
-        recorded = ", ".join(f"{t} {fingerprint(k)}" for t, k in known.items())
-        raise HostKeyError(
-            endpoint.name,
-            f"HOST KEY CHANGED for {where}: known_hosts has {recorded}, the host offered "
-            f"{key_type} {fingerprint(offered)}. Someone may be intercepting the connection, "
-            "or the host was reinstalled",
-            hint="do not deploy until you know why; if the host was rebuilt, remove the old entry "
-            f"(ssh-keygen -R {endpoint.known_hosts_name}) and trust the new key explicitly",
-        )
+    recorded = ", ".join(k.describe() for k in check.recorded)
+    raise HostKeyError(
+        endpoint.name,
+        f"HOST KEY CHANGED for {where}: known_hosts has {recorded}, the host offered "
+        f"{key_type} {fingerprint(offered)}. Someone may be intercepting the connection, "
+        "or the host was reinstalled",
+        hint="do not deploy until you know why; if the host was rebuilt, remove the old entry "
+        f"(ssh-keygen -R {endpoint.known_hosts_name}) and trust the new key explicitly",
+    )
+
+
+# RFC 4254 channel open failure reasons, as a gateway reports them for a host it cannot reach.
+_OPEN_FAILURES = {
+    1: "the gateway refused to forward (administratively prohibited: its sshd's AllowTcpForwarding?)",
+    2: "the gateway could not connect to it",
+    3: "the gateway does not support forwarding",
+    4: "the gateway is short of resources",
+}
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an operator from what socket/paramiko raised during a connection (no traceback)."""
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        nxt = cause.__cause__ or cause.__context__
+        assert nxt is not None
+        if not isinstance(nxt, OSError | EOFError | paramiko.SSHException):
+            break
+        cause = nxt
+    if isinstance(exc, EOFError) or isinstance(cause, EOFError):
+        return "the host closed the connection"
+    if isinstance(cause, ConnectionResetError) or "reset by peer" in str(exc):
+        return "the connection was reset by the host"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[0].lower() + cause.strerror[1:]
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if text.startswith("Error reading SSH protocol banner"):
+        detail = text[len("Error reading SSH protocol banner") :].strip(" :")
+        return "no SSH banner from the host" + (f" ({detail})" if detail else "")
+    return text
+
+
+def _prefer(first: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a for a in first if a in available) + tuple(a for a in available if a not in first)
 
 
 def _set_dead_peer_detection(sock: socket.socket, interval: int, count: int) -> None:
@@ -244,10 +265,14 @@ def _set_dead_peer_detection(sock: socket.socket, interval: int, count: int) -> 
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def _default_keys() -> list[paramiko.PKey]:
-    keys: list[paramiko.PKey] = []
+def _agent_keys() -> list[paramiko.PKey]:
     with contextlib.suppress(paramiko.SSHException):
-        keys.extend(paramiko.Agent().get_keys())
+        return list(paramiko.Agent().get_keys())
+    return []
+
+
+def _default_keys(*, agent: bool = True) -> list[paramiko.PKey]:
+    keys: list[paramiko.PKey] = _agent_keys() if agent else []
     for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
         path = Path.home() / ".ssh" / name
         if path.is_file():
@@ -261,28 +286,31 @@ def _default_keys() -> list[paramiko.PKey]:
 class SSHTransport:
     """A live SSH connection to one host. Thread-confined: one worker uses it at a time."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, *, gateways: Gateways | None = None) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
         self.sessions = 0
         self.bytes_uploaded = 0
+        self._gateways = gateways if gateways is not None else GATEWAYS
         self._gateway: SSHTransport | None = None
-        self._transport = self._connect()
+        try:
+            self._transport = self._connect()
+        except BaseException:
+            self._release_gateway()
+            raise
+
+    def _release_gateway(self) -> None:
+        if self._gateway is not None and self.endpoint.gateway is not None:
+            self._gateway = None
+            self._gateways.release(self.endpoint.gateway)
 
     # --- connection ------------------------------------------------------------------------------------
 
     def _open_socket(self) -> socket.socket | paramiko.Channel:
         ep = self.endpoint
         if ep.gateway is not None:
-            self._gateway = SSHTransport(ep.gateway)
-            try:
-                return self._gateway._transport.open_channel(
-                    "direct-tcpip", (ep.address, ep.port), ("127.0.0.1", 0), timeout=ep.connect_timeout
-                )
-            except (paramiko.SSHException, OSError) as exc:
-                raise ConnectError(
-                    ep.name, f"gateway {ep.gateway.name} cannot reach {ep.address}:{ep.port}: {exc}"
-                ) from None
+            self._gateway = self._gateways.acquire(ep.gateway)
+            return self._gateway.open_tunnel(ep)
         try:
             sock = socket.create_connection((ep.address, ep.port), timeout=ep.connect_timeout)
         except TimeoutError:
@@ -306,20 +334,24 @@ class SSHTransport:
         known_hosts = load_known_hosts(ep)
         sock = self._open_socket()
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        transport.set_log_channel(log_channel(ep.name))
         transport.banner_timeout = ep.connect_timeout
         transport.handshake_timeout = ep.connect_timeout
         transport.auth_timeout = ep.connect_timeout
         options = transport.get_security_options()
         options.ciphers = _prefer(PREFERRED_CIPHERS, tuple(options.ciphers))
         options.digests = _prefer(PREFERRED_MACS, tuple(options.digests))
-        known = known_hosts.lookup(ep.known_hosts_name)
-        if known:
-            options.key_types = _preferred_key_types(dict(known), tuple(options.key_types))
+        # OpenSSH's default order: host certificates first, so a host with one is judged by it (see certs.py).
+        supported = getattr(paramiko.Transport, "_key_info", {})
+        algorithms = tuple(a for a in CERT_ALGORITHMS if a in supported) + tuple(options.key_types)
+        options.key_types = known_hosts.preferred_algorithms(ep.known_hosts_name, algorithms)
         try:
             transport.start_client(timeout=ep.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
-            raise ConnectError(ep.name, f"SSH handshake with {ep.address}:{ep.port} failed: {exc}") from None
+            raise ConnectError(
+                ep.name, f"SSH handshake with {ep.address} port {ep.port} failed: {describe_failure(exc)}"
+            ) from None
         try:
             verify_host_key(ep, transport.get_remote_server_key(), known_hosts)
             self._authenticate(transport)
@@ -332,14 +364,20 @@ class SSHTransport:
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         ep = self.endpoint
-        if ep.identity_file:
-            path = Path(os.path.expanduser(ep.identity_file))
+        files = ep.identity_files or ((ep.identity_file,) if ep.identity_file else ())
+        keys: list[paramiko.PKey] = []
+        for file in files:
+            path = Path(os.path.expanduser(file))
             try:
-                keys = [paramiko.PKey.from_path(path)]
+                keys.append(paramiko.PKey.from_path(path))
             except (OSError, paramiko.SSHException) as exc:
+                if ep.identity_files and not path.exists():
+                    continue  # OpenSSH skips IdentityFile entries that do not exist
                 raise ConnectError(ep.name, f"cannot load identity file {path}: {exc}") from None
-        else:
-            keys = _default_keys()
+        if not files:
+            keys = _default_keys(agent=not ep.identities_only)
+        elif ep.identity_files and not ep.identities_only:
+            keys += _agent_keys()
         if not keys:
             raise ConnectError(
                 ep.name, "no SSH key to authenticate with", hint="set ssh.identity_file or load a key into ssh-agent"
@@ -367,22 +405,26 @@ class SSHTransport:
         try:
             channel = self._transport.open_session(timeout=min(timeout, self.endpoint.connect_timeout + 20))
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {exc}") from None
+            raise RemoteCommandError(self.name, "ssh", f"cannot open a session: {describe_failure(exc)}") from None
         self.sessions += 1
         if self.endpoint.forward_agent:
             paramiko.agent.AgentRequestHandler(channel)
-        channel.exec_command(command)
+        channel.exec_command(guarded_command(command, timeout))
         return channel
 
     def run(self, script: Script, *, on_output: OutputCallback | None = None) -> CommandResult:
         timeout = script.timeout or self.endpoint.command_timeout
         started = time.monotonic()
         channel = self._open(script.remote_command(), timeout)
+        stderr = _Stderr(on_output)
         try:
             if script.stdin:
-                channel.sendall(script.render(reveal=True).encode())
-            channel.shutdown_write()
-            return self._collect(channel, script, started, timeout, on_output)
+                # If the channel or connection died, _collect says which.
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    channel.sendall(script.render(reveal=True).encode())
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.shutdown_write()
+            return self._collect(channel, script, started, timeout, on_output, stderr)
         finally:
             channel.close()
 
@@ -401,6 +443,7 @@ class SSHTransport:
         started = time.monotonic()
         total = source.stat().st_size
         channel = self._open(script.remote_command(), timeout)
+        stderr = _Stderr(None)
         # Whole packets only: paramiko puts at most max_packet - 64 bytes of data in one packet, and a
         # chunk that is not a multiple of that ends in a runt packet the host must wake up for.
         payload = max(1024, channel.out_max_packet_size - 64)
@@ -413,7 +456,8 @@ class SSHTransport:
                     if should_stop is not None and should_stop():
                         raise UploadStopped(self.name, script.name, f"upload stopped after {sent} of {total} bytes")
                     if time.monotonic() - started > timeout:
-                        raise RemoteCommandError(self.name, script.name, f"upload timed out after {timeout:g}s")
+                        stderr.drain(channel)
+                        raise self._gave_up(script.name, timeout, stderr.pid, f"upload timed out after {timeout:g}s")
                     if channel.exit_status_ready():
                         break  # the remote side gave up; its stderr says why
                     channel.settimeout(max(1.0, timeout - (time.monotonic() - started)))
@@ -422,15 +466,25 @@ class SSHTransport:
                         # packet, which for a whole chunk is quadratic in the chunk size.
                         for start in range(0, len(chunk), payload):
                             channel.sendall(chunk[start : start + payload])
-                    except (TimeoutError, OSError, paramiko.SSHException) as exc:
-                        raise RemoteCommandError(self.name, script.name, f"upload interrupted: {exc}") from None
+                    except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+                        if not self._connection_lost():
+                            stderr.drain(channel)
+                            if time.monotonic() - started > timeout:
+                                raise self._gave_up(
+                                    script.name, timeout, stderr.pid, f"upload timed out after {timeout:g}s"
+                                ) from None
+                            raise RemoteCommandError(
+                                self.name, script.name, f"upload interrupted: {describe_failure(exc)}"
+                            ) from None
+                        raise self._lost(script.name, f"after {sent} of {total} bytes were sent") from None
                     sent += len(chunk)
                     self.bytes_uploaded += len(chunk)
                     if progress is not None:
                         progress(sent, total)
             _cork(self._transport.sock, False)  # the last partial frame and the EOF go now
-            channel.shutdown_write()
-            return self._collect(channel, script, started, timeout, None)
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.shutdown_write()
+            return self._collect(channel, script, started, timeout, None, stderr)
         finally:
             _cork(self._transport.sock, False)
             channel.close()
@@ -442,9 +496,9 @@ class SSHTransport:
         started: float,
         timeout: float,
         on_output: OutputCallback | None,
+        stderr: _Stderr,
     ) -> CommandResult:
         out: list[bytes] = []
-        err: list[bytes] = []
         fd = channel.fileno()
         deadline = started + timeout
         while True:
@@ -453,44 +507,121 @@ class SSHTransport:
                 out.append(data)
                 if on_output is not None:
                     on_output("stdout", data.decode("utf-8", "replace"))
-            while channel.recv_stderr_ready():
-                data = channel.recv_stderr(65536)
-                err.append(data)
-                if on_output is not None:
-                    on_output("stderr", data.decode("utf-8", "replace"))
+            stderr.drain(channel)
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                 break
             if not self._transport.is_active():
-                raise RemoteCommandError(
-                    self.name,
-                    _last_step(err) or script.name,
-                    "the SSH connection was lost while the step ran",
-                    hint="the step may have completed or not on the host: check `invoke status`",
-                )
+                raise self._lost(_last_step(stderr.chunks) or script.name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RemoteCommandError(
-                    self.name,
-                    _last_step(err) or script.name,
-                    f"no result after {timeout:g}s; gave up waiting",
-                    hint="the host may be hung or the network dropped; check `invoke status` before retrying",
+                raise self._gave_up(
+                    _last_step(stderr.chunks) or script.name, timeout, stderr.pid, f"no result after {timeout:g}s"
                 )
             select.select([fd], [], [], min(remaining, 1.0))
+        stderr.finish()
         status = channel.recv_exit_status()
+        if status == -1:
+            # No exit-status arrived: the connection died (paramiko closes the channel first and marks the
+            # transport inactive a moment later), or the remote shell was killed by a signal.
+            step = _last_step(stderr.chunks) or script.name
+            if self._connection_lost():
+                raise self._lost(step)
+            raise RemoteCommandError(
+                self.name,
+                step,
+                "the remote shell ended without an exit status (killed by a signal?)",
+                hint="look at the host's logs (e.g. the kernel's OOM killer); check `invoke status` before retrying",
+            )
         return CommandResult(
             exit_status=status,
             stdout=b"".join(out).decode("utf-8", "replace"),
-            stderr=b"".join(err).decode("utf-8", "replace"),
+            stderr=b"".join(stderr.chunks).decode("utf-8", "replace"),
             duration=time.monotonic() - started,
         )
+
+    def _connection_lost(self, wait: float = 2.0) -> bool:
+        """True when the connection is (or within ``wait`` seconds turns out to be) dead."""
+        until = time.monotonic() + wait
+        while self._transport.is_active():
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _lost(self, step: str, detail: str = "") -> RemoteCommandError:
+        ep = self.endpoint
+        return RemoteCommandError(
+            self.name,
+            step,
+            f"the SSH connection to {ep.address} port {ep.port} was lost during this step"
+            + (f" ({detail})" if detail else ""),
+            hint="the step may or may not have completed on the host: check `invoke status` before retrying",
+        )
+
+    def _gave_up(self, step: str, timeout: float, pid: int | None, what: str) -> RemoteCommandError:
+        """Stop the remote script whose deadline passed, and say whether that worked."""
+        stopped = pid is not None and self._kill_group(pid)
+        if stopped:
+            detail = f"{what}; the remote script was stopped (its process group killed)"
+        else:
+            detail = (
+                f"{what}; the host could not be told to stop the script, it stops it itself "
+                f"{REMOTE_GRACE:g}s after the deadline"
+            )
+        return RemoteCommandError(
+            self.name,
+            step,
+            detail,
+            hint="the host may be hung or the network slow; check `invoke status` before retrying "
+            "(ssh.command_timeout sets the deadline)",
+        )
+
+    def _kill_group(self, pid: int) -> bool:
+        """Kill the remote script's process group (``pid`` leads it) over a fresh session on this connection."""
+        if not self._transport.is_active():
+            return False
+        command = (
+            f"kill -TERM -- -{pid} 2>/dev/null || exit 0; i=0; "
+            f"while kill -0 -- -{pid} 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; "
+            f"kill -KILL -- -{pid} 2>/dev/null; exit 0"
+        )
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
+            try:
+                channel.settimeout(self.endpoint.connect_timeout + 5)
+                channel.exec_command(command)
+                return channel.recv_exit_status() == 0
+            finally:
+                channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
 
     def is_alive(self) -> bool:
         return self._transport.is_active()
 
     def close(self) -> None:
         self._transport.close()
-        if self._gateway is not None:
-            self._gateway.close()
+        self._release_gateway()
+
+    def open_tunnel(self, target: Endpoint) -> paramiko.Channel:
+        """A ``direct-tcpip`` channel from this host to ``target``'s sshd (this host is its gateway)."""
+        try:
+            return self._transport.open_channel(
+                "direct-tcpip", (target.address, target.port), ("127.0.0.1", 0), timeout=target.connect_timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if isinstance(exc, paramiko.ChannelException):
+                detail = _OPEN_FAILURES.get(exc.code, exc.text)
+            elif str(exc) == "Unable to open channel." and self._transport.is_active():
+                # paramiko hands the refusal's reason to one of the threads opening channels at once
+                detail = "the gateway refused or could not connect"
+            else:
+                detail = describe_failure(exc)
+            raise ConnectError(
+                target.name,
+                f"{self.name} cannot reach {target.address} port {target.port}: {detail}",
+                hint="is the host up, and is it reachable from the gateway (and its sshd AllowTcpForwarding yes)?",
+            ) from None
 
     @property
     def paramiko_transport(self) -> paramiko.Transport:
@@ -647,12 +778,128 @@ def _cork(sock: object, on: bool) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
 
 
+# The remote side of every run/upload: the shell announces its pid (which leads its process group: sshd
+# starts each session with setsid) so a client whose deadline passed can kill the whole group, and runs the
+# script under coreutils `timeout`, which kills that group itself a little after the deadline should the
+# client be unable to (a cut link). Daemons the script starts with setsid (the node) are not in the group.
+PID_MARKER = b"@@pid "
+REMOTE_GRACE = 10.0
+
+
+def guarded_command(command: str, timeout: float) -> str:
+    """``command`` (a shell command line) wrapped as described above."""
+    limit = math.ceil(timeout + REMOTE_GRACE)
+    body = (
+        f'echo "{PID_MARKER.decode()}$$" >&2; '
+        f"if timeout -k 1 5 true 2>/dev/null; then exec timeout -k 5 {limit} {command}; fi; exec {command}"
+    )
+    return "sh -c " + shlex.quote(body)
+
+
+class _Stderr:
+    """A run's stderr as it arrives, with the wrapper's pid line taken out."""
+
+    def __init__(self, on_output: OutputCallback | None) -> None:
+        self.on_output = on_output
+        self.chunks: list[bytes] = []
+        self.pid: int | None = None
+        self._head: bytes | None = b""  # None once the first line was dealt with
+
+    def drain(self, channel: paramiko.Channel) -> None:
+        while channel.recv_stderr_ready():
+            self._feed(channel.recv_stderr(65536))
+
+    def _feed(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head += data
+            if b"\n" not in self._head and len(self._head) < 64:
+                return
+            line, newline, rest = self._head.partition(b"\n")
+            if newline and line.startswith(PID_MARKER) and line[len(PID_MARKER) :].isdigit():
+                self.pid = int(line[len(PID_MARKER) :])
+                data = rest
+            else:
+                data = self._head
+            self._head = None
+            if not data:
+                return
+        self.chunks.append(data)
+        if self.on_output is not None:
+            self.on_output("stderr", data.decode("utf-8", "replace"))
+
+    def finish(self) -> None:
+        if self._head:
+            head, self._head = self._head, None
+            self._feed(head)
+        self._head = None
+
+
 def _last_step(stderr_chunks: list[bytes]) -> str | None:
     text = b"".join(stderr_chunks).decode("utf-8", "replace")
     for line in reversed(text.splitlines()):
         if line.startswith("@@step "):
             return line[len("@@step ") :].strip()
     return None
+
+
+class Gateways:
+    """Connections to jump hosts, shared by every host behind them: one login per gateway however many
+    hosts it carries (32 parallel logins through one bastion trip its sshd's MaxStartups). A gateway is
+    closed when the last host using it closes, and reopened if it died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Endpoint, _Gateway] = {}
+        self.logins = 0
+        """How many gateway logins this registry made (tests count them)."""
+
+    def acquire(self, endpoint: Endpoint) -> SSHTransport:
+        """The open connection to ``endpoint`` (logging in once); pair every call with :meth:`release`."""
+        with self._lock:
+            entry = self._entries.setdefault(endpoint, _Gateway())
+            entry.refs += 1
+        try:
+            with entry.lock:
+                if entry.error is not None:
+                    raise entry.error  # the login every waiting host depends on failed: do not retry it 32 times
+                if entry.transport is None or not entry.transport.is_alive():
+                    if entry.transport is not None:
+                        entry.transport.close()
+                        entry.transport = None
+                    try:
+                        entry.transport = SSHTransport(endpoint, gateways=self)
+                    except ConnectError as exc:
+                        entry.error = exc
+                        raise
+                    self.logins += 1
+                return entry.transport
+        except BaseException:
+            self.release(endpoint)
+            raise
+
+    def release(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            entry = self._entries.get(endpoint)
+            if entry is None:
+                return
+            entry.refs -= 1
+            if entry.refs > 0:
+                return
+            del self._entries[endpoint]
+        if entry.transport is not None:
+            entry.transport.close()
+
+
+@dataclass
+class _Gateway:
+    refs: int = 0
+    transport: SSHTransport | None = None
+    error: ConnectError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+GATEWAYS = Gateways()
+"""The process's gateway connections (one run per process; tests may pass their own)."""
 
 
 @dataclass

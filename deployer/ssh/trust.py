@@ -29,13 +29,18 @@ from typing import Literal
 import paramiko
 
 from deployer.errors import ConnectError, DeployerError
+from deployer.ssh.known_hosts import KnownHosts
+from deployer.ssh.logs import log_channel
 from deployer.ssh.transport import (
+    GATEWAYS,
     Endpoint,
-    SSHTransport,
-    _preferred_key_types,
+    describe_failure,
     fingerprint,
     load_known_hosts,
     read_known_hosts,
+)
+from deployer.ssh.transport import (
+    check_host_key as openssh_verdict,
 )
 
 Status = Literal["new", "known", "changed", "revoked"]
@@ -74,20 +79,16 @@ class HostKeyCheck:
 # --- fetching ---------------------------------------------------------------------------------------------
 
 
-def _socket(endpoint: Endpoint) -> tuple[socket.socket | paramiko.Channel, SSHTransport | None]:
-    """A byte stream to the host's sshd: direct, or through the (already trusted) gateway."""
+def _socket(endpoint: Endpoint) -> tuple[socket.socket | paramiko.Channel, Endpoint | None]:
+    """A byte stream to the host's sshd: direct, or through the (already trusted) gateway, whose shared
+    connection is released by the caller (the second value)."""
     if endpoint.gateway is not None:
-        gateway = SSHTransport(endpoint.gateway)  # checks the gateway's key strictly and logs in
+        gateway = GATEWAYS.acquire(endpoint.gateway)  # checks the gateway's key strictly and logs in
         try:
-            channel = gateway.paramiko_transport.open_channel(
-                "direct-tcpip", (endpoint.address, endpoint.port), ("127.0.0.1", 0), timeout=endpoint.connect_timeout
-            )
-        except (paramiko.SSHException, OSError) as exc:
-            gateway.close()
-            raise ConnectError(
-                endpoint.name, f"gateway {endpoint.gateway.name} cannot reach {endpoint.address}:{endpoint.port}: {exc}"
-            ) from None
-        return channel, gateway
+            return gateway.open_tunnel(endpoint), endpoint.gateway
+        except BaseException:
+            GATEWAYS.release(endpoint.gateway)
+            raise
     try:
         return socket.create_connection((endpoint.address, endpoint.port), timeout=endpoint.connect_timeout), None
     except OSError as exc:
@@ -97,53 +98,39 @@ def _socket(endpoint: Endpoint) -> tuple[socket.socket | paramiko.Channel, SSHTr
         ) from None
 
 
-def _handshake(endpoint: Endpoint, recorded: dict[str, paramiko.PKey] | None) -> paramiko.PKey:
+def _handshake(endpoint: Endpoint, known: KnownHosts | None) -> paramiko.PKey:
     sock, gateway = _socket(endpoint)
     transport = paramiko.Transport(sock)
+    transport.set_log_channel(log_channel(endpoint.name))
     try:
         transport.banner_timeout = endpoint.connect_timeout
         transport.handshake_timeout = endpoint.connect_timeout
-        if recorded:
+        if known is not None:
             options = transport.get_security_options()
-            options.key_types = _preferred_key_types(recorded, tuple(options.key_types))
+            options.key_types = known.preferred_algorithms(endpoint.known_hosts_name, tuple(options.key_types))
         transport.start_client(timeout=endpoint.connect_timeout)
         return transport.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ConnectError(
-            endpoint.name, f"SSH key exchange with {endpoint.address}:{endpoint.port} failed: {exc}"
+            endpoint.name,
+            f"SSH key exchange with {endpoint.address} port {endpoint.port} failed: {describe_failure(exc)}",
         ) from None
     finally:
         transport.close()
         if gateway is not None:
-            gateway.close()
+            GATEWAYS.release(gateway)
 
 
-def fetch_host_key(endpoint: Endpoint, known: paramiko.HostKeys | None = None) -> paramiko.PKey:
+def fetch_host_key(endpoint: Endpoint, known: KnownHosts | None = None) -> paramiko.PKey:
     """The key the host offers, from a key exchange only: no authentication, nothing trusted or stored.
 
-    When ``known`` has keys for the host, the same key types are negotiated as a deploy would (so a host
-    with several keys is compared like for like); if the host no longer offers any of them, whatever it
-    offers now is returned, and will be reported as changed.
+    When ``known`` has keys for the host, the key types are ordered as a deploy (and OpenSSH) orders them,
+    so a host with several keys is compared like for like.
     """
-    recorded = known.lookup(endpoint.known_hosts_name) if known is not None else None
-    if recorded:
-        try:
-            return _handshake(endpoint, dict(recorded))
-        except ConnectError:
-            pass  # perhaps no common key type any more: ask again for whatever it offers now
-    return _handshake(endpoint, None)
+    return _handshake(endpoint, known)
 
 
 # --- comparing ----------------------------------------------------------------------------------------------
-
-
-def _matches(recorded: paramiko.PKey, offered: paramiko.PKey) -> bool:
-    return recorded.asbytes() == offered.asbytes()
-
-
-def _same_type(recorded_type: str, offered_type: str) -> bool:
-    rsa = {"ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"}
-    return recorded_type == offered_type or (recorded_type in rsa and offered_type in rsa)
 
 
 def _other_files(endpoint: Endpoint, project_file: Path) -> list[str]:
@@ -154,29 +141,28 @@ def _other_files(endpoint: Endpoint, project_file: Path) -> list[str]:
 
 
 def check_host_key(host: str, endpoint: Endpoint, offered: paramiko.PKey, project_file: Path) -> HostKeyCheck:
-    """Classify ``offered`` against every known_hosts file a deploy would read (user's and project's).
+    """Classify ``offered`` against every known_hosts file a deploy would read (user's and project's),
+    exactly as a deploy (and OpenSSH) decides.
 
     ``known`` when a deploy would accept it, ``new`` when nothing is recorded for the host, ``changed``
-    when something is and it differs — the case a deploy refuses as HOST KEY CHANGED.
+    when something is and none of it is this key — the case a deploy refuses as HOST KEY CHANGED —
+    and ``revoked`` when an ``@revoked`` line for the host holds it.
     """
-    name = endpoint.known_hosts_name
-    everything = load_known_hosts(endpoint)
-    if any(_matches(k, offered) for k in everything.revoked):
+    verdict = openssh_verdict(endpoint, offered, load_known_hosts(endpoint))
+    if verdict.verdict == "revoked":
         return HostKeyCheck(host, endpoint, offered, "revoked", in_project=False)
-    recorded = everything.lookup(name)
-    if not recorded:
-        return HostKeyCheck(host, endpoint, offered, "new")
-    same_type = [k for t, k in recorded.items() if _same_type(t, offered.get_name())]
-    if same_type and all(_matches(k, offered) for k in same_type):
+    if verdict.verdict == "ok":
         return HostKeyCheck(host, endpoint, offered, "known")
+    if verdict.verdict == "unknown":
+        return HostKeyCheck(host, endpoint, offered, "new")
     others = read_known_hosts(_other_files(endpoint, project_file))
-    stale_elsewhere = any(not _matches(k, offered) for k in (others.lookup(name) or {}).values())
+    stale_elsewhere = any(k.blob != offered.asbytes() for k in others.plain_keys(endpoint.known_hosts_name))
     return HostKeyCheck(
         host,
         endpoint,
         offered,
         "changed",
-        recorded=tuple(f"{t} {fingerprint(k)}" for t, k in recorded.items()),
+        recorded=tuple(f"{k.key_type} {k.fingerprint}" for k in verdict.recorded),
         in_project=not stale_elsewhere,
     )
 
@@ -281,7 +267,7 @@ def trust(
     confirm: Confirm,
     replace: bool = False,
     hashed: bool = False,
-    fetch: Callable[[Endpoint, paramiko.HostKeys | None], paramiko.PKey] | None = None,
+    fetch: Callable[[Endpoint, KnownHosts | None], paramiko.PKey] | None = None,
     report: Callable[[HostKeyCheck], None] | None = None,
 ) -> TrustResult:
     """Fetch and classify every target's key, then write the new (and, with ``replace``, changed) ones

@@ -315,7 +315,8 @@ def test_bad_environment_names(tmp_path: Path, env: str) -> None:
         "bastion:99999",
         "bastion:0",
         "user name@b",
-        "[::1]:22",
+        "::1",  # IPv6 goes in brackets
+        "[::1]:0",
         "",
     ],
 )
@@ -325,7 +326,9 @@ def test_bad_gateways(tmp_path: Path, value: str) -> None:
     assert "ssh.gateway: " in load_error(tmp_path, data)
 
 
-@pytest.mark.parametrize("value", ["bastion", "ops@bastion.example.com", "bastion:2222", "ops@10.0.0.9:22"])
+@pytest.mark.parametrize(
+    "value", ["bastion", "ops@bastion.example.com", "bastion:2222", "ops@10.0.0.9:22", "[::1]:22", "ops@[fd00::1]"]
+)
 def test_good_gateways(tmp_path: Path, value: str) -> None:
     data = copy.deepcopy(BASE)
     data["ssh"] = {"gateway": value}

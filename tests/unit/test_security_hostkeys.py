@@ -20,6 +20,7 @@ import paramiko
 import pytest
 
 from deployer.errors import ConnectError, DeployerError, HostKeyError
+from deployer.ssh.known_hosts import KnownHosts
 from deployer.ssh.transport import Endpoint, SSHTransport, fingerprint, load_known_hosts, verify_host_key
 from deployer.ssh.trust import (
     HostKeyCheck,
@@ -158,7 +159,7 @@ def test_user_and_project_files_are_both_read(
 def test_unreadable_known_hosts_is_an_error(tmp_path: Path) -> None:
     bad = tmp_path / "known_hosts"
     bad.mkdir()  # a directory: os.path.isfile is false, so it is skipped, not trusted
-    assert load_known_hosts(ep(known=bad)).lookup("10.0.0.1") is None
+    assert load_known_hosts(ep(known=bad)).matching("10.0.0.1") == []
 
 
 # --- agent forwarding -------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def targets(known: Path, *ports: int) -> list[tuple[str, Endpoint]]:
 
 
 def fake_fetch(offers: dict[str, paramiko.PKey]) -> Any:
-    def fetch(endpoint: Endpoint, known: paramiko.HostKeys | None) -> paramiko.PKey:
+    def fetch(endpoint: Endpoint, known: KnownHosts | None) -> paramiko.PKey:
         return offers[endpoint.name]
 
     return fetch
@@ -399,7 +400,7 @@ def test_changed_key_recorded_in_the_users_file_is_not_replaceable(
 def test_unreachable_host_is_reported_not_trusted(tmp_path: Path, keys: dict[str, paramiko.PKey]) -> None:
     known = tmp_path / "known_hosts"
 
-    def fetch(endpoint: Endpoint, known_keys: paramiko.HostKeys | None) -> paramiko.PKey:
+    def fetch(endpoint: Endpoint, known_keys: KnownHosts | None) -> paramiko.PKey:
         if endpoint.name == "web2":
             raise ConnectError("web2", "cannot connect to 10.0.0.2:22: refused")
         return keys["web1"]
@@ -507,7 +508,7 @@ def test_marker_lines_do_not_break_loading_and_revoked_keys_are_refused(
     # A user file as OpenSSH allows it: CA lines, revocations, a line nobody can parse.
     (no_user_known_hosts / ".ssh" / "known_hosts").write_text(
         f"@cert-authority *.example.com {other.get_name()} {other.get_base64()}\n"
-        f"@revoked\t* {k2.get_name()} {k2.get_base64()}\n"
+        f"@revoked * {k2.get_name()} {k2.get_base64()}\n"
         "garbage-without-a-key\n"
         "10.0.0.9 ssh-ed25519 not!base64\n"
         f"10.0.0.1 {k1.get_name()} {k1.get_base64()}\n"
@@ -519,7 +520,7 @@ def test_marker_lines_do_not_break_loading_and_revoked_keys_are_refused(
     second = ep("10.0.0.2", known=project)
     with pytest.raises(HostKeyError, match="is REVOKED in known_hosts"):
         verify_host_key(second, k2, load_known_hosts(second))
-    # A CA line vouches for nothing: CA-signed host keys are not supported.
+    # A CA line vouches only for host certificates, never for a plain key.
     ca = ep("web.example.com", known=project)
     with pytest.raises(HostKeyError, match="is not known"):
         verify_host_key(ca, other, load_known_hosts(ca))
