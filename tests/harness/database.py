@@ -485,6 +485,17 @@ class Database:
         self._require_created()
         _run(["ip", "-n", self.netns, "link", "set", _INNER_IF, "up"])
 
+    def create_database(self, name: str) -> str:
+        """A new, empty database ``name`` owned by the login role; returns its URL.
+
+        One server can hold a database per test, so tests sharing it count rows independently.
+        """
+        self._require_created()
+        if not _IDENT_RE.fullmatch(name):
+            raise ValueError(f"name must be a plain lower-case SQL identifier, got {name!r}")
+        self.query(f"CREATE DATABASE {name} OWNER {self.user}", database="postgres")
+        return self.url_with(name=name)
+
     def set_password(self, password: str | None = None) -> str:
         """Give the login role a new password (a rotation); return it.  :attr:`url` follows."""
         self._require_created()
