@@ -127,12 +127,12 @@ class PgApp:
         return {h.name: self.app.current(h.name) for h in self.app.fleet.hosts}
 
 
-@pytest.fixture
-def pg(session_fleet: Fleet, database: Database, tmp_path: Path) -> Iterator[PgApp]:
+def new_pg(fleet: Fleet, database: Database, directory: Path, *, health_deadline: float = 40) -> PgApp:
+    """A fresh deployment of hello_pg on ``fleet`` with a database of its own on ``database``."""
     name = f"pg{next(_names)}"
-    dbname = f"{name}_{session_fleet.runid}"
+    dbname = f"{name}_{fleet.runid}"
     url = database.create_database(dbname)
-    app = make_app(session_fleet, tmp_path, name, keep_releases=3)
+    app = make_app(fleet, directory, name, keep_releases=3)
     app.data["app"] = {"name": "hello_pg", "flavour": "mix"}
     app.data["build"] = {
         "path": str(Path(__file__).resolve().parents[2] / "examples" / "hello_pg"),
@@ -140,20 +140,29 @@ def pg(session_fleet: Fleet, database: Database, tmp_path: Path) -> Iterator[PgA
         "tarball": "_build/*/prod/hello_pg-*.tar.gz",
     }
     app.data["env"] = {
+        # HELLO_DATA_DIR only for support.remove_app's clean-up; hello_pg keeps nothing on disk.
         "clear": {"PORT": str(app.port), "HELLO_DATA_DIR": app.data["env"]["clear"]["HELLO_DATA_DIR"]},
         "secret": ["DATABASE_URL"],
     }
     app.data["migrate"] = {"eval": "HelloPg.Release.migrate()"}
-    app.data["health"] = {"http": f"http://127.0.0.1:{app.port}/health", "deadline": 40}
-    app.data["ssh"].update({"connect_timeout": 10})
+    app.data["health"] = {"http": f"http://127.0.0.1:{app.port}/health", "deadline": health_deadline}
     app.rewrite()
-    deployment = PgApp(app=app, db=database, dbname=dbname, url=url)
+    return PgApp(app=app, db=database, dbname=dbname, url=url)
+
+
+def dispose(pg: PgApp) -> None:
+    if not pg.db.running:
+        pg.db.start()
+    remove_app(pg.app)
+
+
+@pytest.fixture
+def pg(session_fleet: Fleet, database: Database, tmp_path: Path) -> Iterator[PgApp]:
+    deployment = new_pg(session_fleet, database, tmp_path)
     try:
         yield deployment
     finally:
-        if not database.running:
-            database.start()
-        remove_app(app)
+        dispose(deployment)
 
 
 def released(pg: PgApp, report: Report) -> str:
@@ -319,3 +328,180 @@ def test_concurrent_migrate_runs_each_migration_once(pg: PgApp, builds: dict[str
     # Exactly one run applied all three; the others waited on the lock and found nothing pending.
     applied = sorted(r.stdout.strip().splitlines()[-1] for r in results)
     assert applied == ["[]", "[]", f"[{M1}, {M2}, {M3}]"], applied
+
+
+# --- failures: nothing switches, the report names the real cause -------------------------------------------
+
+
+@dataclass
+class Failure:
+    """What one failed deploy of 0.2.0 over a fleet serving 0.1.0 left behind, observed from outside."""
+
+    pg: PgApp
+    v1: str
+    report: Report
+    before: dict[str, list[tuple[str, str, str]]]
+    """history per host before the failed deploy"""
+    currents: dict[str, str]
+    migrations: list[int]
+    effects: dict[int, int]
+    columns: list[str]
+    history: dict[str, list[tuple[str, str, str]]]
+    status: dict[str, Any]
+    health: dict[str, tuple[int, dict[str, Any]]]
+
+    def new_records(self) -> dict[str, list[tuple[str, str, str]]]:
+        return {h: rows[len(self.before[h]) :] for h, rows in self.history.items()}
+
+
+def fail_deploy(pg: PgApp, v1_tarball: Path, attempt: Any) -> Failure:
+    """Deploy 0.1.0, then run ``attempt(pg) -> Report`` (a deploy of 0.2.0 that must fail) and observe."""
+    v1 = released(pg, pg.deploy(v1_tarball))
+    before = history_of(pg)
+    report = attempt(pg)
+    if not pg.db.running:
+        pg.db.start()
+    return Failure(
+        pg=pg,
+        v1=v1,
+        report=report,
+        before=before,
+        currents=pg.currents(),
+        migrations=pg.migrations(),
+        effects=pg.effects(),
+        columns=pg.columns("items"),
+        history=history_of(pg),
+        status=status_of(pg),
+        health={h.name: pg.health(h.name) for h in pg.app.fleet.hosts},
+    )
+
+
+def assert_nothing_switched(failure: Failure) -> None:
+    """No host switched: reports, symlinks, nodes, history and status all say 0.1.0 on v1."""
+    report = failure.report
+    assert not report.ok
+    assert "no host switched" in (report.error or ""), explain(report)
+    assert all(h.after == h.before == failure.v1 for h in report.hosts), explain(report)
+    assert failure.currents == {h: f"releases/{failure.v1}" for h in failure.currents}
+    for host, (code, health) in failure.health.items():
+        assert code == 200 and health["version"] == "0.1.0", (host, health)
+    assert failure.status["mixed"] is False
+    assert {h["current"] for h in failure.status["hosts"]} == {failure.v1}, failure.status
+    assert {h["version"] for h in failure.status["hosts"]} == {"0.1.0"}, failure.status
+    assert failure.status["healthy"] is True, failure.status
+    # No record claims the failed release ran, anywhere.
+    for host, records in failure.history.items():
+        assert not [r for r in records if r[0] == report.release and r[2] == "success"], (host, records)
+    # The schema is what 0.1.0 left: migration 3 neither recorded nor half-applied.
+    assert failure.migrations == [M1, M2]
+    assert failure.effects == {M1: 1, M2: 1}
+    assert "note" not in failure.columns
+
+
+@pytest.fixture(scope="module")
+def database_down(
+    session_fleet: Fleet, database: Database, builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Failure, Report]]:
+    """The database is stopped before the deploy of 0.2.0 (so before its migration); then it comes back
+    and the same deploy is run again."""
+    pg = new_pg(session_fleet, database, tmp_path_factory.mktemp("down"))
+
+    def attempt(pg: PgApp) -> Report:
+        pg.db.stop()
+        try:
+            return pg.deploy(builds["v2"])
+        finally:
+            pg.db.start()
+
+    try:
+        failure = fail_deploy(pg, builds["v1"], attempt)
+        again = pg.deploy(builds["v2"])
+        yield failure, again
+    finally:
+        dispose(pg)
+
+
+def test_database_down_before_migration_switches_nothing(database_down: tuple[Failure, Report]) -> None:
+    failure, _ = database_down
+    assert_nothing_switched(failure)
+    assert "migration failed on h1" in (failure.report.error or "")
+    by_host = {h.host: h for h in failure.report.hosts}
+    assert by_host["h1"].step == "migrate"
+
+
+@XFAIL_STDOUT
+def test_database_down_report_names_connection_refused(database_down: tuple[Failure, Report]) -> None:
+    failure, _ = database_down
+    text = failure.report.error or ""
+    assert "econnrefused" in text or "connection refused" in text, explain(failure.report)
+    assert failure.pg.db.address in text  # which database: the address the node could not reach
+
+
+def test_database_back_next_deploy_converges(database_down: tuple[Failure, Report]) -> None:
+    failure, again = database_down
+    pg = failure.pg
+    v2 = released(pg, again)
+    assert pg.currents() == {h: f"releases/{v2}" for h in pg.currents()}
+    assert pg.migrations() == [M1, M2, M3]
+    assert pg.effects() == {M1: 1, M2: 1, M3: 1}
+    for host in pg.currents():
+        code, health = pg.health(host)
+        assert code == 200 and health["version"] == "0.2.0", health
+
+
+@pytest.fixture(scope="module")
+def bad_password(
+    session_fleet: Fleet, database: Database, builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Failure, str]]:
+    """0.2.0 is deployed with a DATABASE_URL whose password is wrong."""
+    pg = new_pg(session_fleet, database, tmp_path_factory.mktemp("badpw"))
+    wrong = "Wr0ng-" + database.password[::-1]
+    try:
+        yield (
+            fail_deploy(
+                pg, builds["v1"], lambda pg: pg.deploy(builds["v2"], url=pg.db.url_with(password=wrong, name=pg.dbname))
+            ),
+            wrong,
+        )
+    finally:
+        dispose(pg)
+
+
+def test_bad_password_switches_nothing_and_shows_no_password(bad_password: tuple[Failure, str]) -> None:
+    failure, wrong = bad_password
+    assert_nothing_switched(failure)
+    text = all_text(failure.report)
+    assert wrong not in text and failure.pg.db.password not in text, "a database password is in the report"
+
+
+@XFAIL_STDOUT
+def test_bad_password_report_names_the_authentication_failure(bad_password: tuple[Failure, str]) -> None:
+    failure, wrong = bad_password
+    text = failure.report.error or ""
+    assert "28P01" in text or "invalid_password" in text, explain(failure.report)
+    assert 'password authentication failed for user "app"' in text
+    assert wrong not in text
+
+
+@pytest.fixture(scope="module")
+def raising_migration(
+    session_fleet: Fleet, database: Database, builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Failure]:
+    """0.2.0's migration 3 does its work (a column, an effect row) and then raises."""
+    pg = new_pg(session_fleet, database, tmp_path_factory.mktemp("raise"))
+    try:
+        yield fail_deploy(pg, builds["v1"], lambda pg: pg.deploy(builds["bad"]))
+    finally:
+        dispose(pg)
+
+
+def test_raising_migration_is_rolled_back_and_nothing_switches(raising_migration: Failure) -> None:
+    assert_nothing_switched(raising_migration)
+    # The transaction was rolled back: a later good release still finds migration 3 pending.
+    pg = raising_migration.pg
+    assert pg.sql(f"SELECT count(*) FROM migration_effects WHERE version = {M3}") == [("0",)]
+
+
+def test_raising_migration_report_shows_the_cause(raising_migration: Failure) -> None:
+    text = raising_migration.report.error or ""
+    assert "migration 20240101000003 add_items_note raised on purpose" in text, explain(raising_migration.report)
