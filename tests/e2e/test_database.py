@@ -151,6 +151,8 @@ def new_pg(fleet: Fleet, database: Database, directory: Path, *, health_deadline
 
 
 def dispose(pg: PgApp) -> None:
+    """Remove the deployment; leave the shared server as the next test expects it: up and reachable."""
+    pg.db.restore_link()
     if not pg.db.running:
         pg.db.start()
     remove_app(pg.app)
@@ -220,6 +222,14 @@ def test_database_host_is_reachable_from_every_host_with_scram_only(pg: PgApp, s
         db.start()
     again = session_fleet.exec("h3", f"psql -X -At '{pg.url}' -c 'SELECT 1'", check=False)
     assert again.returncode == 0 and again.stdout.strip() == "1", again.stderr
+    db.cut_link()
+    try:
+        cut = session_fleet.exec("h1", f"PGCONNECT_TIMEOUT=2 psql -X -At '{pg.url}' -c 'SELECT 1'", check=False)
+        assert cut.returncode != 0 and "timeout expired" in cut.stderr, cut.stderr
+    finally:
+        db.restore_link()
+    back = session_fleet.exec("h1", f"psql -X -At '{pg.url}' -c 'SELECT 1'", check=False)
+    assert back.returncode == 0 and back.stdout.strip() == "1", back.stderr
 
 
 # --- the deploy cycle on a real database ----------------------------------------------------------------------
@@ -450,6 +460,37 @@ def test_database_back_next_deploy_converges(database_down: tuple[Failure, Repor
 
 
 @pytest.fixture(scope="module")
+def database_unreachable(
+    session_fleet: Fleet, database: Database, builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Failure]:
+    """The database host's link is cut before the deploy of 0.2.0: connections time out, nothing refuses them."""
+    pg = new_pg(session_fleet, database, tmp_path_factory.mktemp("cut"))
+
+    def attempt(pg: PgApp) -> Report:
+        pg.db.cut_link()
+        try:
+            return pg.deploy(builds["v2"])
+        finally:
+            pg.db.restore_link()
+
+    try:
+        yield fail_deploy(pg, builds["v1"], attempt)
+    finally:
+        dispose(pg)
+
+
+def test_database_unreachable_before_migration_switches_nothing(database_unreachable: Failure) -> None:
+    assert_nothing_switched(database_unreachable)
+    assert "migration failed on h1" in (database_unreachable.report.error or "")
+
+
+@XFAIL_STDOUT
+def test_database_unreachable_report_names_the_timeout(database_unreachable: Failure) -> None:
+    text = database_unreachable.report.error or ""
+    assert "timeout" in text and database_unreachable.pg.db.address in text, explain(database_unreachable.report)
+
+
+@pytest.fixture(scope="module")
 def bad_password(
     session_fleet: Fleet, database: Database, builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Failure, str]]:
@@ -566,6 +607,14 @@ def test_database_down_during_activation_fails_and_records_no_success(outage: Ou
     for host, (code, health) in outage.health.items():
         assert code == 503 and "econnrefused" in health["database"], (host, health)
     assert outage.status["healthy"] is False
+    # The nodes logged database errors for every failed health check: never the password.
+    pg = outage.pg
+    for host in outage.currents:
+        found = pg.app.sh(
+            host,
+            f"grep -rlF -e {pg.db.password} {pg.app.deploy_to}/releases {pg.app.deploy_to}/shared/tmp || true",
+        ).strip()
+        assert found == "", f"{host}: the database password is in {found}"
     # The rollout stopped at the first batch: h2 and h3 were never switched.
     for host in ("h2", "h3"):
         assert outage.currents[host] == f"releases/{outage.v1}"

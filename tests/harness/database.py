@@ -481,9 +481,23 @@ class Database:
         _run(["ip", "-n", self.netns, "link", "set", _INNER_IF, "down"])
 
     def restore_link(self) -> None:
-        """Undo :meth:`cut_link`."""
+        """Undo :meth:`cut_link`; returns once the link is up and routed again (bounded)."""
         self._require_created()
         _run(["ip", "-n", self.netns, "link", "set", _INNER_IF, "up"])
+        # Taking the link down dropped the route back to the fleet's hosts: put it back.
+        _run(["ip", "-n", self.netns, "route", "replace", self.network, "via", self.gateway])
+        deadline = time.monotonic() + 5
+        oper = Path(f"/sys/class/net/{self.veth}/operstate")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if oper.read_text().strip() == "up":
+                    break
+            time.sleep(0.01)
+        else:
+            raise DatabaseError(f"{self.netns}: link did not come back up")
+        # Both ends remember the failed address resolution of the cut ("No route to host"): forget it.
+        _run(["ip", "neigh", "flush", "dev", self.veth], check=False)
+        _run(["ip", "-n", self.netns, "neigh", "flush", "dev", _INNER_IF], check=False)
 
     def create_database(self, name: str) -> str:
         """A new, empty database ``name`` owned by the login role; returns its URL.
