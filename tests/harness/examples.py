@@ -29,10 +29,13 @@ from typing import Final
 
 __all__ = [
     "HELLO_ERL_PROJECT_DIR",
+    "HELLO_PG_PROJECT_DIR",
+    "HELLO_PG_VARIANTS",
     "HELLO_PROJECT_DIR",
     "HELLO_VARIANTS",
     "build_hello",
     "build_hello_erl",
+    "build_hello_pg",
     "hello_source_fingerprint",
 ]
 
@@ -385,6 +388,163 @@ def build_hello_erl(version: str = "0.1.0", migrations: int = 2, *, cache_dir: P
         if cached():
             return target
         built = _run_rebar3_tar(version, migrations)
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(built, tmp)
+            os.chmod(tmp, 0o644)
+            stamp.unlink(missing_ok=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
+        stamp_tmp.write_text(fingerprint + "\n")
+        os.replace(stamp_tmp, stamp)
+    return target
+
+
+# --- the PostgreSQL-backed example (Mix, Debian's erlang-p1-pgsql) ------------------------------------------
+
+HELLO_PG_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello_pg"
+"""The Mix project of the PostgreSQL-backed example application."""
+
+HELLO_PG_VARIANTS: Final[tuple[str, ...]] = ("", "bad_migration")
+"""Build variants of hello_pg: normal, or the newest migration raises inside its transaction."""
+
+HELLO_PG_MAX_MIGRATIONS: Final[int] = 3
+"""How many migrations examples/hello_pg defines (a build knows the first N)."""
+
+# The driver's application, copied by `mix release` from the system OTP lib dir.
+_PG_DRIVER_APP: Final[str] = "p1_pgsql"
+
+
+def hello_pg_source_fingerprint() -> str:
+    """A short SHA-256 over hello_pg's sources (part of its cache key)."""
+    digest = hashlib.sha256()
+    files: set[Path] = set()
+    for pattern in _SOURCE_GLOBS:
+        files.update(p for p in HELLO_PG_PROJECT_DIR.glob(pattern) if p.is_file())
+    for path in sorted(files):
+        digest.update(path.relative_to(HELLO_PG_PROJECT_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _run_hello_pg_release(version: str, variant: str, migrations: int) -> Path:
+    mix = shutil.which("mix")
+    if mix is None:
+        raise RuntimeError("cannot build examples/hello_pg: `mix` (Elixir) is not on PATH")
+    build_dir = HELLO_PG_PROJECT_DIR / "_build" / f"{version}-{_variant_tag(variant)}-{migrations}"
+    built = build_dir / "prod" / f"hello_pg-{version}.tar.gz"
+    built.unlink(missing_ok=True)
+    mix_home = HELLO_PG_PROJECT_DIR / "_build" / "mix-home"
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV and not k.startswith("HELLO_")}
+    env.update(
+        {
+            "MIX_ENV": "prod",
+            "MIX_HOME": str(mix_home),
+            "HEX_OFFLINE": "1",
+            "HEX_HOME": str(mix_home / "hex"),
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "HELLO_PG_VERSION": version,
+            "HELLO_PG_VARIANT": variant,
+            "HELLO_PG_MIGRATIONS": str(migrations),
+        }
+    )
+    cmd = [mix, "release", "--overwrite"]
+    what = f"hello_pg {version} variant={variant!r} migrations={migrations}"
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=HELLO_PG_PROJECT_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        raise RuntimeError(f"building {what} timed out; output tail:\n{_tail(out)}") from exc
+    if proc.returncode != 0 or not built.is_file():
+        reason = f"exit status {proc.returncode}" if proc.returncode else f"no tarball at {built}"
+        hint = ""
+        if _PG_DRIVER_APP in proc.stdout:
+            hint = " (is erlang-p1-pgsql installed? run scripts/install-test-deps.sh)"
+        raise RuntimeError(
+            f"building {what} failed ({reason}){hint}: MIX_ENV=prod {' '.join(cmd)} in {HELLO_PG_PROJECT_DIR}; "
+            f"output tail:\n{_tail(proc.stdout)}"
+        )
+    with tarfile.open(built, "r:gz") as tar:
+        names = tar.getnames()
+    required = ["bin/hello_pg", f"releases/{version}/start.boot", "releases/start_erl.data"]
+    for name in required:
+        if name not in names:
+            raise RuntimeError(f"{built} is not a hello_pg {version} release: {name} missing")
+    # The driver must travel inside the release: the hosts need no Erlang packages of their own.
+    if not any(re.fullmatch(rf"lib/{_PG_DRIVER_APP}-[^/]+/ebin/{_PG_DRIVER_APP}\.app", n) for n in names):
+        raise RuntimeError(f"{built}: the {_PG_DRIVER_APP} driver was not copied into the release")
+    return built
+
+
+def build_hello_pg(
+    version: str = "0.1.0", variant: str = "", migrations: int = 2, *, cache_dir: Path | None = None
+) -> Path:
+    """Build (or fetch from the cache) the PostgreSQL-backed example release (``examples/hello_pg``).
+
+    Args:
+        version: Release version (``HELLO_PG_VERSION``), a semantic version.
+        variant: ``""`` (normal) or ``"bad_migration"`` (the newest migration raises inside its
+            transaction).
+        migrations: How many of the example's migrations the build knows (``HELLO_PG_MIGRATIONS``,
+            at most :data:`HELLO_PG_MAX_MIGRATIONS`).
+        cache_dir: Where tarballs are cached; default ``<repo>/.cache/examples``.
+
+    Returns:
+        Absolute path of ``hello_pg-<version>-<variant or 'normal'>-<migrations>.tar.gz`` in
+        ``cache_dir`` (read-only, shared). It contains Debian's ``p1_pgsql`` driver.
+
+    Raises:
+        ValueError: For an invalid version, variant or migration count.
+        RuntimeError: If ``mix`` or the driver is missing or the build fails (with its output's tail).
+
+    Cached and serialised like :func:`build_hello`.
+    """
+    if not _VERSION_RE.fullmatch(version):
+        raise ValueError(f"version must be a semantic version like 1.2.3, got {version!r}")
+    if variant not in HELLO_PG_VARIANTS:
+        raise ValueError(f"variant must be one of {HELLO_PG_VARIANTS!r}, got {variant!r}")
+    if (
+        isinstance(migrations, bool)
+        or not isinstance(migrations, int)
+        or not 0 <= migrations <= HELLO_PG_MAX_MIGRATIONS
+    ):
+        raise ValueError(f"migrations must be an int in 0..{HELLO_PG_MAX_MIGRATIONS}, got {migrations!r}")
+    cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
+    target = cache / f"hello_pg-{version}-{_variant_tag(variant)}-{migrations}.tar.gz"
+    stamp = target.with_name(target.name + ".src")
+    fingerprint = hello_pg_source_fingerprint()
+
+    def cached() -> bool:
+        try:
+            return target.is_file() and stamp.read_text().strip() == fingerprint
+        except FileNotFoundError:
+            return False
+
+    if cached():
+        return target
+    with _exclusive_lock(HELLO_PG_PROJECT_DIR / "_build" / ".deployer-build.lock"):
+        if cached():
+            return target
+        built = _run_hello_pg_release(version, variant, migrations)
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
