@@ -128,6 +128,8 @@ class BuildHostConfig(_Model):
 
 # A Docker image reference or build stage name; they reach docker's argv (never a shell).
 DOCKER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+# A container engine: `auto`, a command name or an absolute path (argv[0], never a shell).
+ENGINE_RE = re.compile(r"^(auto|[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}|/[A-Za-z0-9._/+-]{1,254})$")
 
 
 def _relative_dir(value: str) -> str:
@@ -143,7 +145,8 @@ class BuildConfig(_Model):
     strategy: Literal["local", "host", "docker"] = Field(
         "local",
         description="`local`: run `command` here; `host`: send the source to `host` over SSH, build there, "
-        "fetch the tarball; `docker`: `docker build` with `dockerfile`, exporting the release stage.",
+        "fetch the tarball; `docker`: `docker build` (or `podman build`, see `engine`) with `dockerfile`, "
+        "exporting the release stage.",
     )
     path: str = Field(".", description="Project directory, relative to the current directory.")
     command: str | None = Field(
@@ -173,6 +176,18 @@ class BuildConfig(_Model):
         "removed afterwards.",
     )
     dockerfile: str = Field("Dockerfile", description="strategy `docker`: the Dockerfile, relative to `path`.")
+    engine: Annotated[str, _check_pattern(ENGINE_RE, "container engine command")] = Field(
+        "auto",
+        description="strategy `docker`: the container engine's command (`docker`, `podman`, or a path; run "
+        "directly, never through a shell). `auto`: `docker` when `docker info` answers, else `podman` when "
+        "`podman info` does. Name `podman` where a daemon-less `docker` CLI shadows it on the PATH.",
+    )
+    network: Literal["host", "default", "none"] = Field(
+        "host",
+        description="strategy `docker`: `--network` of the build's RUN steps; `host` lets `apt-get` in the "
+        "build reach the package mirror (podman's own build network cannot on every machine); "
+        "`default`: the engine's default (no `--network` argument).",
+    )
     image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference")] | None = Field(
         None, description="strategy `docker`: passed as `--build-arg BUILDER_IMAGE=<image>` for the build stage."
     )
