@@ -22,10 +22,11 @@ from deployer.build.dockerfile import project_files, render_dockerfile
 from deployer.core.artifact import inspect_tarball, version_from_filename
 from deployer.core.compat import read_sidecar
 from deployer.operations import release as api
-from tests.harness.examples import HELLO_PROJECT_DIR
+from tests.harness.examples import HELLO_ERL_PROJECT_DIR, HELLO_PROJECT_DIR
 from tests.harness.fleet import Fleet
 from tests.harness.podman import PodmanUnavailable, ensure_podman
 
+from .build_support import make_erl_app
 from .support import App, explain, make_app, remove_app
 
 # Everything before this step builds the toolchain and the dependencies; a source change must not redo it.
@@ -115,3 +116,39 @@ def test_podman_build_deploys_and_a_source_change_reuses_the_dependency_layers(p
     assert rebuilt == [False, False], shown
     assert f"{len(dependency_layers)} of {len(steps)} build steps reused cached layers" in lines, shown
     _deploy(podman_app, tarball, "0.8.1")
+
+
+@pytest.fixture
+def podman_erl_app(podman_image: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
+    fleet: Fleet = request.getfixturevalue("session_fleet")
+    project = tmp_path / "hello_erl"
+    shutil.copytree(HELLO_ERL_PROJECT_DIR, project, ignore=shutil.ignore_patterns("_build"))
+    files, dirs = project_files(project, "rebar3")
+    (project / "Dockerfile").write_text(
+        render_dockerfile(
+            tool="rebar3",
+            release="hello_erl",
+            dependency_files=files,
+            source_dirs=dirs,
+            base_image=podman_image,
+            build_args=["HELLO_ERL_VERSION"],
+        )
+    )
+    deployment = make_erl_app(fleet, tmp_path, "podmanerl", project=project)
+    settings = dict(deployment.data["build"])
+    settings.update(strategy="docker", engine="podman", env={"HELLO_ERL_VERSION": "0.5.0"}, timeout=1800)
+    deployment.rewrite(build=settings)
+    yield deployment
+    remove_app(deployment)
+
+
+def test_podman_build_of_a_rebar3_project_deploys(podman_erl_app: App) -> None:
+    lines: list[str] = []
+    tarball = build.build(podman_erl_app.inventory(), log=lines.append)
+    assert tarball.name == "hello_erl-0.5.0.tar.gz", "\n".join(lines[-20:])
+    artifact = inspect_tarball(tarball, "hello_erl", expected_version=version_from_filename(tarball, "hello_erl"))
+    platform = read_sidecar(tarball, artifact.sha256)
+    assert platform is not None and platform.strategy == "docker" and platform.arch == os.uname().machine, platform
+    report = api.deploy(podman_erl_app.inventory(), artifact).report
+    assert report.ok, explain(report)
+    assert podman_erl_app.versions() == {h.name: "0.5.0" for h in podman_erl_app.fleet.hosts}
