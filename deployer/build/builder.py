@@ -1,4 +1,4 @@
-"""Where the release is built: on this machine, on a build host over SSH, or in Docker.
+"""Where the release is built: on this machine, on a build host over SSH, or in a container.
 
 A release bundles a native ERTS, so it must be built on a machine like the
 targets (same architecture, a libc no newer than theirs). ``build.strategy``:
@@ -13,9 +13,13 @@ targets (same architecture, a libc no newer than theirs). ``build.strategy``:
     channel, checked against the sha256 the host computed) into
     ``build.output``; the remote directory is removed afterwards.
 ``docker``
-    ``docker build --output type=local,dest=<build.output>`` with the
-    configured Dockerfile: a multi-stage build whose exported stage holds the
-    release tarball (see ``examples/hello_erl/Dockerfile``).
+    ``<engine> build --network host --output type=local,dest=<build.output>``
+    with the configured Dockerfile, ``<engine>`` being ``build.engine``
+    (``docker`` or ``podman``; ``auto`` picks the first whose ``info``
+    answers): a multi-stage build whose exported stage holds the release
+    tarball. :mod:`deployer.build.dockerfile` renders such a Dockerfile
+    (``deployer init --docker``); its build stage also exports the container's
+    platform, which becomes the sidecar below.
 
 Every strategy records where it built next to the tarball
 (``<tarball>.platform.json``, see :mod:`deployer.core.compat`); the tarball itself is
@@ -27,16 +31,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import secrets
 import shlex
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
+from deployer.build.dockerfile import PLATFORM_FILE
 from deployer.core.artifact import build_release, sha256_file
 from deployer.core.compat import PLATFORM_PROBE, BuildPlatform, local_platform, write_sidecar
 from deployer.core.config import HostConfig, InventoryConfig
@@ -318,13 +325,22 @@ def build_on_host(
 
 # --- docker ----------------------------------------------------------------------------------------------
 
+ENGINES = ("docker", "podman")
+"""What ``build.engine: auto`` tries, in order."""
+# podman (buildah) prints these for each Dockerfile step; Docker's classic builder prints the same
+# "Step n/m" / "Using cache" pair, BuildKit prints "#n [stage n/m] ..." and "#n CACHED".
+_STEP_RE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+/\d+: (?P<step>.*)$|^Step \d+/\d+ : (?P<classic>.*)$")
+_CACHE_RE = re.compile(r"^(?:--->|-->) Using cache\b")
 
-def docker_command(config: InventoryConfig, project: Path, dest: Path) -> list[str]:
-    """The exact ``docker build`` argv: BuildKit's local exporter writes the exported stage's files to
-    ``dest``. ``build.env`` names become value-less ``--build-arg NAME`` (docker reads the value from the
-    environment, so it is not in argv)."""
+
+def docker_command(config: InventoryConfig, project: Path, dest: Path, *, engine: str = "docker") -> list[str]:
+    """The exact ``<engine> build`` argv: the local exporter writes the exported stage's files to ``dest``
+    (BuildKit's with Docker, buildah's with podman). ``build.env`` names become value-less ``--build-arg
+    NAME`` (the engine reads the value from the environment, so it is not in argv)."""
     build_config = config.build
-    cmd = ["docker", "build", "--file", str(project / build_config.dockerfile)]
+    cmd = [engine, "build", "--file", str(project / build_config.dockerfile)]
+    if build_config.network != "default":
+        cmd += ["--network", build_config.network]
     if build_config.target:
         cmd += ["--target", build_config.target]
     if build_config.platform:
@@ -337,19 +353,54 @@ def docker_command(config: InventoryConfig, project: Path, dest: Path) -> list[s
     return cmd
 
 
-def docker_unavailable() -> str | None:
-    """Why Docker cannot build here (None when ``docker info`` works)."""
-    docker = shutil.which("docker")
-    if docker is None:
-        return "the docker command is not installed"
+def _engine_unavailable(engine: str) -> str | None:
+    found = shutil.which(engine)
+    if found is None:
+        return f"the {engine} command is not installed"
     try:
-        done = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run([found, "info"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`docker info` failed: {exc}"
+        return f"`{engine} info` failed: {exc}"
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()
-        return f"no Docker engine answers `docker info`: {last[-1] if last else 'exit ' + str(done.returncode)}"
+        return f"no engine answers `{found} info`: {last[-1] if last else 'exit ' + str(done.returncode)}"
     return None
+
+
+def resolve_engine(engine: str = "auto") -> tuple[str | None, str | None]:
+    """``(command, None)`` for the engine to build with, or ``(None, why not)``.
+
+    ``auto`` is the first of :data:`ENGINES` whose ``info`` works (a ``docker`` CLI without a daemon
+    does not count); any other value is that command, which must answer ``info``."""
+    if engine != "auto":
+        why = _engine_unavailable(engine)
+        return (engine, None) if why is None else (None, why)
+    reasons = []
+    for candidate in ENGINES:
+        why = _engine_unavailable(candidate)
+        if why is None:
+            return candidate, None
+        reasons.append(why)
+    return None, "; ".join(reasons)
+
+
+def docker_unavailable(engine: str = "auto") -> str | None:
+    """Why the configured container engine (``build.engine``) cannot build here; None when it can."""
+    return resolve_engine(engine)[1]
+
+
+def cached_steps(lines: Iterable[str]) -> list[tuple[str, bool]]:
+    """Each Dockerfile step of a podman (or classic ``docker build``) log, and whether its layer came
+    from the cache (``--> Using cache``), in order."""
+    steps: list[tuple[str, bool]] = []
+    for line in lines:
+        text = line.strip()
+        match = _STEP_RE.match(text)
+        if match:
+            steps.append(((match.group("step") or match.group("classic")).strip(), False))
+        elif _CACHE_RE.match(text) and steps:
+            steps[-1] = (steps[-1][0], True)
+    return steps
 
 
 def pick_tarball(dest: Path, app: str) -> Path:
@@ -366,37 +417,82 @@ def pick_tarball(dest: Path, app: str) -> Path:
     return found[0]
 
 
+def _run_streaming(cmd: list[str], env: dict[str, str], timeout: float, log: Log) -> tuple[int, list[str]]:
+    """Run ``cmd`` with stdout and stderr merged, each line passed to ``log`` as it comes (a build takes
+    minutes: the operator sees it progress); killed after ``timeout`` seconds."""
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        for line in proc.stdout or ():
+            line = line.rstrip("\n")
+            lines.append(line)
+            log(line)
+        status = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if expired.is_set():
+        lines.append(f"(killed: the build took longer than build.timeout, {timeout:g}s)")
+    return status, lines
+
+
+def _docker_platform(config: InventoryConfig, out: Path) -> BuildPlatform:
+    """The platform the build container reported (:data:`deployer.build.dockerfile.PLATFORM_FILE`, written
+    by Dockerfiles ``deployer init --docker`` renders); else the architecture asked for by
+    ``build.platform``, if any."""
+    machine = config.build.image or config.build.dockerfile
+    probe = out / PLATFORM_FILE
+    if probe.is_file():
+        text = probe.read_text(errors="replace")
+        probe.unlink()
+        return BuildPlatform.parse_probe(text, strategy="docker", machine=machine)
+    # `linux/arm64/v8` -> arm64: the architecture the image was built for, when one was asked for.
+    parts = (config.build.platform or "").split("/")
+    arch = (parts[1] if len(parts) > 1 else parts[0]) or None
+    return BuildPlatform(arch=arch, strategy="docker", machine=machine)
+
+
 def build_in_docker(config: InventoryConfig, project: Path, *, log: Log = _quiet) -> tuple[Path, BuildPlatform]:
-    """``build.strategy: docker``: a multi-stage ``docker build`` exporting the release stage's files."""
+    """``build.strategy: docker``: a multi-stage ``<engine> build`` exporting the release stage's files;
+    the engine's output goes to ``log`` line by line."""
     if not project.is_dir():
         raise ArtifactError(f"build.path: {project} is not a directory")
     if not (project / config.build.dockerfile).is_file():
         raise ArtifactError(f"build.dockerfile: {project / config.build.dockerfile} does not exist")
-    why = docker_unavailable()
-    if why is not None:
-        raise ArtifactError(f"cannot build with Docker: {why}", hint="use build.strategy local or host, or --tarball")
+    engine, why = resolve_engine(config.build.engine)
+    if engine is None:
+        raise ArtifactError(
+            f"cannot build with a container engine (build.engine: {config.build.engine}): {why}",
+            hint="install Docker or podman (scripts/podman-setup.sh), set build.engine, "
+            "use build.strategy local or host, or deploy a prebuilt --tarball",
+        )
     out = _output_dir(config, project)
-    cmd = docker_command(config, project, out)
-    log("docker build: " + shlex.join(cmd))
+    cmd = docker_command(config, project, out, engine=engine)
+    log(f"{engine} build: " + shlex.join(cmd))
     env = {**os.environ, **config.build.env, "DOCKER_BUILDKIT": "1"}
-    proc = subprocess.run(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=config.build.timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
-        raise ArtifactError(f"docker build failed (exit {proc.returncode})\n{tail}")
-    tarball = pick_tarball(out, config.app.name)
-    machine = config.build.image or config.build.dockerfile
-    # `linux/arm64/v8` -> arm64: the architecture the image was built for, when one was asked for.
-    parts = (config.build.platform or "").split("/")
-    arch = (parts[1] if len(parts) > 1 else parts[0]) or None
-    return tarball, BuildPlatform(arch=arch, strategy="docker", machine=machine)
+    status, lines = _run_streaming(cmd, env, config.build.timeout, log)
+    if status != 0:
+        tail = "\n".join(lines[-30:])
+        raise ArtifactError(
+            f"{engine} build failed (exit {status}) in {project}\n{tail}",
+            hint="the last lines above are the engine's; fix the Dockerfile step that failed",
+        )
+    steps = cached_steps(lines)
+    if steps:
+        log(f"{sum(cached for _, cached in steps)} of {len(steps)} build steps reused cached layers")
+    return pick_tarball(out, config.app.name), _docker_platform(config, out)
 
 
 __all__ = [
@@ -404,7 +500,9 @@ __all__ = [
     "build_host_endpoint",
     "build_in_docker",
     "build_on_host",
+    "cached_steps",
     "docker_command",
     "docker_unavailable",
+    "resolve_engine",
     "source_archive",
 ]

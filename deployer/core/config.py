@@ -108,7 +108,7 @@ def _check_pattern(pattern: re.Pattern[str], what: str, expected: str | None = N
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
             rule = expected or f"allowed: {pattern.pattern}"
-            raise ValueError(f"{value!r} is not a valid {what} ({rule})")
+            raise ValueError(f"{short_repr(value)} is not a valid {what} ({rule})")
         return value
 
     return AfterValidator(check)
@@ -117,16 +117,16 @@ def _check_pattern(pattern: re.Pattern[str], what: str, expected: str | None = N
 def _check_remote_path(value: str) -> str:
     if not REMOTE_PATH_RE.fullmatch(value):
         raise ValueError(
-            f"{value!r} must be an absolute path made of letters, digits and . _ / @ + - "
+            f"{short_repr(value)} must be an absolute path made of letters, digits and . _ / @ + - "
             "(no spaces or shell characters)"
         )
     parts = PurePosixPath(value).parts
     if ".." in parts:
-        raise ValueError(f"{value!r} must not contain '..'")
+        raise ValueError(f"{short_repr(value)} must not contain '..'")
     # `/.`, `//` and `/srv/./app/` name the same directories as `/` and `/srv/app`.
     normalised = "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
     if normalised == "/":
-        raise ValueError(f"{value!r} must not be the root directory '/'")
+        raise ValueError(f"{short_repr(value)} must not be the root directory '/'")
     return normalised
 
 
@@ -211,11 +211,14 @@ SYSTEM_TREES = (
 def _check_deploy_to(value: str) -> str:
     if value in SYSTEM_DIRS:
         raise ValueError(
-            f"{value!r} is a system directory; give the application a directory of its own, such as /srv/<app>"
+            f"{short_repr(value)} is a system directory; give the application a directory of its own, "
+            "such as /srv/<app>"
         )
     for tree in SYSTEM_TREES:
         if value.startswith(tree + "/"):
-            raise ValueError(f"{value!r} is inside {tree}, where no application should live; use e.g. /srv/<app>")
+            raise ValueError(
+                f"{short_repr(value)} is inside {tree}, where no application should live; use e.g. /srv/<app>"
+            )
     return value
 
 
@@ -243,10 +246,10 @@ NodeName = Annotated[str, _check_pattern(NODE_NAME_RE, "Erlang node name", "name
 def _check_gateway(value: str) -> str:
     match = GATEWAY_RE.fullmatch(value)
     if match is None:
-        raise ValueError(f"{value!r} is not a valid gateway: expected [user@]host[:port]")
+        raise ValueError(f"{short_repr(value)} is not a valid gateway: expected [user@]host[:port]")
     port = match.group("port")
     if port and not 1 <= int(port) <= 65535:
-        raise ValueError(f"{value!r}: the port must be between 1 and 65535")
+        raise ValueError(f"{short_repr(value)}: the port must be between 1 and 65535")
     return value
 
 
@@ -301,12 +304,15 @@ class BuildHostConfig(_Model):
 # A Docker image reference or build stage name; they reach docker's argv (never a shell).
 DOCKER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 DOCKER_REF_WORDS = "letters, digits and . _ / : @ + -, starting with a letter or digit"
+# A container engine: `auto`, a command name or an absolute path (argv[0], never a shell).
+ENGINE_WORDS = "`auto`, a command name (letters, digits, . _ + -) or an absolute path"
+ENGINE_RE = re.compile(r"^(auto|[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}|/[A-Za-z0-9._/+-]{1,254})$")
 
 
 def _relative_dir(value: str) -> str:
     parts = PurePosixPath(value).parts
     if value.startswith("/") or not parts or ".." in parts or value.strip("./") == "":
-        raise ValueError(f"{value!r} must be a directory inside build.path (relative, no '..', not '.')")
+        raise ValueError(f"{short_repr(value)} must be a directory inside build.path (relative, no '..', not '.')")
     return value
 
 
@@ -316,7 +322,8 @@ class BuildConfig(_Model):
     strategy: Literal["local", "host", "docker"] = Field(
         "local",
         description="`local`: run `command` here; `host`: send the source to `host` over SSH, build there, "
-        "fetch the tarball; `docker`: `docker build` with `dockerfile`, exporting the release stage.",
+        "fetch the tarball; `docker`: `docker build` (or `podman build`, see `engine`) with `dockerfile`, "
+        "exporting the release stage.",
     )
     path: str = Field(".", description="Project directory, relative to the current directory.")
     command: str | None = Field(
@@ -346,6 +353,18 @@ class BuildConfig(_Model):
         "removed afterwards.",
     )
     dockerfile: str = Field("Dockerfile", description="strategy `docker`: the Dockerfile, relative to `path`.")
+    engine: Annotated[str, _check_pattern(ENGINE_RE, "container engine command", ENGINE_WORDS)] = Field(
+        "auto",
+        description="strategy `docker`: the container engine's command (`docker`, `podman`, or a path; run "
+        "directly, never through a shell). `auto`: `docker` when `docker info` answers, else `podman` when "
+        "`podman info` does. Name `podman` where a daemon-less `docker` CLI shadows it on the PATH.",
+    )
+    network: Literal["host", "default", "none"] = Field(
+        "host",
+        description="strategy `docker`: `--network` of the build's RUN steps; `host` lets `apt-get` in the "
+        "build reach the package mirror (podman's own build network cannot on every machine); "
+        "`default`: the engine's default (no `--network` argument).",
+    )
     image: Annotated[str, _check_pattern(DOCKER_REF_RE, "image reference", DOCKER_REF_WORDS)] | None = Field(
         None, description="strategy `docker`: passed as `--build-arg BUILDER_IMAGE=<image>` for the build stage."
     )
@@ -528,11 +547,11 @@ class NodeConfig(_Model):
 def _count_input(value: object) -> object:
     # One message for a wrong type, instead of one per member of the `str | int` union.
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"must be a count like 2 or a percentage like 25%, got {_short(value)}")
+        raise ValueError(f"must be a count like 2 or a percentage like 25%, got {short_repr(value)}")
     return value
 
 
-def _short(value: object, limit: int = 60) -> str:
+def short_repr(value: object, limit: int = 60) -> str:
     """``repr`` of an input, cut short: a huge value must not flood an error message."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
@@ -575,10 +594,10 @@ def parse_count(value: str | int, total: int, *, allow_zero: bool = False) -> in
         if match:
             pct = int(match.group(1))
             if not 0 <= pct <= 100:
-                raise ValueError(f"{value!r}: a percentage must be between 0% and 100%")
+                raise ValueError(f"{short_repr(value)}: a percentage must be between 0% and 100%")
             return max(0 if allow_zero else 1, -(-pct * total // 100))
         if not text.isdigit():
-            raise ValueError(f"{value!r} must be a count like 2 or a percentage like 25%")
+            raise ValueError(f"{short_repr(value)} must be a count like 2 or a percentage like 25%")
         number = int(text)
     if number < (0 if allow_zero else 1):
         raise ValueError(f"must be at least {0 if allow_zero else 1}")

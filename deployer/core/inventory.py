@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from deployer.core.config import HostConfig, InventoryConfig, KeyPathError, StrategyConfig
+from deployer.core.config import HostConfig, InventoryConfig, KeyPathError, StrategyConfig, short_repr
 from deployer.errors import InventoryError
 
 DEFAULTS_FILE = "defaults.yml"
@@ -163,7 +163,7 @@ def parse_layers(layers: Sequence[Layer]) -> InventoryConfig:
     for layer in reversed(layers):
         if not isinstance(layer.data, Mapping):
             raise InventoryError(
-                f"{layer.path}: expected a mapping of settings at the top level, got {_short(layer.data)}"
+                f"{layer.path}: expected a mapping of settings at the top level, got {short_repr(layer.data)}"
             )
         merged = deep_merge(merged, layer.data)
     sources = Sources(tuple(layers))
@@ -226,7 +226,7 @@ def error_messages(errors: Sequence[Mapping[str, Any]], data: object = None) -> 
             # The members of a union each failed: one sentence naming every accepted form.
             key = key_path(loc)
             expected = _EXPECTED_AT.get(_pattern(loc)) or " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in errs))
-            messages = [f"{key}: must be {expected}, got {_short(errs[0].get('input'))}"]
+            messages = [f"{key}: must be {expected}, got {short_repr(errs[0].get('input'))}"]
         result.extend((loc, message) for message in dict.fromkeys(messages))
     return result
 
@@ -260,17 +260,13 @@ def key_path(loc: Sequence[str | int]) -> str:
     """``hosts.2.env.PORT``; a key that is not plain (empty, spaces, control characters, dots, very long) is
     quoted so the path stays one readable line."""
     return ".".join(
-        str(p) if isinstance(p, int) or (isinstance(p, str) and _PLAIN_KEY_RE.fullmatch(p)) else _short(p) for p in loc
+        str(p) if isinstance(p, int) or (isinstance(p, str) and _PLAIN_KEY_RE.fullmatch(p)) else short_repr(p)
+        for p in loc
     )
 
 
 def _pattern(loc: Sequence[str | int]) -> str:
     return ".".join("*" if isinstance(p, int) else str(p) for p in loc)
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
 
 
 def format_error(err: Mapping[str, Any], data: object = None) -> str:
@@ -280,7 +276,7 @@ def format_error(err: Mapping[str, Any], data: object = None) -> str:
     kind = err["type"]
     msg = str(err["msg"])
     ctx = err.get("ctx") or {}
-    got = f", got {_short(err.get('input'))}"
+    got = f", got {short_repr(err.get('input'))}"
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     elif kind == "missing":

@@ -1,5 +1,6 @@
 """Build strategies: inventory settings, the source archive, the build-host scripts (run with a local sh),
-the exact docker command line, and picking the exported tarball."""
+the exact container engine command line, choosing the engine, reading its log, and the docker strategy
+with a stand-in engine."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from deployer.build import builder as build
+from deployer.core.artifact import sha256_file
 from deployer.core.compat import read_sidecar
 from deployer.core.config import BuildHostConfig
 from deployer.errors import ArtifactError
@@ -178,9 +180,10 @@ def test_docker_command_is_exact(tmp_path: Path) -> None:
     )
     config = inventory(tmp_path, data).config
     project = tmp_path / "app"
-    assert build.docker_command(config, project, project / "_build" / "deployer") == [
-        "docker", "build",
+    assert build.docker_command(config, project, project / "_build" / "deployer", engine="podman") == [
+        "podman", "build",
         "--file", f"{project}/deploy/Dockerfile",
+        "--network", "host",
         "--target", "release",
         "--platform", "linux/arm64",
         "--build-arg", "BUILDER_IMAGE=hexpm/elixir:1.16.2-erlang-26.2.5-debian-bookworm-20240513",
@@ -192,16 +195,105 @@ def test_docker_command_is_exact(tmp_path: Path) -> None:
 
 
 def test_docker_command_minimal(tmp_path: Path) -> None:
-    config = inventory(tmp_path, with_build(strategy="docker")).config
+    config = inventory(tmp_path, with_build(strategy="docker", network="default")).config
+    assert config.build.engine == "auto"
     assert build.docker_command(config, tmp_path, tmp_path / "out") == [
         "docker", "build", "--file", f"{tmp_path}/Dockerfile", "--output", f"type=local,dest={tmp_path}/out",
         str(tmp_path),
     ]  # fmt: skip
 
 
-def test_docker_unavailable_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build.shutil, "which", lambda name: None)
-    assert build.docker_unavailable() == "the docker command is not installed"
+@pytest.mark.parametrize("engine", ["podman", "docker", "/usr/bin/podman", "auto"])
+def test_engine_setting_accepts_commands_and_paths(tmp_path: Path, engine: str) -> None:
+    assert inventory(tmp_path, with_build(strategy="docker", engine=engine)).config.build.engine == engine
+
+
+@pytest.mark.parametrize("engine", ["podman build", "docker;id", "$(id)", "../podman", "-v", ""])
+def test_engine_setting_refuses_what_is_not_a_command(tmp_path: Path, engine: str) -> None:
+    assert "build.engine" in load_error(tmp_path, with_build(strategy="docker", engine=engine))
+
+
+def _engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **scripts: str) -> Path:
+    """Executables named after the keys (their bodies: shell), alone on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def test_docker_unavailable_says_why_for_each_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _engines(tmp_path, monkeypatch)
+    assert build.docker_unavailable("podman") == "the podman command is not installed"
+    assert build.docker_unavailable() == "the docker command is not installed; the podman command is not installed"
+
+
+def test_auto_skips_a_docker_cli_without_a_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = _engines(
+        tmp_path,
+        monkeypatch,
+        docker='echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1\n',
+        podman="exit 0\n",
+    )
+    assert build.resolve_engine() == ("podman", None)
+    assert build.resolve_engine("docker") == (
+        None,
+        f"no engine answers `{bin_dir}/docker info`: Cannot connect to the Docker daemon at unix:///var/run/docker.sock",
+    )
+    (bin_dir / "podman").unlink()
+    assert build.resolve_engine()[1] == (
+        f"no engine answers `{bin_dir}/docker info`: Cannot connect to the Docker daemon at "
+        "unix:///var/run/docker.sock; the podman command is not installed"
+    )
+
+
+# A podman 4.3 log of a rebuild after a change in lib/ (abridged from a real run).
+PODMAN_REBUILD_LOG = """\
+[1/2] STEP 1/12: FROM localhost/bookworm-base AS build
+[1/2] STEP 2/12: RUN apt-get update  && apt-get install -y elixir
+--> Using cache eef2de377bb8662ba9c83307da1b255c88237ef2b5af1e9e3cb8da30f014be4b
+--> eef2de377bb
+[1/2] STEP 3/12: COPY mix.exs ./
+--> Using cache 40f698927349faea2a1da16edd1308afc301ce9a6a640cd773aa08b4a2868882
+--> 40f69892734
+[1/2] STEP 4/12: RUN mix deps.get --only prod
+--> Using cache a6bb2658271f7b1b8a68c0b7399d177f3f2f3cb504d3f83a7b5ff9999f8e17b4
+--> a6bb2658271
+[1/2] STEP 5/12: COPY lib lib
+--> 4f830e40a56
+[1/2] STEP 6/12: RUN mix release --overwrite
+Using cache in the middle of a line does not count
+--> d9f3568aa8c
+[2/2] STEP 1/2: FROM scratch AS release
+[2/2] STEP 2/2: COPY --from=build /out/ /
+--> 649e5828367
+"""
+
+
+def test_cached_steps_of_a_podman_rebuild() -> None:
+    assert build.cached_steps(PODMAN_REBUILD_LOG.splitlines()) == [
+        ("FROM localhost/bookworm-base AS build", False),
+        ("RUN apt-get update  && apt-get install -y elixir", True),
+        ("COPY mix.exs ./", True),
+        ("RUN mix deps.get --only prod", True),
+        ("COPY lib lib", False),
+        ("RUN mix release --overwrite", False),
+        ("FROM scratch AS release", False),
+        ("COPY --from=build /out/ /", False),
+    ]
+
+
+def test_cached_steps_of_a_classic_docker_build() -> None:
+    log = "Step 1/3 : FROM debian\n ---> 1a2b\nStep 2/3 : COPY mix.exs ./\n ---> Using cache\n ---> 3c4d\n"
+    log += "Step 3/3 : COPY lib lib\n ---> 5e6f\n"
+    assert build.cached_steps(log.splitlines()) == [
+        ("FROM debian", False),
+        ("COPY mix.exs ./", True),
+        ("COPY lib lib", False),
+    ]
 
 
 def test_pick_tarball(tmp_path: Path) -> None:
@@ -216,11 +308,85 @@ def test_pick_tarball(tmp_path: Path) -> None:
 
 
 def test_docker_strategy_refuses_without_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _engines(tmp_path, monkeypatch, podman="echo 'cannot connect to Podman socket' >&2; exit 125\n")
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    config = inventory(tmp_path, with_build(strategy="docker", path=str(tmp_path))).config
-    monkeypatch.setattr(build, "docker_unavailable", lambda: "no Docker engine answers `docker info`: down")
-    with pytest.raises(ArtifactError, match="cannot build with Docker: no Docker engine"):
+    config = inventory(tmp_path, with_build(strategy="docker", path=str(tmp_path), engine="podman")).config
+    with pytest.raises(ArtifactError, match=r"cannot build with a container engine \(build.engine: podman\): no en"):
         build.build_in_docker(config, tmp_path)
+
+
+# A stand-in engine: answers `info`; `build` prints podman-like steps, then writes into the `--output`
+# directory what the rendered Dockerfile's release stage holds (the tarball and the platform probe).
+FAKE_ENGINE = """\
+[ "$1" = info ] && exit 0
+for arg; do case "$arg" in type=local,dest=*) dest=${arg#type=local,dest=} ;; esac; done
+echo "[1/2] STEP 1/3: COPY mix.exs ./"
+echo "--> Using cache 40f698927349"
+echo "[1/2] STEP 2/3: COPY lib lib"
+echo "--> 4f830e40a56"
+echo "built HELLO_VERSION=$HELLO_VERSION" >&2
+[ -n "$FAIL" ] && { echo "Error: building at STEP \\"RUN mix release\\": exit status 1" >&2; exit 3; }
+[ -n "$SLOW" ] && sleep 30
+echo release > "$dest/hello-$HELLO_VERSION.tar.gz"
+printf 'arch=aarch64\\nlibc=ldd (Debian GLIBC 2.36-9+deb12u4) 2.36\\nopenssl=OpenSSL 3.0.11 19 Sep 2023\\n' \\
+  > "$dest/deployer-platform.txt"
+"""
+
+
+def _fake_engine_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> tuple[Any, Path]:
+    bin_dir = _engines(tmp_path, monkeypatch, podman=FAKE_ENGINE)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "Dockerfile").write_text("FROM scratch\n")
+    data = with_build(
+        strategy="docker", path=str(project), engine="podman", image="localhost/bookworm-base", **settings
+    )
+    return inventory(tmp_path, data), project
+
+
+def test_docker_build_streams_the_log_and_records_the_containers_platform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv, project = _fake_engine_build(tmp_path, monkeypatch, env={"HELLO_VERSION": "0.9.0"})
+    lines: list[str] = []
+    tarball = build.build(inv, log=lines.append)
+    assert tarball == project / "_build" / "deployer" / "hello-0.9.0.tar.gz"
+    # The probe became the sidecar: it is not left among the exported files.
+    exported = sorted(p.name for p in tarball.parent.iterdir())
+    assert exported == ["hello-0.9.0.tar.gz", "hello-0.9.0.tar.gz.platform.json"]
+    platform = read_sidecar(tarball, sha256_file(tarball))
+    assert platform is not None
+    assert (platform.arch, platform.libc, platform.openssl, platform.strategy, platform.machine) == (
+        "aarch64",
+        "ldd (Debian GLIBC 2.36-9+deb12u4) 2.36",
+        "OpenSSL 3.0.11 19 Sep 2023",
+        "docker",
+        "localhost/bookworm-base",
+    )
+    assert lines[0].startswith(f"podman build: podman build --file {project}/Dockerfile --network host ")
+    assert "built HELLO_VERSION=0.9.0" in lines  # the value travelled in the environment
+    assert lines[-1] == "1 of 2 build steps reused cached layers"
+
+
+def test_docker_build_failure_shows_the_engines_last_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv, project = _fake_engine_build(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(ArtifactError) as caught:
+        build.build(inv)
+    message = str(caught.value)
+    assert message.startswith(f"podman build failed (exit 3) in {project}\n")
+    assert message.splitlines()[-2:] == [
+        'Error: building at STEP "RUN mix release": exit status 1',
+        "  -> the last lines above are the engine's; fix the Dockerfile step that failed",
+    ]
+
+
+def test_docker_build_is_killed_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv, _ = _fake_engine_build(tmp_path, monkeypatch, timeout=1)
+    monkeypatch.setenv("SLOW", "1")
+    with pytest.raises(ArtifactError, match=r"killed: the build took longer than build.timeout, 1s"):
+        build.build(inv)
 
 
 # --- local ----------------------------------------------------------------------------------------------
