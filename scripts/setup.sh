@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for cmd in sshd:openssh-server ssh:openssh-client erl:erlang elixir:elixir curl:curl ip:iproute2 \
-           nsenter:util-linux rebar3:rebar3 git:git; do
+           nsenter:util-linux rebar3:rebar3 git:git bwrap:bubblewrap; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${cmd%%:*}" ] || need+=("${cmd##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
