@@ -7,10 +7,11 @@ registered by the repository's root ``tasks.py``, never shipped to users.
 from invoke.collection import Collection
 
 from deployer.build.init import init
+from deployer.cli.exec_tasks import TASKS as EXEC_TASKS
 from deployer.cli.ops_tasks import TASKS as OPS_TASKS
 from deployer.cli.release_tasks import deploy, history, migrate, rollback, unlock
 from deployer.cli.trust_tasks import trust
 
-ns = Collection(deploy, migrate, rollback, history, unlock, trust, init, *OPS_TASKS)
+ns = Collection(deploy, migrate, rollback, history, unlock, trust, init, *OPS_TASKS, *EXEC_TASKS)
 
 __all__ = ["ns"]

@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from deployer.core.hooks import HooksConfig, LoadBalancerConfig
+
 # --- strict patterns for values that become paths or names on the host -------------------------------
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -361,6 +363,8 @@ class InventoryConfig(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     node: NodeConfig = Field(default_factory=NodeConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig, description="Commands at the named phases.")
+    load_balancer: LoadBalancerConfig | None = Field(None, description="Drain each host before its node stops.")
 
     @model_validator(mode="after")
     def _hosts(self) -> InventoryConfig:

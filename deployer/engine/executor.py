@@ -32,8 +32,9 @@ from pathlib import Path
 from deployer.core.facts import HostFacts, LockInfo, parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Events, HostResult, NullEvents, Outcome, Report
-from deployer.core.plan import HostPlan, HostStep, Plan, layout_for
+from deployer.core.plan import LOCAL, HostPlan, HostStep, Plan, layout_for
 from deployer.engine import recovery
+from deployer.engine.local import LocalTransport
 from deployer.engine.locks import describe_holder, judge, lock_info
 from deployer.engine.masking import Masker
 from deployer.errors import ConnectError, DeployerError, LockedError, RemoteCommandError
@@ -143,8 +144,8 @@ class Executor:
         self.lock_left: dict[str, str] = {}
         self.results: dict[str, HostResult] = {}
         self.facts: dict[str, HostFacts] = {}
-        hosts = {h.name: h for h in inventory.hosts}
-        self.pool = ConnectionPool(lambda name: connector(hosts[name]))
+        self._hosts = {h.name: h for h in inventory.hosts}
+        self.pool = ConnectionPool(lambda name: LocalTransport() if name == LOCAL else connector(self._hosts[name]))
         self._threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deployer")
 
     def __enter__(self) -> Executor:
@@ -582,9 +583,18 @@ class Executor:
                     )
                 return
 
+    def _where(self, host: str, step: HostStep) -> str:
+        """The name of the machine ``step`` runs on: its host, the control machine, or another host."""
+        if step.on is None:
+            return host
+        if isinstance(step.on, str):
+            return step.on
+        self._hosts.setdefault(step.on.name, step.on)
+        return step.on.name
+
     def _steps(self, host: str, steps: Sequence[HostStep]) -> None:
         for step in steps:
-            output = self.run(host, step.script)
+            output = self.run(self._where(host, step), step.script)
             note = step.notice(output.stdout) if step.notice is not None else None
             if note:
                 self.events.step(host, step.name, "skipped", note)
