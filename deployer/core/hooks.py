@@ -262,7 +262,7 @@ def balancer_hosts(inventory: Inventory) -> list[HostConfig]:
 def balancer_steps(inventory: Inventory, plan: Plan, host: str) -> tuple[list[HostStep], list[HostStep]]:
     """(drain steps for before_stop, undrain steps for after_healthy) of one host; none without a balancer."""
     from deployer.core.plan import LOCAL, HostStep
-    from deployer.remote import haproxy
+    from deployer.remote import balancer as haproxy
 
     lb = inventory.config.load_balancer
     if lb is None:

@@ -17,7 +17,7 @@ from deployer.core.inventory import Inventory
 from deployer.core.outcome import HostResult, Report
 from deployer.engine.run import Options
 from deployer.errors import DeployerError
-from deployer.remote import haproxy
+from deployer.remote import balancer as haproxy
 from deployer.ssh.endpoints import ssh_connector
 
 DRAINED = ("DRAIN", "MAINT")

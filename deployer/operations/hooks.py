@@ -23,6 +23,8 @@ from deployer.core.inventory import Inventory
 from deployer.core.outcome import Report
 from deployer.core.plan import LOCAL, Plan
 from deployer.engine.executor import Executor
+from deployer.engine.local import LocalTransport
+from deployer.engine.masking import Masker
 from deployer.engine.run import Options, PlanFor, Result, open_executor, run_operation
 from deployer.errors import DeployerError
 from deployer.operations import balancer
@@ -138,3 +140,18 @@ def run_with_hooks(
             )
         report.warnings.extend(f"{line} (the hosts were left as they are)" for line in failed)
     return result
+
+
+def run_build_hooks(inventory: Inventory, phase: Phase, *, tarball: str | None = None) -> None:
+    """``before_build``/``after_build``: on the control machine, in order; the first failure raises
+    (the build does not start, or its release is not used)."""
+    masker = Masker({v.get_secret_value() for v in inventory.secrets.values()})
+    for index, hook in enumerate(inventory.config.hooks.phase(phase)):
+        name = f"hook {phase}" + (f" #{index + 1}" if len(inventory.config.hooks.phase(phase)) > 1 else "")
+        env = run_environment(inventory, "build", phase, hosts=[h.name for h in inventory.hosts])
+        if tarball is not None:
+            env["DEPLOYER_TARBALL"] = tarball
+        result = LocalTransport().run(hook_script(name, hook.run, env, cd=None, timeout=hook.timeout))
+        if not result.ok:
+            detail = masker(result.stderr.strip()[-2000:]) or f"exit status {result.exit_status}"
+            raise DeployerError(f"{name} failed: {detail}", hint="fix the hook's cause and build again")

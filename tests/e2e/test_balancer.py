@@ -144,18 +144,18 @@ def test_a_failing_before_stop_hook_leaves_its_host_running_and_serving(setup: t
 def test_an_unhealthy_release_is_reverted_and_returned_to_the_balancer(setup: tuple[App, Balancer]) -> None:
     app, balancer = setup
     unhealthy = inspect_tarball(build_hello("0.2.0", variant="unhealthy"), "hello")
-    report = api.deploy(app.inventory(), unhealthy, api.Options(hosts=["h2"])).report
+    report = api.deploy(app.inventory(), unhealthy, api.Options(hosts=["h1"])).report
     rows = {h.host: h for h in report.hosts}
-    assert rows["h2"].outcome == "reverted", explain(report)
-    assert app.versions()["h2"] == "0.1.0"
+    assert rows["h1"].outcome == "reverted", explain(report)
+    assert app.versions()["h1"] == "0.1.0"
     assert admin_drained(balancer) == {}
-    assert wait_serving(balancer)["h2"] == "UP"
+    assert wait_serving(balancer)["h1"] == "UP"
 
 
 def test_a_node_that_stays_down_is_reported_left_drained(setup: tuple[App, Balancer]) -> None:
     app, balancer = setup
     # A start script that cannot start the node: the restart of h1 fails and has nothing to revert to.
-    current = app.current("h1")
+    current = f"{app.deploy_to}/current"
     app.sh("h1", f"cp {current}/bin/hello /tmp/hello.bin && printf '#!/bin/sh\\nexit 1\\n' > {current}/bin/hello")
     try:
         report = api.restart(app.inventory(), api.Options(hosts=["h1"])).report

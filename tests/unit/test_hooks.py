@@ -17,9 +17,9 @@ import pytest
 from deployer import api
 from deployer.core.hooks import HooksConfig, LoadBalancerConfig, hook_script
 from deployer.core.inventory import Inventory
-from deployer.errors import InventoryError
+from deployer.errors import DeployerError, InventoryError
 from deployer.operations import balancer, commands
-from deployer.remote import haproxy
+from deployer.remote import balancer as haproxy
 from deployer.remote.release import EXIT_UNHEALTHY
 from deployer.remote.shell import Script
 from deployer.ssh.transport import CommandResult
@@ -297,3 +297,14 @@ def _flavour() -> Any:
     from deployer.remote.flavours import flavour
 
     return flavour("mix")
+
+
+def test_build_hooks_run_locally_in_order_and_a_failure_stops(tmp_path: Path) -> None:
+    from deployer.operations.hooks import run_build_hooks
+
+    log = tmp_path / "seen.jsonl"
+    inv = make(tmp_path, hooks={"before_build": [recorder(log), "echo s3cr3t-value >&2; exit 2"]})
+    with pytest.raises(DeployerError, match=r"hook before_build #2 failed: \*\*\*\*\*\*\*\*"):
+        run_build_hooks(inv, "before_build")
+    assert [(r["DEPLOYER_PHASE"], r["DEPLOYER_OPERATION"]) for r in seen(log)] == [("before_build", "build")]
+    run_build_hooks(inv, "after_build", tarball="x.tar.gz")  # no after_build hooks: nothing runs
