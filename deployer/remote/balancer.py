@@ -23,11 +23,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 # `hap CMD` sends one runtime-API command and prints its answer; an answer starting with an error word
 # fails the script with that answer (HAProxy answers unknown servers with "No such server.").
-_FUNCTIONS = r"""hap() {
-  if ! command -v socat >/dev/null 2>&1; then
-    echo "socat is not installed on the balancer host (apt-get install socat)" >&2; exit 2
-  fi
-  if [ ! -S "$sock" ]; then echo "no HAProxy admin socket at $sock on the balancer host" >&2; exit 2; fi
+_FUNCTIONS = r"""if ! command -v socat >/dev/null 2>&1; then
+  echo "socat is not installed on the balancer host (apt-get install socat)" >&2; exit 2
+fi
+if ! $sudo test -S "$sock"; then echo "no HAProxy admin socket at $sock on the balancer host" >&2; exit 2; fi
+hap() {
   printf '%s\n' "$1" | $sudo socat -t 5 stdio "UNIX-CONNECT:$sock"
 }
 hap_set() {
@@ -111,15 +111,30 @@ def drain_notice(output: str) -> str | None:
 
 
 def states(socket: str, backend: str, *, sudo: bool = False) -> Script:
-    """Each server of ``backend``: ``server=B/S state=... scur=N`` (from ``show stat``: status and scur)."""
+    """Each server of ``backend``: ``server=B/S state=... scur=0`` from ``show servers state``.
+
+    ``state`` is the administrative state when the server is not ready (``MAINT``, ``DRAIN``: what
+    deployer sets and must never leave behind silently), else its operational state (``UP``, ``DOWN``,
+    ``STARTING``, ``STOPPING``). ``show stat``'s status column cannot tell: a drained server whose
+    health check fails shows ``DOWN`` there.
+    """
     return Script(
         name=f"balancer states of {backend}",
         parts=join(
             _prelude(socket, backend, None, sudo=sudo),
             (
-                'hap "show stat" | awk -F, -v b="$backend" '
-                '\'$1 == b && $2 != "BACKEND" && $2 != "FRONTEND" '
-                '{ st = $18; gsub(/ /, "_", st); printf "server=%s/%s state=%s scur=%s\\n", $1, $2, st, $5 }\'\n',
+                'hap "show servers state $backend" | awk -v b="$backend" \'\n'
+                "  NF > 7 && $2 == b {\n"
+                "    a = $7 + 0; op = $6 + 0\n"
+                "    # srv_admin_state bits: 0x01 0x02 0x04 0x20 0x40 maintenance, 0x08 0x10 drain\n"
+                '    if (a % 8 != 0 || int(a / 32) % 4 != 0) st = "MAINT"\n'
+                '    else if (int(a / 8) % 4 != 0) st = "DRAIN"\n'
+                '    else if (op == 2) st = "UP"\n'
+                '    else if (op == 1) st = "STARTING"\n'
+                '    else if (op == 3) st = "STOPPING"\n'
+                '    else st = "DOWN"\n'
+                '    printf "server=%s/%s state=%s scur=0\\n", $2, $4, st\n'
+                "  }'\n",
             ),
         ),
         timeout=60,

@@ -73,7 +73,7 @@ def locked(app: App) -> list[str]:
 
 
 def admin_drained(balancer: Balancer) -> dict[str, str]:
-    return {name: state for name, state in balancer.states().items() if "DRAIN" in state or "MAINT" in state}
+    return {name: state for name, state in balancer.admin_states().items() if state != "READY"}
 
 
 def wait_serving(balancer: Balancer, timeout: float = 30) -> dict[str, str]:

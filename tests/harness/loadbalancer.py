@@ -118,6 +118,18 @@ class Balancer:
                 found[cols[1]] = cols[17]
         return found
 
+    def admin_states(self) -> dict[str, str]:
+        """Server name -> administrative state from ``show servers state``: ``READY``, ``DRAIN`` or ``MAINT``
+        (``show stat`` shows a drained server whose checks fail as ``DOWN``)."""
+        found: dict[str, str] = {}
+        for line in self.command(f"show servers state {self.backend}").splitlines():
+            cols = line.split()
+            if len(cols) > 7 and cols[1] == self.backend:
+                admin = int(cols[6])
+                maint = admin & (0x01 | 0x02 | 0x04 | 0x20 | 0x40)
+                found[cols[3]] = "MAINT" if maint else "DRAIN" if admin & (0x08 | 0x10) else "READY"
+        return found
+
     def inventory_section(self, **extra: Any) -> dict[str, Any]:
         """The inventory's ``load_balancer:`` for this balancer (the host by its inventory name)."""
         return {"hosts": [self.host], "backend": self.backend, "socket": SOCKET, **extra}

@@ -308,3 +308,27 @@ def test_build_hooks_run_locally_in_order_and_a_failure_stops(tmp_path: Path) ->
         run_build_hooks(inv, "before_build")
     assert [(r["DEPLOYER_PHASE"], r["DEPLOYER_OPERATION"]) for r in seen(log)] == [("before_build", "build")]
     run_build_hooks(inv, "after_build", tarball="x.tar.gz")  # no after_build hooks: nothing runs
+
+
+@pytest.mark.parametrize("operation", ["deploy", "rollback", "restart", "stop"])
+def test_the_stop_timeout_is_honoured_by_every_operation_that_stops_a_node(tmp_path: Path, operation: str) -> None:
+    # Graceful stop: SIGTERM, then node.stop_timeout seconds for in-flight requests, then SIGKILL.
+    data = copy.deepcopy(BASE)
+    data["node"] = {"stop_timeout": 47}
+    inv = inventory(tmp_path, data)
+    fake = fleet()
+    options = api.Options(connector=fake.connect)
+    if operation == "deploy":
+        from deployer.core.artifact import inspect_tarball
+
+        from .helpers import release_tarball
+
+        art = inspect_tarball(release_tarball(tmp_path / "hello-0.2.0.tar.gz", version="0.2.0"), "hello")
+        report = api.deploy(inv, art, options).report
+    elif operation == "rollback":
+        report = api.rollback(inv, None, options).report
+    else:
+        report = api.lifecycle(inv, operation, options).report  # type: ignore[arg-type]
+    assert report.ok
+    stops = [text for _, name, text in fake.calls if name in ("activate", operation)]
+    assert stops and all("stop_node 47\n" in text for text in stops)
