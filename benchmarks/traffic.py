@@ -56,7 +56,10 @@ def _inventory(fleet: Fleet, app_hosts: int, directory: Path, setup: str, balanc
     data["health"]["deadline"] = 60
     data["strategy"] = {"kind": "rolling", "batch_size": "25%" if setup == "drain-25%" else 1}
     if setup != "none":
-        data["load_balancer"] = balancer.inventory_section(drain_timeout=10)
+        lb_host = fleet.host(balancer.host)
+        # The balancer is not one of the app hosts: it gets its own address (reached with the same ssh settings).
+        machine = {"name": lb_host.name, "address": lb_host.address, "port": lb_host.port}
+        data["load_balancer"] = {**balancer.inventory_section(drain_timeout=10), "hosts": [machine]}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "traffic.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     return directory

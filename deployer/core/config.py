@@ -379,6 +379,11 @@ class InventoryConfig(_Model):
             seen[host.name] = index
         if isinstance(self.build.host, str) and self.build.host not in seen:
             raise ValueError(f"build.host: no host named {self.build.host!r} in hosts")
+        for index, machine in enumerate(self.load_balancer.hosts if self.load_balancer else ()):
+            if machine.address is None and machine.name not in seen:
+                raise ValueError(
+                    f"load_balancer.hosts.{index}: {machine.name!r} is not a host of this inventory: give its address"
+                )
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
             raise ValueError(f"migrate.role: no host has the role {self.migrate.role!r}")
         return self

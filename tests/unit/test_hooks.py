@@ -332,3 +332,9 @@ def test_the_stop_timeout_is_honoured_by_every_operation_that_stops_a_node(tmp_p
     assert report.ok
     stops = [text for _, name, text in fake.calls if name in ("activate", operation)]
     assert stops and all("stop_node 47\n" in text for text in stops)
+
+
+def test_a_balancer_host_without_address_must_be_an_inventory_host(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match=r"load_balancer.hosts.0: 'lb9' is not a host of this inventory"):
+        make(tmp_path, load_balancer={"hosts": ["lb9"], "backend": "app"})
+    assert make(tmp_path, load_balancer={"hosts": ["web3"], "backend": "app"}).config.load_balancer is not None
