@@ -7,7 +7,8 @@ others'. Output is masked like every other output (the inventory's secrets and t
 
 * :func:`exec_command` runs ``command`` with ``sh`` in ``current`` as the deploy user (the SSH user);
 * :func:`eval_expression` runs ``bin/<app> rpc <expression>`` (the flavour's verb) with the release's
-  environment loaded from the host's env file, so the node's cookie never travels.
+  environment loaded from the host's env file, so the node's cookie never travels. Elixir releases
+  print nothing of an rpc's result, so there the expression's value is printed with ``IO.inspect``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def eval_script(layout: RemoteLayout, spec: Flavour, expression: str, *, timeout
     flavour marks as an error (relx's ``{badrpc,...}``) exits non-zero."""
     if not expression.strip():
         raise ValueError("the expression is empty")
+    if spec.name == "mix":
+        # Elixir's `rpc` prints nothing of the result: print it the way iex would.
+        expression = f"IO.inspect((\n{expression}\n))"
     failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in spec.rpc_error_output)
     check: tuple[Part, ...] = (f'case "$out" in {failed}) exit 1 ;; esac\n',) if failed else ()
     return _script(
