@@ -88,6 +88,11 @@ class Hook(_Model):
         "operation as the deploy user, in `current` (per-host phases: on the host in question).",
     )
     timeout: float = Field(300.0, gt=0, description="Seconds before the hook counts as failed.")
+    undo_on_failure: bool = Field(
+        False,
+        description="after_healthy only: a failure reverts the host to its previous release (deploy, rollback) "
+        "or reports it failed (start, restart) instead of leaving the healthy host as it is.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -120,6 +125,9 @@ class HooksConfig(_Model):
 
     @model_validator(mode="after")
     def _where(self) -> HooksConfig:
+        for phase in PHASES:
+            if phase != "after_healthy" and any(h.undo_on_failure for h in getattr(self, phase)):
+                raise ValueError(f"{phase}: undo_on_failure applies to after_healthy hooks only")
         for phase in ("before_build", "after_build"):
             for index, hook in enumerate(getattr(self, phase)):
                 if hook.on != "local":
@@ -354,7 +362,7 @@ def host_steps(inventory: Inventory, plan: Plan, host: str) -> list[HostStep]:
                 cd=inventory.config.deploy_to if remote else None,
                 timeout=hook.timeout,
             )
-            steps.append(HostStep(role, script, on=None if remote else LOCAL))
+            steps.append(HostStep(role, script, on=None if remote else LOCAL, undo_on_failure=hook.undo_on_failure))
     return steps
 
 

@@ -122,6 +122,9 @@ class HostStep:
     script: Script
     notice: Callable[[str], str | None] | None = field(default=None, compare=False)
     on: HostConfig | str | None = None
+    undo_on_failure: bool = False
+    """``after_healthy`` only: when this step fails, the host is reverted (or, with nothing to revert to,
+    reported failed) instead of being left healthy with the failure reported."""
 
     @property
     def name(self) -> str:

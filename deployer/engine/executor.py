@@ -622,12 +622,23 @@ class Executor:
         self._after_healthy(host, host_plan, result)
 
     def _after_healthy(self, host: str, host_plan: HostPlan, result: HostResult) -> None:
-        # A failing after-step is reported; it does not undo a healthy host.
-        try:
-            self._steps(host, host_plan.scripts("after_healthy"))
-        except DeployerError as exc:
-            result.step = getattr(exc, "step", "after_healthy")
-            result.error = f"{self.describe(exc)} (after the node was healthy; the host was left as it is)"
+        # A failing after-step is reported; it does not undo a healthy host unless the step says so.
+        for step in host_plan.scripts("after_healthy"):
+            try:
+                self._steps(host, (step,))
+            except DeployerError as exc:
+                result.step = getattr(exc, "step", "after_healthy")
+                why = self.describe(exc)
+                if step.undo_on_failure and result.outcome == "success":
+                    result.error = f"{why} (after the node was healthy; undone: undo_on_failure)"
+                    if host_plan.revert is not None:
+                        self._revert(host, host_plan, result)
+                    else:
+                        result.outcome = "failed"
+                    return
+                left = f"{why} (after the node was healthy; the host was left as it is)"
+                result.error = f"{result.error}; {left}" if result.outcome == "reverted" and result.error else left
+                return
 
     def _fail(self, result: HostResult, exc: DeployerError, outcome: Outcome) -> None:
         result.step = getattr(exc, "step", None) or "activate"

@@ -26,7 +26,7 @@ from deployer.ssh.transport import CommandResult
 from deployer.testing import FakeFleet, fail, ok
 
 from .helpers import BASE, inventory
-from .test_steps import HOSTS, probe
+from .test_steps import HOSTS, OLD, probe
 
 LB = {"hosts": [{"name": "lb1", "address": "10.0.0.9"}], "backend": "app", "socket": "/run/haproxy/admin.sock"}
 
@@ -338,3 +338,35 @@ def test_a_balancer_host_without_address_must_be_an_inventory_host(tmp_path: Pat
     with pytest.raises(InventoryError, match=r"load_balancer.hosts.0: 'lb9' is not a host of this inventory"):
         make(tmp_path, load_balancer={"hosts": ["lb9"], "backend": "app"})
     assert make(tmp_path, load_balancer={"hosts": ["web3"], "backend": "app"}).config.load_balancer is not None
+
+
+def test_undo_on_failure_reverts_a_host_whose_after_healthy_hook_failed(tmp_path: Path) -> None:
+    from deployer.core.artifact import inspect_tarball
+
+    from .helpers import release_tarball
+
+    hooks = {"after_healthy": {"run": "./smoke-test", "on": "hosts", "undo_on_failure": True}}
+    inv = make(tmp_path, hooks=hooks, load_balancer=LB)
+    fake = fleet()
+    fake.responses[("web2", "hook after_healthy")] = fail("hook after_healthy", "smoke test: 500 on /orders")
+    art = inspect_tarball(release_tarball(tmp_path / "hello-0.2.0.tar.gz", version="0.2.0"), "hello")
+    report = api.deploy(inv, art, api.Options(connector=fake.connect)).report
+    rows = {h.host: h for h in report.hosts}
+    assert rows["web2"].outcome == "reverted" and rows["web2"].after == OLD
+    assert "smoke test: 500" in (rows["web2"].error or "") and "undone" in (rows["web2"].error or "")
+    names = fake.names("web2")
+    assert (
+        names.index("hook after_healthy")
+        < names.index("revert")
+        < len(names) - 1 - names[::-1].index("hook after_healthy")
+    )
+    assert rows["web1"].outcome == "success" and rows["web1"].error is None
+    # Drained again before the revert stopped the node, ready again once its old node was healthy.
+    assert fake.names("lb1").count("drain web2 in app") == 2 and fake.names("lb1").count("ready web2 in app") == 2
+    restart = api.restart(inv, api.Options(connector=fake.connect)).report
+    assert {h.host: h.outcome for h in restart.hosts}["web2"] == "failed"
+
+
+def test_undo_on_failure_is_for_after_healthy_hooks_only(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="undo_on_failure applies to after_healthy hooks only"):
+        make(tmp_path, hooks={"before_stop": {"run": "x", "undo_on_failure": True}})
