@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def run(hosts: int, connections: int, delay_ms: int, settle: float, readme: bool
         sys.exit(f"not installed: {', '.join(missing)} (bash scripts/install-lb-deps.sh)")
     releases = {v: inspect_tarball(build_hello(v), "hello") for v in ("0.1.0", "0.2.0")}
     rows: list[dict[str, Any]] = []
-    work = Path(HERE / "results" / "traffic-inventory")
+    work = Path(tempfile.mkdtemp(prefix="deployer-traffic-"))
     with Fleet(hosts + 1) as fleet:
         prepare_fleet_files(fleet)
         lb_host = fleet.hosts[-1].name

@@ -47,8 +47,6 @@ PHASES: tuple[Phase, ...] = (
     "after_deploy",
     "on_failure",
 )
-HOST_PHASES: tuple[Phase, ...] = ("before_stop", "after_healthy")
-BEFORE_PHASES: tuple[Phase, ...] = ("before_build", "before_deploy", "before_stop")
 
 VARIABLES: Mapping[str, str] = {
     "DEPLOYER_PHASE": "the hook's phase (`before_deploy`, `before_stop`, ...)",
@@ -61,6 +59,9 @@ VARIABLES: Mapping[str, str] = {
     "DEPLOYER_RESULT": "after_deploy and on_failure: success, failed or interrupted (empty before)",
     "DEPLOYER_APP": "the application's name",
     "DEPLOYER_DEPLOY_TO": "deploy_to on the hosts",
+    "DEPLOYER_TARBALL": "after_build only: the release tarball just built",
+    "DEPLOYER_LB_BACKEND": "generic load_balancer drain/undrain commands only: load_balancer.backend",
+    "DEPLOYER_LB_SERVER": "generic load_balancer drain/undrain commands only: the host's server name",
 }
 """Every variable a hook gets, documented (also in docs/hooks.md)."""
 

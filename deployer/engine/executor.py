@@ -145,6 +145,7 @@ class Executor:
         self.results: dict[str, HostResult] = {}
         self.facts: dict[str, HostFacts] = {}
         self._hosts = {h.name: h for h in inventory.hosts}
+        self._machines_lock = threading.Lock()
         self.pool = ConnectionPool(lambda name: LocalTransport() if name == LOCAL else connector(self._hosts[name]))
         self._threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deployer")
 
@@ -587,10 +588,13 @@ class Executor:
         """The name of the machine ``step`` runs on: its host, the control machine, or another host."""
         if step.on is None:
             return host
-        if isinstance(step.on, str):
-            return step.on
-        self._hosts.setdefault(step.on.name, step.on)
-        return step.on.name
+        name = step.on if isinstance(step.on, str) else step.on.name
+        with self._machines_lock:
+            # Hosts of a batch share the balancer: connect to it once, not once per racing thread.
+            if not isinstance(step.on, str):
+                self._hosts.setdefault(name, step.on)
+            self.pool.get(name)
+        return name
 
     def _steps(self, host: str, steps: Sequence[HostStep]) -> None:
         for step in steps:

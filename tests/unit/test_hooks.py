@@ -370,3 +370,13 @@ def test_undo_on_failure_reverts_a_host_whose_after_healthy_hook_failed(tmp_path
 def test_undo_on_failure_is_for_after_healthy_hooks_only(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match="undo_on_failure applies to after_healthy hooks only"):
         make(tmp_path, hooks={"before_stop": {"run": "x", "undo_on_failure": True}})
+
+
+def test_the_hooks_page_documents_every_phase_and_variable(tmp_path: Path) -> None:
+    from deployer.core.hooks import PHASES, VARIABLES, run_environment
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "hooks.md").read_text()
+    assert all(f"| `{phase}` |" in page for phase in PHASES)
+    assert all(f"| `{name}` |" in page for name in VARIABLES)
+    given = run_environment(make(tmp_path), "deploy", "before_stop", hosts=["web1"], host="web1")
+    assert set(given) <= set(VARIABLES)
