@@ -136,7 +136,7 @@ def test_json_reports_of_deploy_migrate_rollback(app: App, tarballs: dict[str, P
     # --- second deploy: v1 -> v2 ------------------------------------------------------------------------
     second = json.loads(cli(app, "deploy", "--tarball", str(tarballs["0.2.0"]), "--json").stdout)
     v2 = second["release"]
-    assert second["ok"] is True
+    assert second["ok"] is True, json.dumps(second, indent=1)
     for row in host_rows(second).values():
         assert (row["before"], row["target"], row["after"], row["outcome"]) == (v1, v2, v2, "success")
 
