@@ -55,7 +55,7 @@ VARIABLES: Mapping[str, str] = {
     "DEPLOYER_RELEASE_ID": "the release the operation switches to (empty when hosts differ or it is not known yet)",
     "DEPLOYER_VERSION": "that release's version (empty when not known)",
     "DEPLOYER_HOSTS": "the hosts of the operation, space-separated",
-    "DEPLOYER_HOST": "the host in question (per-host phases; empty otherwise)",
+    "DEPLOYER_HOST": "the host in question (per-host phases), or the host an `on: hosts` hook runs on",
     "DEPLOYER_RESULT": "after_deploy and on_failure: success, failed or interrupted (empty before)",
     "DEPLOYER_APP": "the application's name",
     "DEPLOYER_DEPLOY_TO": "deploy_to on the hosts",

@@ -7,6 +7,9 @@ to ``sh -s`` on this machine (secrets on stdin, never in argv) instead of over a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -67,7 +70,9 @@ class LocalTransport:
         try:
             status = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # The whole process group: a command's children must not outlive it holding the pipes open.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             chunks["stderr"].append(f"\nthe local command did not finish within {timeout:g}s; it was killed\n")
             status = 124

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from deployer.core.facts import HostFacts
-from deployer.core.hooks import Phase, hook_script, run_environment, with_hooks
+from deployer.core.hooks import Hook, Phase, hook_script, run_environment, with_hooks
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Report
 from deployer.core.plan import LOCAL, Plan
@@ -47,18 +47,23 @@ def run_phase(
     hooks = inventory.config.hooks.phase(phase)
     for index, hook in enumerate(hooks):
         name = f"hook {phase}" + (f" #{index + 1}" if len(hooks) > 1 else "")
-        env = run_environment(
-            inventory, operation, phase, hosts=hosts, release_id=release_id, version=version, result=result
-        )
         remote = hook.on == "hosts"
-        script = hook_script(
-            name, hook.run, env, cd=inventory.config.deploy_to if remote else None, timeout=hook.timeout
-        )
         targets = list(hosts) if remote else [LOCAL]
 
-        def one(target: str, script: object = script) -> None:
-            assert script is not None
-            executor.run(target, script)  # type: ignore[arg-type]
+        def one(target: str, hook: Hook = hook, name: str = name, remote: bool = remote) -> None:
+            # On a host, DEPLOYER_HOST names that host; on the control machine it is empty.
+            env = run_environment(
+                inventory,
+                operation,
+                phase,
+                hosts=hosts,
+                release_id=release_id,
+                version=version,
+                result=result,
+                host=target if remote else None,
+            )
+            cd = inventory.config.deploy_to if remote else None
+            executor.run(target, hook_script(name, hook.run, env, cd=cd, timeout=hook.timeout))
 
         errors = executor.parallel(targets, one)
         for target, exc in errors.items():

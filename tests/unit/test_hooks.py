@@ -380,3 +380,21 @@ def test_the_hooks_page_documents_every_phase_and_variable(tmp_path: Path) -> No
     assert all(f"| `{name}` |" in page for name in VARIABLES)
     given = run_environment(make(tmp_path), "deploy", "before_stop", hosts=["web1"], host="web1")
     assert set(given) <= set(VARIABLES)
+
+
+def test_remote_phase_hooks_name_the_host_they_run_on(tmp_path: Path) -> None:
+    inv = make(tmp_path, hooks={"before_deploy": {"run": "true", "on": "hosts"}})
+    fake = fleet()
+    assert api.restart(inv, api.Options(connector=fake.connect)).report.ok
+    texts = {host: text for host, name, text in fake.calls if name == "hook before_deploy"}
+    assert sorted(texts) == list(HOSTS)
+    assert all(f"export DEPLOYER_HOST={host}\n" in text for host, text in texts.items())
+
+
+def test_a_local_command_that_overruns_its_timeout_is_killed_and_fails() -> None:
+    from deployer.engine.local import LocalTransport
+
+    result = LocalTransport().run(Script(name="slow", parts=("sleep 5\n",), timeout=0.5))
+    assert result.exit_status == 124 and "did not finish within 0.5s" in result.stderr
+    echoed = LocalTransport().run(Script(name="echo", parts=("echo out; echo err >&2; exit 3\n",)))
+    assert (echoed.exit_status, echoed.stdout, echoed.stderr) == (3, "out\n", "err\n")
