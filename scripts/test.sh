@@ -16,6 +16,7 @@ if [ "$(id -u)" -eq 0 ]; then
   bash scripts/install-test-deps.sh       # PostgreSQL + Debian's Erlang driver (tests/harness/database.py)
   bash scripts/machines-rootfs.sh         # the booted machines' root filesystem (cached outside the repo)
   bash scripts/podman-setup.sh            # podman + a local Debian base image (container builds)
+  bash scripts/install-lb-deps.sh         # HAProxy, socat, wrk (load-balancer draining, traffic benchmark)
 fi
 
 step "lint and types"

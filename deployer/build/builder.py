@@ -71,10 +71,13 @@ def build(inventory: Inventory, *, cwd: Path | None = None, log: Log | None = No
 
     The build machine's platform is recorded in ``<tarball>.platform.json``.
     """
+    from deployer.operations.hooks import run_build_hooks  # the build module is imported by operations
+
     config = inventory.config
     log = log or _quiet
     project = (cwd or Path.cwd()) / config.build.path
     strategy = config.build.strategy
+    run_build_hooks(inventory, "before_build")
     if strategy == "host":
         path, platform = build_on_host(inventory, project, log=log)
     elif strategy == "docker":
@@ -83,6 +86,7 @@ def build(inventory: Inventory, *, cwd: Path | None = None, log: Log | None = No
         path = build_release(config, cwd=cwd)
         platform = local_platform()
     write_sidecar(path, platform, sha256_file(path))
+    run_build_hooks(inventory, "after_build", tarball=str(path))
     return path
 
 

@@ -212,7 +212,9 @@ class Target:
         return api.Options(hosts=self.hosts, roles=self.roles)
 
 
-def fleet_task(*, one: str | None = None, json_: bool = False, **extra_help: str) -> Callable[[Body], Task[Any]]:
+def fleet_task(
+    *, one: str | None = None, json_: bool = False, name: str | None = None, **extra_help: str
+) -> Callable[[Body], Task[Any]]:
     """A task that reads from hosts or opens a session on one: ``body(c, target, **its own flags)``.
 
     ``--env``, ``--inventory-dir`` and the selection are defined here once: ``--hosts``/``--roles``, or with
@@ -266,7 +268,7 @@ def fleet_task(*, one: str | None = None, json_: bool = False, **extra_help: str
             ]
         )
         made: Task[Any] = task(
-            positional=[], auto_shortflags=False, help={**flag_help(*names), **hidden, **extra_help}
+            positional=[], auto_shortflags=False, help={**flag_help(*names), **hidden, **extra_help}, name=name
         )(wrapper)
         return made
 

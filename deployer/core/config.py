@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from deployer.core.hooks import HooksConfig, LoadBalancerConfig
 from deployer.remote.flavours import flavour
 
 # --- strict patterns for values that become paths or names on the host -------------------------------
@@ -618,6 +619,8 @@ class InventoryConfig(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     node: NodeConfig = Field(default_factory=NodeConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig, description="Commands at the named phases.")
+    load_balancer: LoadBalancerConfig | None = Field(None, description="Drain each host before its node stops.")
 
     @model_validator(mode="after")
     def _hosts(self) -> InventoryConfig:
@@ -632,6 +635,12 @@ class InventoryConfig(_Model):
             seen[host.name] = index
         if isinstance(self.build.host, str) and self.build.host not in seen:
             raise KeyPathError("build.host", f"no host named {self.build.host!r} in hosts")
+        for index, machine in enumerate(self.load_balancer.hosts if self.load_balancer else ()):
+            if machine.address is None and machine.name not in seen:
+                raise KeyPathError(
+                    f"load_balancer.hosts.{index}",
+                    f"{machine.name!r} is not a host of this inventory: give its address",
+                )
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
             raise KeyPathError("migrate.role", f"no host has the role {self.migrate.role!r}")
         return self

@@ -97,6 +97,9 @@ def batches(
 StepRole = Literal["before_stop", "activate", "after_healthy", "revert"]
 STEP_ROLES: tuple[StepRole, ...] = ("before_stop", "activate", "after_healthy", "revert")
 
+LOCAL = "local"
+"""``HostStep.on`` for a step that runs on the control machine (a local hook, a cloud balancer's CLI)."""
+
 
 @dataclass(frozen=True)
 class HostStep:
@@ -111,12 +114,17 @@ class HostStep:
     * ``revert``: run when the activation failed and the host must be put back.
 
     ``notice`` turns the step's stdout into a line for the operator when the step had nothing to do
-    (e.g. "no node was running"), or None.
+    (e.g. "no node was running"), or None. ``on`` runs the step elsewhere than on the host it is
+    about: another machine reached over SSH (a load balancer) or :data:`LOCAL` (the control machine).
     """
 
     role: StepRole
     script: Script
     notice: Callable[[str], str | None] | None = field(default=None, compare=False)
+    on: HostConfig | str | None = None
+    undo_on_failure: bool = False
+    """``after_healthy`` only: when this step fails, the host is reverted (or, with nothing to revert to,
+    reported failed) instead of being left healthy with the failure reported."""
 
     @property
     def name(self) -> str:

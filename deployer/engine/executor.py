@@ -32,8 +32,9 @@ from pathlib import Path
 from deployer.core.facts import HostFacts, LockInfo, parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Events, HostResult, NullEvents, Outcome, Report
-from deployer.core.plan import HostPlan, HostStep, Plan, layout_for
+from deployer.core.plan import LOCAL, HostPlan, HostStep, Plan, layout_for
 from deployer.engine import recovery
+from deployer.engine.local import LocalTransport
 from deployer.engine.locks import describe_holder, judge, lock_info
 from deployer.engine.masking import Masker
 from deployer.errors import ConnectError, DeployerError, LockedError, RemoteCommandError
@@ -143,8 +144,9 @@ class Executor:
         self.lock_left: dict[str, str] = {}
         self.results: dict[str, HostResult] = {}
         self.facts: dict[str, HostFacts] = {}
-        hosts = {h.name: h for h in inventory.hosts}
-        self.pool = ConnectionPool(lambda name: connector(hosts[name]))
+        self._hosts = {h.name: h for h in inventory.hosts}
+        self._machines_lock = threading.Lock()
+        self.pool = ConnectionPool(lambda name: LocalTransport() if name == LOCAL else connector(self._hosts[name]))
         self._threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deployer")
 
     def __enter__(self) -> Executor:
@@ -582,9 +584,21 @@ class Executor:
                     )
                 return
 
+    def _where(self, host: str, step: HostStep) -> str:
+        """The name of the machine ``step`` runs on: its host, the control machine, or another host."""
+        if step.on is None:
+            return host
+        name = step.on if isinstance(step.on, str) else step.on.name
+        with self._machines_lock:
+            # Hosts of a batch share the balancer: connect to it once, not once per racing thread.
+            if not isinstance(step.on, str):
+                self._hosts.setdefault(name, step.on)
+            self.pool.get(name)
+        return name
+
     def _steps(self, host: str, steps: Sequence[HostStep]) -> None:
         for step in steps:
-            output = self.run(host, step.script)
+            output = self.run(self._where(host, step), step.script)
             note = step.notice(output.stdout) if step.notice is not None else None
             if note:
                 self.events.step(host, step.name, "skipped", note)
@@ -612,12 +626,23 @@ class Executor:
         self._after_healthy(host, host_plan, result)
 
     def _after_healthy(self, host: str, host_plan: HostPlan, result: HostResult) -> None:
-        # A failing after-step is reported; it does not undo a healthy host.
-        try:
-            self._steps(host, host_plan.scripts("after_healthy"))
-        except DeployerError as exc:
-            result.step = getattr(exc, "step", "after_healthy")
-            result.error = f"{self.describe(exc)} (after the node was healthy; the host was left as it is)"
+        # A failing after-step is reported; it does not undo a healthy host unless the step says so.
+        for step in host_plan.scripts("after_healthy"):
+            try:
+                self._steps(host, (step,))
+            except DeployerError as exc:
+                result.step = getattr(exc, "step", "after_healthy")
+                why = self.describe(exc)
+                if step.undo_on_failure and result.outcome == "success":
+                    result.error = f"{why} (after the node was healthy; undone: undo_on_failure)"
+                    if host_plan.revert is not None:
+                        self._revert(host, host_plan, result)
+                    else:
+                        result.outcome = "failed"
+                    return
+                left = f"{why} (after the node was healthy; the host was left as it is)"
+                result.error = f"{result.error}; {left}" if result.outcome == "reverted" and result.error else left
+                return
 
     def _fail(self, result: HostResult, exc: DeployerError, outcome: Outcome) -> None:
         result.step = getattr(exc, "step", None) or "activate"

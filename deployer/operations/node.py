@@ -37,8 +37,9 @@ from deployer.core.inventory import Inventory
 from deployer.core.plan import LIFECYCLE, Lifecycle, Plan, layout_for, plan_lifecycle
 from deployer.engine.executor import Executor
 from deployer.engine.locks import describe_holder
-from deployer.engine.run import Options, Result, open_executor, run_operation
+from deployer.engine.run import Options, Result, open_executor
 from deployer.errors import DeployerError, RemoteCommandError
+from deployer.operations.hooks import run_with_hooks
 from deployer.operations.release import disk_needed
 from deployer.operations.status import (
     HostStatus,
@@ -73,7 +74,7 @@ def lifecycle(inventory: Inventory, operation: Lifecycle, options: Options | Non
     def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
         return plan_lifecycle(inventory, operation, facts, strategy=options.strategy)
 
-    return run_operation(inventory, options, operation, names, plan_for)
+    return run_with_hooks(inventory, options, operation, names, plan_for)
 
 
 # --- one host: connection helpers ----------------------------------------------------------------------

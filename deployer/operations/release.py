@@ -24,6 +24,7 @@ from deployer.engine.executor import Executor
 from deployer.engine.locks import current_user
 from deployer.engine.run import Options, Result, open_executor, run_operation
 from deployer.errors import PlanError
+from deployer.operations.hooks import run_with_hooks
 from deployer.operations.status import HostStatus
 from deployer.operations.status import status as probe_status
 
@@ -94,7 +95,7 @@ def deploy(inventory: Inventory, artifact: Artifact, options: Options | None = N
         )
         return plan.with_warnings(forced)
 
-    return run_operation(
+    return run_with_hooks(
         inventory, options, "deploy", names, plan_for, release=artifact.version, version=artifact.version
     )
 
@@ -107,7 +108,7 @@ def rollback(inventory: Inventory, to: str | None = None, options: Options | Non
     def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
         return plan_rollback(inventory, facts, who=current_user(), to=to, strategy=options.strategy)
 
-    return run_operation(inventory, options, "rollback", names, plan_for, release=to)
+    return run_with_hooks(inventory, options, "rollback", names, plan_for, release=to)
 
 
 def migrate(inventory: Inventory, options: Options | None = None) -> Result:
