@@ -21,7 +21,7 @@ from deployer.core.facts import format_age
 from deployer.core.outcome import Report
 from deployer.core.plan import Plan
 from deployer.operations.release import HostStatus
-from deployer.remote.release import NODE_FUNCTIONS
+from deployer.remote.fragments import fold_helpers as _fold
 from deployer.remote.shell import Script
 
 STATUS_STYLE = {
@@ -112,9 +112,7 @@ class ConsoleEvents:
 
 def fold_helpers(script_text: str) -> str:
     """Show the shared shell helper functions as one line; they are the same in every script."""
-    return script_text.replace(
-        NODE_FUNCTIONS, "# node helpers: node_pids is_alive stop_node load_env (deployer/remote/release.py)\n"
-    )
+    return _fold(script_text)
 
 
 def render_script(script: Script, *, full: bool) -> str:

@@ -286,6 +286,12 @@ class HealthConfig(_Model):
     )
     deadline: PositiveSeconds = Field(60.0, description="Seconds for the node to become healthy.")
     interval: PositiveSeconds = Field(0.5, description="Seconds between tries.")
+    stable_for: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the started node must stay up and keep passing the check after its first healthy "
+        "answer before the host counts as healthy (0: the first answer is enough).",
+    )
 
     @model_validator(mode="after")
     def _url(self) -> HealthConfig:

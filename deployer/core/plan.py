@@ -39,7 +39,13 @@ def layout_for(inventory: Inventory) -> RemoteLayout:
 
 def health_check(inventory: Inventory) -> rc.HealthCheck:
     health = inventory.config.health
-    return rc.HealthCheck(http=health.http, rpc=health.rpc, deadline=health.deadline, interval=health.interval)
+    return rc.HealthCheck(
+        http=health.http,
+        rpc=health.rpc,
+        deadline=health.deadline,
+        interval=health.interval,
+        stable_for=health.stable_for,
+    )
 
 
 def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[str, str | Secret]:
@@ -270,9 +276,11 @@ def _revert(
     who: str,
     fact: HostFacts,
 ) -> Script:
+    # The failed release's entry goes first (its health gate has failed); the revert's own entry is written
+    # on the host only once the previous release is healthy again.
+    done = []
     if previous is not None:
-        records = [
-            *records,
+        done = [
             _record(
                 release=previous, event="revert", outcome="success", version=fact.history.version(previous), by=who
             ),
@@ -284,7 +292,8 @@ def _revert(
         health=health,
         stop_timeout=stop_timeout,
         tmp_suffix=_tmp_suffix(),
-        records=records,
+        records=done,
+        failure_records=records,
     )
 
 
