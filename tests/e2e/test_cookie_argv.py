@@ -82,9 +82,10 @@ def test_the_cookie_is_in_no_argv_and_env_values_arrive_byte_for_byte(app: App) 
         )
     hostile = f"$(touch {marker})`touch {marker}`'\"; -x\nsecond line\\n\\"
     secret = f"s-$(touch {marker})\n'\"\\"
-    app.rewrite(
-        env={**app.data["env"], "clear": {**app.data["env"]["clear"], "HELLO_GREETING": hostile, "IFSX": "a b"}},
-    )
+    # `cookie_from_home` and `d` used to change deployer's own scripts (the env file was sourced into them; the
+    # first put the real cookie into the VM's argv): now they are values like any other.
+    clear = {"HELLO_GREETING": hostile, "IFSX": "a b", "cookie_from_home": "0", "d": "/"}
+    app.rewrite(env={**app.data["env"], "clear": {**app.data["env"]["clear"], **clear}})
     v1, v2 = build_hello("0.1.0", migrations=2), build_hello("0.2.0", migrations=3)
     with ArgvSampler([cookie.encode(), secret.encode()]) as sampler:
         first = api.deploy(app.inventory(HELLO_SECRET=secret), inspect_tarball(v1, "hello"))
@@ -105,7 +106,7 @@ def test_the_cookie_is_in_no_argv_and_env_values_arrive_byte_for_byte(app: App) 
         raw = base64.b64decode(app.sh(host.name, f"base64 -w0 /proc/{health['os_pid']}/environ"))
         environ = dict(item.split("=", 1) for item in raw.decode("utf-8").split("\0") if item)
         assert environ["HELLO_GREETING"] == hostile and environ["HELLO_SECRET"] == secret
-        assert environ["IFSX"] == "a b"
+        assert environ["IFSX"] == "a b" and environ["cookie_from_home"] == "0" and environ["d"] == "/"
         # A clean environment: nothing of the SSH session that started it.
         assert not {"SSH_CONNECTION", "SSH_CLIENT", "USER", "LOGNAME", "MAIL"} & set(environ), sorted(environ)
         assert environ["HOME"] == f"{app.deploy_to}/shared/home"
