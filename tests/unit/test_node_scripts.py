@@ -413,3 +413,27 @@ def test_detach_refuses_secrets_and_odd_run_ids() -> None:
     with pytest.raises(ValueError, match="run id"):
         rc.detach(layout, script("s", text("true\n")), run_id="../x", limit=1)
     assert MASK not in rc.detach(layout, script("s", text("true\n")), run_id="a", limit=1).render()
+
+
+def test_a_node_of_a_release_without_erts_runs_the_systems_beam_and_is_found(deploy_to: Path, tmp_path: Path) -> None:
+    # include_erts: false: the VM is the system's erts-*/bin/beam.smp; its command line names the release.
+    # (Here that "VM" is a copy of sh, so it can carry a release path in its argv the way -boot does.)
+    system_beam = tmp_path / "usr" / "lib" / "erlang" / "erts-14.0" / "bin" / "beam.smp"
+    system_beam.parent.mkdir(parents=True)
+    shutil.copy(os.path.realpath("/bin/sh"), system_beam)
+    make_release(deploy_to, "r1")
+    shutil.rmtree(deploy_to / "releases" / "r1" / "erts-1")
+    (deploy_to / "current").symlink_to("releases/r1")
+    boot = f"{deploy_to}/releases/r1/releases/0.1.0/start"
+    node = subprocess.Popen([str(system_beam), "-c", "sleep 60; :", boot])
+    unrelated = subprocess.Popen([str(system_beam), "-c", "sleep 60; :", "/srv/other/releases/x"])
+    layout = RemoteLayout(str(deploy_to), "hello")
+    try:
+        time.sleep(0.3)
+        assert parse_probe(run(rc.probe(layout)).stdout).node_pids == (node.pid,)
+        stopped = run(oc.stop(layout, stop_timeout=5))
+        assert f"stopped={node.pid}" in stopped.stdout, stopped.stderr
+        assert node.wait(10) is not None and unrelated.poll() is None
+    finally:
+        node.kill()
+        unrelated.kill()
