@@ -279,7 +279,9 @@ class HealthConfig(_Model):
     """What 'healthy' means, checked on the host itself after the node starts."""
 
     http: str | None = Field(
-        None, description="URL fetched with curl on the host; any 2xx is healthy. `${port}` is not expanded."
+        None,
+        description="URL fetched with curl on the host; any 2xx is healthy. `${NAME}` is the host's plain env "
+        "value NAME (e.g. `http://127.0.0.1:${HELLO_PORT}/health`).",
     )
     rpc: str | None = Field(
         None, description="Expression for `bin/<name> rpc`; must exit 0 (boots a VM per try: prefer http)."

@@ -7,6 +7,7 @@ object (secrets masked) and stops.
 
 from __future__ import annotations
 
+import re
 import secrets as random_secrets
 import string
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from deployer.core.paths import RemoteLayout, make_release_id
 from deployer.errors import PlanError
 from deployer.remote import release as rc
 from deployer.remote.flavours import Flavour, flavour
+from deployer.remote.fragments import expand_placeholders
 from deployer.remote.shell import Script, Secret, env_file_text
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
@@ -37,10 +39,25 @@ def layout_for(inventory: Inventory) -> RemoteLayout:
     return RemoteLayout(inventory.config.deploy_to, inventory.config.app.name)
 
 
-def health_check(inventory: Inventory) -> rc.HealthCheck:
+def health_check(inventory: Inventory, host: HostConfig | None = None) -> rc.HealthCheck:
+    """The health gate's settings; ``${NAME}`` in ``health.http`` is the plain env value of ``host`` (or of
+    ``env.clear`` when no host is given)."""
     health = inventory.config.health
+    http = health.http
+    if http is not None and "${" in http:
+        values = {**inventory.config.env.clear, **(host.env if host is not None else {})}
+        try:
+            http = expand_placeholders(http, values)
+        except KeyError as exc:
+            raise PlanError(
+                f"{inventory.path}: health.http: ${{{exc.args[0]}}} is not a plain env value"
+                + (f" of host {host.name}" if host is not None else ""),
+                hint="set it in env.clear or hosts[].env (secrets are never put into the health URL)",
+            ) from None
+        if not re.fullmatch(r"https?://[^\s'\"]+", http):
+            raise PlanError(f"{inventory.path}: health.http: {http!r} is not a URL once its placeholders are expanded")
     return rc.HealthCheck(
-        http=health.http,
+        http=http,
         rpc=health.rpc,
         deadline=health.deadline,
         interval=health.interval,
@@ -162,12 +179,12 @@ def plan_deploy(
     now = now or datetime.now(UTC)
     taken = {r for f in facts.values() for r in f.releases}
     release_id = make_release_id(now, artifact.version, taken)
-    health = health_check(inventory)
     selected = [h for h in inventory.hosts if h.name in facts]
     host_plans: list[HostPlan] = []
     uploads: dict[str, Script] = {}
     for host in selected:
         fact = facts[host.name]
+        health = health_check(inventory, host)
         before = fact.current_release
         upload = artifact.sha256 not in fact.artifacts
         if upload:
@@ -309,13 +326,13 @@ def plan_rollback(
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
-    health = health_check(inventory)
     selected = [h for h in inventory.hosts if h.name in facts]
     problems: list[str] = []
     host_plans: list[HostPlan] = []
     warnings: list[str] = []
     for host in selected:
         fact = facts[host.name]
+        health = health_check(inventory, host)
         before = fact.current_release
         if to is not None:
             target = _match_release(to, fact)

@@ -575,6 +575,25 @@ class HealthCheck:
     stable_for: float = 5.0
 
 
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_placeholders(url: str, values: Mapping[str, str]) -> str:
+    """``${NAME}`` in a health URL replaced by ``values[NAME]`` (e.g. ``http://127.0.0.1:${PORT}/health``).
+
+    Raises ``KeyError`` naming the first placeholder without a value. Only plain (not secret) values may be
+    given: the URL ends up in curl's argv.
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(name)
+        return values[name]
+
+    return _PLACEHOLDER.sub(value, url)
+
+
 def _checks(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, err: str) -> Fragment:
     """One try of each configured check, each bounded by ``$SECS``; clears ``ok`` and writes ``err`` on failure."""
     checks = Fragment(())

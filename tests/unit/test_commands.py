@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -10,10 +12,14 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from deployer.core.paths import RemoteLayout
+from deployer.core.plan import health_check
+from deployer.errors import PlanError
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
-from deployer.remote.fragments import LAUNCHER
+from deployer.remote.fragments import LAUNCHER, expand_placeholders
 from deployer.remote.shell import MASK, Script, Secret, env_file_text, template, words
+
+from .helpers import BASE, inventory
 
 LAYOUT = RemoteLayout("/srv/hello", "hello")
 SECRET = Secret("HELLO_SECRET", SecretStr("hunter2-sentinel"))
@@ -185,3 +191,30 @@ def test_words_are_separate_arguments(values: list[str]) -> None:
     script = Script("t", ("for a in ", *words(values), '; do printf "%s\\0" "$a"; done\n'))
     result = run_sh(script.render())
     assert result.stdout.split(b"\0")[:-1] == [v.encode() for v in values]
+
+
+# --- ${NAME} in the health URL -------------------------------------------------------------------------------------
+
+
+def test_health_url_placeholders_are_the_hosts_plain_env_values(tmp_path: Path) -> None:
+    assert expand_placeholders("http://127.0.0.1:${PORT}/h?x=${A}", {"PORT": "4001", "A": "b"}) == (
+        "http://127.0.0.1:4001/h?x=b"
+    )
+    data = copy.deepcopy(BASE)
+    data["health"] = {"http": "http://127.0.0.1:${HELLO_PORT}/health"}
+    data["hosts"][0]["env"] = {"HELLO_PORT": "4999"}
+    inv = inventory(tmp_path, data)
+    assert health_check(inv, inv.hosts[0]).http == "http://127.0.0.1:4999/health"
+    assert health_check(inv).http == "http://127.0.0.1:4000/health"  # env.clear's value
+    data["health"] = {"http": "http://127.0.0.1:${HELLO_SECRET}/health"}
+    with pytest.raises(PlanError, match=r"health.http: \$\{HELLO_SECRET\} is not a plain env value of host"):
+        health_check(inventory(tmp_path / "2", data), inv.hosts[0])
+
+
+def test_the_artifact_is_hashed_once_per_host() -> None:
+    env = env_file_text({})
+    plain = rc.prepare(LAYOUT, release_id="r1", sha256="c" * 64, env_file=env, cookie=None).render()
+    assert "sha256_of" not in plain  # receive_artifact verified it before giving it its name
+    assert "sha256_of" in rc.receive_artifact(LAYOUT, "c" * 64).render()
+    verified = rc.prepare(LAYOUT, release_id="r1", sha256="c" * 64, env_file=env, cookie=None, verify=True).render()
+    assert f'actual=$(sha256_of "$a") || actual=\n[ "$actual" = {"c" * 64} ]' in verified
