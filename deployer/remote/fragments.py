@@ -192,33 +192,38 @@ _HELPER_LIST: tuple[Helper, ...] = (
         'node_alive() { proc_start "$1" && [ "$PROC_START" = "$2" ]; }\n',
         needs=("proc_start",),
     ),
-    # Is process $1 a BEAM of this deploy_to: ours (owner), its executable an ERTS beam.smp (bundled in a release
-    # or the system's), its command line naming a release of $d, in our mount namespace? A pid read from a file
-    # is trusted only then: a stale one that now belongs to another process is never signalled.
+    # Is process $1 a BEAM of this deploy_to: ours (owner), its executable the beam.smp of an ERTS bundled in a
+    # release of $d (or the system's ERTS, with a command line naming a release of $d), in our mount namespace?
+    # A pid read from a file is trusted only then: a stale one that now names another process is never signalled.
     Helper(
         "is_node",
         "is_node() {\n"
         '  [ -O "/proc/$1" ] || return 1\n'
         '  _exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1\n'
-        "  case \"$_exe\" in */erts-*/bin/beam.smp|*/erts-*/bin/beam.smp' (deleted)') ;; *) return 1 ;; esac\n"
-        "  case \"$(tr '\\0' ' ' < \"/proc/$1/cmdline\" 2>/dev/null)\" in\n"
-        '    *"$d/releases/"*|*"$d/current/"*) ;;\n'
+        "  case \"${_exe% (deleted)}\" in\n"
+        '    "$d"/releases/*/erts-*/bin/beam.smp) ;;\n'
+        "    */releases/*/erts-*/bin/beam.smp) return 1 ;;\n"
+        "    */erts-*/bin/beam.smp)\n"
+        "      case \"$(tr '\\0' ' ' < \"/proc/$1/cmdline\" 2>/dev/null)\" in\n"
+        '        *"$d/releases/"*|*"$d/current/"*) ;;\n'
+        "        *) return 1 ;;\n"
+        "      esac ;;\n"
         "    *) return 1 ;;\n"
         "  esac\n"
         '  [ -n "${SELF_NS:-}" ] || SELF_NS=$(readlink "/proc/$$/ns/mnt" 2>/dev/null) || SELF_NS=unknown\n'
         '  [ "$(readlink "/proc/$1/ns/mnt" 2>/dev/null || echo other)" = "$SELF_NS" ]\n'
         "}\n",
     ),
-    # FOUND: the nodes of $d (pids and a trailing space), in one pass over /proc that reads each process's stat
-    # with builtins and looks closer only at BEAMs (started at or after clock tick $1, when given).
+    # FOUND: the nodes of $d (pids and a trailing space), from one pass over /proc: a single grep picks the BEAMs
+    # by their comm (one process, however many the host runs); only those are looked at closer (the ones
+    # started at or after clock tick $1, when given).
     Helper(
         "scan_nodes",
         "scan_nodes() {\n"
         "  FOUND=\n"
-        "  for _p in /proc/[0-9]*; do\n"
+        "  for _p in $(grep -lsx beam.smp /proc/[0-9]*/comm 2>/dev/null); do\n"
         "    _p=${_p#/proc/}\n"
-        '    { read -r _stat < "/proc/$_p/stat"; } 2>/dev/null || continue\n'
-        '    case "$_stat" in *" (beam.smp) "*) ;; *) continue ;; esac\n'
+        "    _p=${_p%/comm}\n"
         '    if [ -n "${1:-}" ]; then proc_start "$_p" && [ "$PROC_START" -ge "$1" ] || continue; fi\n'
         '    if is_node "$_p"; then FOUND="$FOUND$_p "; fi\n'
         "  done\n"
