@@ -200,7 +200,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "is_node() {\n"
         '  [ -O "/proc/$1" ] || return 1\n'
         '  _exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1\n'
-        "  case \"${_exe% (deleted)}\" in\n"
+        '  case "${_exe% (deleted)}" in\n'
         '    "$d"/releases/*/erts-*/bin/beam.smp) ;;\n'
         "    */releases/*/erts-*/bin/beam.smp) return 1 ;;\n"
         "    */erts-*/bin/beam.smp)\n"
