@@ -305,8 +305,17 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "  kill -TERM $NODE_PIDS 2>/dev/null || true\n"
         "  clock\n"
         "  _end=$(( NOW + $1 * 100 ))\n"
+        "  _again=$(( NOW + 200 ))\n"
         "  while procs_alive $_procs; do\n"
         "    clock\n"
+        # A VM still booting has no handler for SIGTERM yet and loses it: say it again every 2 s (only to
+        # processes that are still that node: pid and start time).
+        '    if [ "$NOW" -ge "$_again" ]; then\n'
+        "      for _e in $_procs; do\n"
+        '        if node_alive "${_e%%:*}" "${_e#*:}"; then kill -TERM "${_e%%:*}" 2>/dev/null || true; fi\n'
+        "      done\n"
+        "      _again=$(( NOW + 200 ))\n"
+        "    fi\n"
         '    if [ "$NOW" -ge "$_end" ]; then\n'
         "      printf 'node (pid %s) did not exit within %ss of SIGTERM; sending SIGKILL\\n' \\\n"
         '        "$NODE_PIDS" "$1" >&2\n'
@@ -320,7 +329,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         '  rm -f "$d/shared/node.pid"\n'
         '  echo "stopped=$NODE_PIDS"\n'
         "}\n",
-        needs=("find_nodes", "proc_start", "procs_alive", "clock"),
+        needs=("find_nodes", "proc_start", "procs_alive", "node_alive", "clock"),
     ),
     Helper(
         "node_log_tail",

@@ -437,3 +437,21 @@ def test_a_node_of_a_release_without_erts_runs_the_systems_beam_and_is_found(dep
     finally:
         node.kill()
         unrelated.kill()
+
+
+def test_stop_says_sigterm_again_to_a_vm_that_lost_the_first_one(deploy_to: Path) -> None:
+    # A VM still booting has no SIGTERM handler yet: here, a "VM" that ignores the first SIGTERM only.
+    make_release(deploy_to, "r1")
+    beam = deploy_to / "releases" / "r1" / "erts-1" / "bin" / "beam.smp"
+    beam.unlink()
+    shutil.copy(os.path.realpath("/bin/sh"), beam)
+    node = subprocess.Popen(
+        [str(beam), "-c", "n=0; trap 'n=$((n+1)); [ $n -ge 2 ] && exit 0' TERM; while :; do sleep 0.1; done"]
+    )
+    try:
+        time.sleep(0.3)
+        stopped = run(oc.stop(RemoteLayout(str(deploy_to), "hello"), stop_timeout=20))
+        assert f"stopped={node.pid}" in stopped.stdout, stopped.stderr
+        assert "SIGKILL" not in stopped.stderr and node.wait(5) == 0
+    finally:
+        node.kill()
