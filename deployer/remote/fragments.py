@@ -169,10 +169,11 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "clock",
         "clock() {\n  read -r _up _ < /proc/uptime\n  NOW=$(( ${_up%.*} * 100 + 1${_up#*.} - 100 ))\n}\n",
     ),
-    # SECS: centiseconds $1 as seconds with two decimals (for timeout and curl), at least 0.10.
+    # SECS: centiseconds $1 as seconds with two decimals (for timeout and curl), at least 1 s: a check started
+    # just before the deadline still gets the time to complete one request on a busy host.
     Helper(
         "secs",
-        'secs() {\n  _cs=$1\n  [ "$_cs" -ge 10 ] || _cs=10\n'
+        'secs() {\n  _cs=$1\n  [ "$_cs" -ge 100 ] || _cs=100\n'
         "  SECS=$(( _cs / 100 )).$(( _cs % 100 / 10 ))$(( _cs % 10 ))\n}\n",
     ),
     # PROC_START: the start time (clock ticks since boot) of process $1; fails when it is gone or a zombie.
@@ -642,7 +643,7 @@ def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> 
     """Wait until the node ``NODE_PID``/``NODE_START`` is healthy (see :class:`HealthCheck`); exit 76 if not.
 
     Each poll spawns only the check itself: one curl, or an rpc under ``timeout``, each bounded by the time
-    left before the deadline, so no answer arrives after it (a check that is cut off there is a failure).
+    left before the deadline (at least 1 s), so no late answer counts: a check cut off there is a failure.
     Liveness and the clock are read with shell builtins. A failed check or a node that exits during the
     stability period is a failure too.
     """
