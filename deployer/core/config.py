@@ -517,13 +517,21 @@ class HealthConfig(_Model):
     """What 'healthy' means, checked on the host itself after the node starts."""
 
     http: str | None = Field(
-        None, description="URL fetched with curl on the host; any 2xx is healthy. `${port}` is not expanded."
+        None,
+        description="URL fetched with curl on the host; any 2xx is healthy. `${NAME}` is the host's plain env "
+        "value NAME (e.g. `http://127.0.0.1:${HELLO_PORT}/health`).",
     )
     rpc: str | None = Field(
         None, description="Expression for `bin/<name> rpc`; must exit 0 (boots a VM per try: prefer http)."
     )
     deadline: PositiveSeconds = Field(60.0, description="Seconds for the node to become healthy.")
     interval: PositiveSeconds = Field(0.5, description="Seconds between tries.")
+    stable_for: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the started node must stay up and keep passing the check after its first healthy "
+        "answer before the host counts as healthy (0: the first answer is enough).",
+    )
 
     @model_validator(mode="after")
     def _url(self) -> HealthConfig:

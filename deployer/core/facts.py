@@ -167,3 +167,60 @@ def parse_probe(output: str) -> HostFacts:
         lock_acquired=values.get("lock_acquired") == "1",
         history=history,
     )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a detached run on a host (activation, revert) did, read by ``await_outcome`` after a reconnect.
+
+    ``state`` is ``finished`` (``status`` and ``step`` are known), ``running`` (still running when the
+    wait ended) or ``missing`` (the run never started on that host).
+    """
+
+    state: str
+    status: int | None = None
+    step: str | None = None
+    reason: str | None = None
+    finished_at: float | None = None
+    log: tuple[str, ...] = ()
+    stdout: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "finished" and self.status == 0
+
+    @property
+    def deadline_expired(self) -> bool:
+        """The host ended the run at its own deadline (its process group was killed)."""
+        return self.reason == "deadline"
+
+
+def parse_outcome(output: str) -> RunOutcome:
+    """Parse the output of :func:`deployer.remote.fragments.await_outcome`."""
+    values: dict[str, str] = {}
+    log: list[str] = []
+    out: list[str] = []
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "log":
+            log.append(value)
+        elif key == "out":
+            out.append(value)
+        else:
+            values.setdefault(key, value)
+    state = values.get("run", "missing")
+    if state not in ("finished", "running", "missing"):
+        state = "missing"
+    status = values.get("status", "")
+    finished = values.get("finished", "")
+    return RunOutcome(
+        state=state,
+        status=int(status) if state == "finished" and status.isdigit() else None,
+        step=values.get("step") or None,
+        reason=values.get("reason") or None,
+        finished_at=float(finished) if finished.isdigit() else None,
+        log=tuple(log),
+        stdout=tuple(out),
+    )

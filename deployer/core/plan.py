@@ -7,6 +7,7 @@ object (secrets masked) and stops.
 
 from __future__ import annotations
 
+import re
 import secrets as random_secrets
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from deployer.errors import PlanError
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
+from deployer.remote.fragments import expand_placeholders
 from deployer.remote.shell import Script, Secret, env_file_text
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
@@ -40,9 +42,30 @@ def layout_for(inventory: Inventory) -> RemoteLayout:
     return RemoteLayout(inventory.config.deploy_to, inventory.config.app.name)
 
 
-def health_check(inventory: Inventory) -> rc.HealthCheck:
+def health_check(inventory: Inventory, host: HostConfig | None = None) -> rc.HealthCheck:
+    """The health gate's settings; ``${NAME}`` in ``health.http`` is the plain env value of ``host`` (or of
+    ``env.clear`` when no host is given)."""
     health = inventory.config.health
-    return rc.HealthCheck(http=health.http, rpc=health.rpc, deadline=health.deadline, interval=health.interval)
+    http = health.http
+    if http is not None and "${" in http:
+        values = {**inventory.config.env.clear, **(host.env if host is not None else {})}
+        try:
+            http = expand_placeholders(http, values)
+        except KeyError as exc:
+            raise PlanError(
+                f"{inventory.path}: health.http: ${{{exc.args[0]}}} is not a plain env value"
+                + (f" of host {host.name}" if host is not None else ""),
+                hint="set it in env.clear or hosts[].env (secrets are never put into the health URL)",
+            ) from None
+        if not re.fullmatch(r"https?://[^\s'\"]+", http):
+            raise PlanError(f"{inventory.path}: health.http: {http!r} is not a URL once its placeholders are expanded")
+    return rc.HealthCheck(
+        http=http,
+        rpc=health.rpc,
+        deadline=health.deadline,
+        interval=health.interval,
+        stable_for=health.stable_for,
+    )
 
 
 def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[str, str | Secret]:
@@ -287,6 +310,7 @@ def plan_deploy(
     uploads: dict[str, Script] = {}
     for host in selected:
         fact = facts[host.name]
+        health = health_check(inventory, host)
         before = fact.current_release
         upload = artifact.sha256 not in fact.artifacts
         if upload:
@@ -311,7 +335,7 @@ def plan_deploy(
                     env_file=env_file_text(node_env(inventory, host, release_id)),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
-                steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, prune, prune_artifacts),
+                steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, health, prune, prune_artifacts),
                 abort=rc.abort_prepared(layout, release_id),
                 notes=tuple(f"remove old release {r}" for r in prune)
                 + tuple(
@@ -381,6 +405,7 @@ def _switch_steps(
     fact: HostFacts,
     common: Mapping[str, str | None],
     who: str,
+    health: rc.HealthCheck,
     prune_releases: Sequence[str] = (),
     prune_artifacts: Sequence[str] = (),
 ) -> tuple[HostStep, ...]:
@@ -388,7 +413,6 @@ def _switch_steps(
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
-    health = health_check(inventory)
     before = fact.current_release
     activate = rc.activate(
         layout,
@@ -401,9 +425,12 @@ def _switch_steps(
         prune_releases=prune_releases,
         prune_artifacts=prune_artifacts,
     )
-    records = [failed_record(release, event, before, common)]
+    # The failed release's entry goes first (its health gate has failed); the revert's own entry is written
+    # on the host only once the previous release is healthy again.
+    failure = [failed_record(release, event, before, common)]
+    done = []
     if before is not None:
-        records.append(
+        done.append(
             _record(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
         )
     revert = rc.revert(
@@ -413,7 +440,8 @@ def _switch_steps(
         health=health,
         stop_timeout=config.node.stop_timeout,
         tmp_suffix=_tmp_suffix(),
-        records=records,
+        records=done,
+        failure_records=failure,
     )
     return HostStep("activate", activate), HostStep("revert", revert)
 
@@ -433,6 +461,7 @@ def plan_rollback(
     warnings: list[str] = []
     for host in selected:
         fact = facts[host.name]
+        health = health_check(inventory, host)
         before = fact.current_release
         if to is not None:
             target = _match_release(to, fact)
@@ -459,7 +488,7 @@ def plan_rollback(
                 host=host.name,
                 before=before,
                 target=target,
-                steps=_switch_steps(inventory, "rollback", target, fact, common, who),
+                steps=_switch_steps(inventory, "rollback", target, fact, common, who, health),
                 version=fact.current_version,
                 node_pids=fact.node_pids,
             )

@@ -13,72 +13,20 @@ others'. Output is masked like every other output (the inventory's secrets and t
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from deployer.core.inventory import Inventory
-from deployer.core.paths import RemoteLayout
 from deployer.core.plan import layout_for
 from deployer.engine.executor import clean_stderr
 from deployer.engine.run import Options, open_executor
 from deployer.errors import DeployerError
-from deployer.remote.flavours import Flavour, flavour
-from deployer.remote.release import NODE_FUNCTIONS, _script, _vars, cookie_mode
-from deployer.remote.shell import Part, Script, template, words
-
-# Fails (exit 2, the reason on stderr) when nothing is deployed; sets $rid to the current release.
-_CURRENT = (
-    "step current\n"
-    'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
-    '[ -n "$cur" ] || { echo "nothing is deployed on this host ($d/current does not exist)" >&2; exit 2; }\n'
-    "rid=${cur##*/}\n"
-)
-NOT_DEPLOYED = 2
-NOT_RUNNING = 3
-
-
-def exec_script(layout: RemoteLayout, command: str, *, timeout: float) -> Script:
-    """``cd current`` then ``command`` as written (``sh``, ``set -eu``): its exit status is the script's."""
-    if not command.strip():
-        raise ValueError("the command is empty")
-    return _script(
-        "exec",
-        _vars(layout),
-        (_CURRENT, 'cd "$d/current"\nstep exec\n'),
-        template("sh -c {{command}}\n", command=command),
-        timeout=timeout,
-    )
-
-
-def eval_script(layout: RemoteLayout, spec: Flavour, expression: str, *, timeout: float) -> Script:
-    """``bin/<app> rpc EXPRESSION`` in the running node, with the release's environment; an answer the
-    flavour marks as an error (relx's ``{badrpc,...}``) exits non-zero."""
-    if not expression.strip():
-        raise ValueError("the expression is empty")
-    if spec.name == "mix":
-        # Elixir's `rpc` prints nothing of the result: print it the way iex would.
-        expression = f"IO.inspect((\n{expression}\n))"
-    failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in spec.rpc_error_output)
-    check: tuple[Part, ...] = (f'case "$out" in {failed}) exit 1 ;; esac\n',) if failed else ()
-    return _script(
-        "eval",
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        cookie_mode(spec),
-        (_CURRENT,),
-        (
-            '[ -n "$(node_pids)" ] || { echo "the node is not running on this host (invoke start starts it)" >&2; '
-            f"exit {NOT_RUNNING}; }}\n"
-            "step eval\n"
-            'set +e\nout=$( ( load_env "$rid"; cd "$d/shared"; exec ',
-        ),
-        words([f"{layout.current}/bin/{layout.app}", *spec.rpc(expression)]),
-        (' ) 2>&1 )\nstatus=$?\nset -e\nprintf \'%s\\n\' "$out"\n[ "$status" -eq 0 ] || exit "$status"\n',),
-        check,
-        timeout=timeout,
-    )
+from deployer.remote.flavours import flavour
+from deployer.remote.ops import NOT_DEPLOYED, NOT_RUNNING
+from deployer.remote.ops import eval_expression as eval_script
+from deployer.remote.ops import exec_command as exec_script
+from deployer.remote.shell import Script
 
 
 @dataclass

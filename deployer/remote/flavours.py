@@ -48,7 +48,7 @@ class Flavour:
     default_build: str
     default_tarball: str
     cookie_from_home: bool = True
-    """Hide the cookie from argv (see ``load_env`` in :mod:`deployer.remote.release`); verified for mix
+    """Hide the cookie from argv (see ``LAUNCHER`` in :mod:`deployer.remote.fragments`); verified for mix
     and rebar3 releases. Distillery (untested here) keeps the cookie in the script's environment."""
     script_cookie: bool = False
     """The release script itself needs the real cookie in ``cookie_var`` even though the VM reads it from
@@ -111,50 +111,52 @@ def _plain_call(expression: str) -> tuple[str, str] | None:
     return f"Elixir.{module}", match["fun"]
 
 
-# A shell function for the migration script: run the expression "$2" in a fresh VM of the relx release
-# at "$1", under "$limit" (the deadline). The release's bundled erl boots with its no_dot_erlang (or
-# start_clean) boot script: kernel and stdlib start, every application of the release is on the code
-# path and none is started, so no port is bound and no node name is taken. The release's sys.config is
-# loaded after relx's own ${VAR} substitution (sys.config.src, or RELX_REPLACE_OS_VARS), as
-# `bin/<app> foreground` would; the substituted copy (it may hold secrets) is private and removed.
-CLEAN_BOOT_EVAL = r"""clean_boot_eval() {
-  _root=$1 _expr=$2
-  [ -r "$_root/releases/start_erl.data" ] || fail "$_root/releases/start_erl.data is missing"
-  read -r _erts _vsn < "$_root/releases/start_erl.data"
-  _rel="$_root/releases/$_vsn"
-  _boot="$_rel/no_dot_erlang"
-  [ -f "$_boot.boot" ] || _boot="$_rel/start_clean"
-  [ -f "$_boot.boot" ] || fail "the release has no start_clean boot script in $_rel"
-  _erl="$_root/erts-$_erts/bin/erl"
-  if [ ! -x "$_erl" ]; then _erl=$(command -v erl) || fail "the release bundles no ERTS and erl is not installed"; fi
-  _src=; _config=; _tmpconfig=
-  if [ -f "$_rel/sys.config.src" ]; then _src="$_rel/sys.config.src"
-  elif [ -f "$_rel/sys.config" ]; then _src="$_rel/sys.config"; fi
-  if [ -n "$_src" ] && [ "$_src" = "$_rel/sys.config" ] && [ -z "${RELX_REPLACE_OS_VARS:-}" ]; then
-    _config=$_src
-  elif [ -n "$_src" ]; then
-    _dir=${RELX_OUT_FILE_PATH:-${RELEASE_TMP:-/tmp}}
-    (umask 077; mkdir -p "$_dir")
-    _tmpconfig="$_dir/eval-$$.config"; _config=$_tmpconfig
-    (umask 077; awk '{
-      while (match($0, "[$]{[^}]*}")) {
-        var = substr($0, RSTART + 2, RLENGTH - 3)
-        n = split(var, parts, ":-")
-        value = ENVIRON[parts[1]]
-        gsub("&", "\\\\\\&", value)
-        if (n > 1 && value == "") { value = substr(var, index(var, ":-" parts[2]) + 2) }
-        gsub("[$]{" var "}", value)
-      }
-    }1' < "$_src" > "$_tmpconfig")
-  fi
-  set -- -boot "$_boot" -boot_var SYSTEM_LIB_DIR "$_root/lib" -noshell -noinput
-  if [ -n "$_config" ]; then set -- "$@" -config "$_config"; fi
-  # A failing expression ends the VM with status 1; no crash dump is left in the working directory.
-  ERL_CRASH_DUMP_SECONDS=0 $limit "$_erl" "$@" -eval "$_expr" -eval 'halt(0)'
-  _status=$?
-  if [ -n "$_tmpconfig" ]; then rm -f "$_tmpconfig"; fi
-  return "$_status"
-}
+# A program for the migration of a relx release (run as `/bin/sh -c "$CLEAN_BOOT_EVAL" clean-boot-eval ROOT EXPR`
+# through the launcher, so with that release's environment and under the migration's deadline): run EXPR in a
+# fresh VM of the release at ROOT. The release's bundled erl (or the system's, for a release without ERTS)
+# boots with its no_dot_erlang (or start_clean) boot script: kernel and stdlib start, every application of the
+# release is on the code path and none is started, so no port is bound and no node name is taken. The
+# release's sys.config is loaded after relx's own ${VAR} substitution (sys.config.src, or
+# RELX_REPLACE_OS_VARS), as `bin/<app> foreground` would; the substituted copy (it may hold secrets) is
+# private and removed.
+CLEAN_BOOT_EVAL = r"""set -u
+fail() { printf '%s\n' "$*" >&2; exit 1; }
+_root=$1 _expr=$2
+[ -r "$_root/releases/start_erl.data" ] || fail "$_root/releases/start_erl.data is missing"
+read -r _erts _vsn < "$_root/releases/start_erl.data"
+_rel="$_root/releases/$_vsn"
+_boot="$_rel/no_dot_erlang"
+[ -f "$_boot.boot" ] || _boot="$_rel/start_clean"
+[ -f "$_boot.boot" ] || fail "the release has no start_clean boot script in $_rel"
+_erl="$_root/erts-$_erts/bin/erl"
+if [ ! -x "$_erl" ]; then _erl=$(command -v erl) || fail "the release bundles no ERTS and erl is not installed"; fi
+_src=; _config=; _tmpconfig=
+if [ -f "$_rel/sys.config.src" ]; then _src="$_rel/sys.config.src"
+elif [ -f "$_rel/sys.config" ]; then _src="$_rel/sys.config"; fi
+if [ -n "$_src" ] && [ "$_src" = "$_rel/sys.config" ] && [ -z "${RELX_REPLACE_OS_VARS:-}" ]; then
+  _config=$_src
+elif [ -n "$_src" ]; then
+  _dir=${RELX_OUT_FILE_PATH:-${RELEASE_TMP:-/tmp}}
+  (umask 077; mkdir -p "$_dir")
+  _tmpconfig="$_dir/eval-$$.config"; _config=$_tmpconfig
+  (umask 077; awk '{
+    while (match($0, "[$]{[^}]*}")) {
+      var = substr($0, RSTART + 2, RLENGTH - 3)
+      n = split(var, parts, ":-")
+      value = ENVIRON[parts[1]]
+      gsub("&", "\\\\\\&", value)
+      if (n > 1 && value == "") { value = substr(var, index(var, ":-" parts[2]) + 2) }
+      gsub("[$]{" var "}", value)
+    }
+  }1' < "$_src" > "$_tmpconfig")
+fi
+set -- -boot "$_boot" -boot_var SYSTEM_LIB_DIR "$_root/lib" -noshell -noinput
+if [ -n "$_config" ]; then set -- "$@" -config "$_config"; fi
+# A failing expression ends the VM with status 1; no crash dump is left in the working directory.
+ERL_CRASH_DUMP_SECONDS=0 "$_erl" "$@" -eval "$_expr" -eval 'halt(0)'
+_status=$?
+if [ -n "$_tmpconfig" ]; then rm -f "$_tmpconfig"; fi
+exit "$_status"
 """
 
 

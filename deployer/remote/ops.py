@@ -1,11 +1,11 @@
 """Remote scripts for operating a running fleet, as pure functions returning :class:`Script`.
 
 Status (the probe plus one health check), logs, node start/stop/restart, the remote
-console and the observer's port lookup. They reuse the conventions of
-:mod:`deployer.remote.release`: ``set -eu``, ``@@step`` markers on stderr, the
-shared node helpers (``node_pids``, ``stop_node``, ``load_env``), values quoted at
-render time. The node's environment (cookie included) is always loaded on the host
-from ``shared/env/<release>.env`` and ``shared/.cookie``; it never travels in argv.
+console and the observer's port lookup, composed from the public fragments of
+:mod:`deployer.remote.fragments` like the deploy scripts: ``set -eu``, ``@@step``
+markers on stderr, values quoted at render time. The node's environment (cookie
+included) is read on the host by the launcher from ``shared/env/<release>.env`` and
+``shared/.cookie``; it never travels in argv.
 """
 
 from __future__ import annotations
@@ -13,104 +13,37 @@ from __future__ import annotations
 import shlex
 
 from deployer.core.paths import RemoteLayout
-from deployer.remote import release as rc
 from deployer.remote.flavours import Flavour
-from deployer.remote.release import (
-    NODE_FUNCTIONS,
+from deployer.remote.fragments import (
     PRELUDE,
+    Fragment,
     HealthCheck,
-    _health,
-    _restart,
-    _script,
-    _vars,
+    adopt_running_node,
     cookie_mode,
+    current_release,
+    deploy_vars,
+    detach,
+    health_gate,
+    health_once,
+    helper_block,
+    launch,
+    raw,
+    script,
+    start_node,
+    stop_node,
+    text,
 )
-from deployer.remote.shell import Part, Script, join, template, words
-
-# What `_script` wraps every body in; status reuses the probe's body inside its own wrapper.
-_MAIN_OPEN = "__deployer_main() {\n"
-_MAIN_CLOSE = "\n}\n__deployer_main </dev/null\n"
-
-# The release `current` points to, as `$rid`; fails with a readable reason when there is none.
-_CURRENT = (
-    "step current\n"
-    'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
-    '[ -n "$cur" ] || fail "nothing is deployed on this host ($d/current does not exist)"\n'
-    "rid=${cur##*/}\n"
-    '[ -d "$d/releases/$rid" ] || fail "current points to $cur, which is not on this host"\n'
-    '[ -f "$d/shared/env/$rid.env" ] || fail "the environment file of $rid is missing ($d/shared/env/$rid.env)"\n'
-)
-
-
-def _body(script: Script) -> tuple[Part, ...]:
-    """The parts of a script built by ``release._script`` without its prelude and wrapper."""
-    parts = script.parts
-    if len(parts) < 3 or parts[0] != PRELUDE or parts[1] != _MAIN_OPEN or parts[-1] != _MAIN_CLOSE:
-        raise ValueError(f"script {script.name!r} is not in the shape release._script builds")
-    return parts[2:-1]
-
+from deployer.remote.release import host_facts
+from deployer.remote.shell import Script, join, words
 
 # --- status ----------------------------------------------------------------------------------------------
 
 
-def _health_once(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> tuple[Part, ...]:
-    """One try of the health check, without waiting and without writing anything on the host.
-
-    Prints ``health=ok|failing|down|none|unknown`` and, when failing, ``health_error=<one line>``.
-    """
-    checks: list[tuple[Part, ...]] = []
-    if health.http:
-        checks.append(
-            template(
-                "  if command -v curl >/dev/null 2>&1; then\n"
-                "    err=$(curl -fsS -o /dev/null --max-time 5 {{url}} 2>&1) || ok=\n"
-                "  elif command -v wget >/dev/null 2>&1; then\n"
-                "    err=$(wget -q -O /dev/null -T 5 {{url}} 2>&1) || { ok=; err=${err:-wget failed}; }\n"
-                "  else\n"
-                '    unknown="neither curl nor wget is installed on the host"\n'
-                "  fi\n",
-                url=health.http,
-            )
-        )
-    if health.rpc:
-        # Like the health gate: some release scripts (relx) exit 0 when the expression raised.
-        failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in flavour.rpc_error_output)
-        printed_error = f'    case "$out" in {failed}) ok=; err=$out ;; esac\n' if failed else ""
-        checks.append(
-            join(
-                ('  if [ -n "$ok" ] && [ -z "$unknown" ]; then\n    out=$( ( load_env "$rid"; cd "$d/shared"; exec ',),
-                words([f"{layout.current}/bin/{layout.app}", *flavour.rpc(health.rpc)]),
-                (" ) 2>&1 ) || { ok=; err=${out:-the rpc check failed}; }\n" + printed_error + "  fi\n",),
-            )
-        )
-    return join(
-        cookie_mode(flavour),
-        (
-            "step health\n"
-            'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
-            "rid=${cur##*/}\n"
-            "pids=$(node_pids | sort -u | tr '\\n' ' ')\n"
-            "ok=1; err=; unknown=\n"
-            'if [ -z "$cur" ]; then echo health=none\n'
-            'elif [ -z "$pids" ]; then echo health=down\n'
-            "else\n",
-        ),
-        *checks,
-        (
-            '  if [ -n "$unknown" ]; then echo health=unknown; echo "health_error=$unknown"\n'
-            '  elif [ -n "$ok" ]; then echo health=ok\n'
-            "  else echo health=failing; printf 'health_error=%s\\n' \"$(printf '%s' \"$err\" | tr '\\n' ' ' "
-            '| cut -c1-300)"\n'
-            "  fi\n"
-            "fi\n",
-        ),
-    )
-
-
 def status(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, *, history_lines: int = 500) -> Script:
-    """The read-only probe (:func:`release.probe`) plus one health check, in one SSH session."""
-    probe = rc.probe(layout, history_lines=history_lines)
-    return _script("status", _body(probe), _health_once(layout, flavour, health), timeout=120)
+    """The read-only probe (:func:`release.host_facts`) plus one health check, in one SSH session."""
+    return script(
+        "status", deploy_vars(layout), host_facts(history_lines), health_once(layout, flavour, health), timeout=120
+    )
 
 
 # --- logs ------------------------------------------------------------------------------------------------
@@ -121,7 +54,7 @@ _NO_LOGS = 'fail "no node logs in $d/shared/tmp/log (has the node been started o
 
 def logs(layout: RemoteLayout, *, lines: int) -> Script:
     """The last ``lines`` lines of the node's run_erl logs (``erlang.log.N``, oldest file first)."""
-    body = template(
+    body = text(
         "step logs\n"
         'files=$(ls -tr "$d"/shared/tmp/log/erlang.log.* 2>/dev/null || true)\n'
         f'[ -n "$files" ] || {_NO_LOGS}\n'
@@ -129,7 +62,7 @@ def logs(layout: RemoteLayout, *, lines: int) -> Script:
         "cat $files | tail -n {{lines}}\n",
         lines=max(0, lines),
     )
-    return _script("logs", _vars(layout), body, timeout=120)
+    return script("logs", deploy_vars(layout), body, timeout=120)
 
 
 def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
@@ -138,7 +71,7 @@ def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
     Runs until the SSH channel closes; the transport gives it a pty, so closing the channel hangs up
     the session and every process of it on the host ends.
     """
-    body = template(
+    body = text(
         'newest() { ls -t "$d"/shared/tmp/log/erlang.log.* 2>/dev/null | head -n 1; }\n'
         "cur=$(newest)\n"
         f'[ -n "$cur" ] || {_NO_LOGS}\n'
@@ -154,9 +87,8 @@ def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
         "done\n",
         lines=max(0, lines),
     )
-    script = _script("logs-follow", _vars(layout), body)
     # Passed as argv (no secrets in it) so the pty's line discipline never sees the script text.
-    return Script(name=script.name, parts=script.parts, stdin=False)
+    return script("logs-follow", deploy_vars(layout), body, stdin=False)
 
 
 # --- node lifecycle ---------------------------------------------------------------------------------------
@@ -164,88 +96,97 @@ def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
 
 def stop(layout: RemoteLayout, *, stop_timeout: float) -> Script:
     """SIGTERM to the VM, wait until it has exited (SIGKILL after ``stop_timeout``); prints ``stopped=``."""
-    timeout = int(max(1, round(stop_timeout)))
-    return _script(
-        "stop",
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        template("step stop\nstop_node {{timeout}}\n", timeout=timeout),
-        timeout=timeout + 60,
-    )
+    return script("stop", deploy_vars(layout), stop_node(stop_timeout), timeout=_seconds(stop_timeout) + 60)
 
 
-def start(layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck) -> Script:
+def _seconds(value: float) -> int:
+    return int(max(1, round(value)))
+
+
+def _start(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> Fragment:
+    return start_node(layout, flavour, start_wait=health.deadline, start_grace=min(health.start_grace, health.deadline))
+
+
+def _limit(health: HealthCheck, stop_timeout: float = 0.0) -> float:
+    return stop_timeout + min(health.start_grace, health.deadline) + 2 * health.deadline + health.stable_for + 60
+
+
+def start(layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck, run_id: str | None = None) -> Script:
     """Start the current release's node as a daemon with its environment (unless it already runs),
-    then the health gate. Exits 76 when the node does not become healthy."""
-    # Where nothing runs, the stop inside release._restart is a no-op: the start is the deploy's own.
-    body = join(
-        (
-            "pids=$(node_pids | sort -u | tr '\\n' ' ')\n"
-            'if [ -n "$pids" ]; then\n'
-            '  echo "already_running=$pids"\n'
-            "else\n",
-        ),
-        _restart(layout, flavour, 1),
-        ("fi\n",),
-    )
-    return _script(
+    then the health gate. Exits 76 when the node does not become healthy. Runs detached when ``run_id``
+    is given (see :func:`deployer.remote.fragments.detach`)."""
+    worker = script(
         "start",
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        cookie_mode(flavour),
-        (_CURRENT,),
-        body,
-        _health(layout, flavour, health),
-        timeout=health.deadline + 120,
+        deploy_vars(layout),
+        current_release(),
+        adopt_running_node(),
+        text('if [ -z "$started" ]; then\n'),
+        _start(layout, flavour, health),
+        text("fi\n"),
+        health_gate(layout, flavour, health),
+        timeout=_limit(health) + 60,
     )
+    if run_id is None:
+        return worker
+    return detach(layout, worker, run_id=run_id, limit=_limit(health))
 
 
-def restart(layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck, stop_timeout: float) -> Script:
-    """Stop the node and wait for it to exit, start the current release again, health gate."""
-    return _script(
+def restart(
+    layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck, stop_timeout: float, run_id: str | None = None
+) -> Script:
+    """Stop the node and wait for it to exit, start the current release again, health gate (detached with
+    ``run_id``)."""
+    worker = script(
         "restart",
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        (_CURRENT,),
-        _restart(layout, flavour, stop_timeout),
-        _health(layout, flavour, health),
-        timeout=stop_timeout + health.deadline + 120,
+        deploy_vars(layout),
+        current_release(),
+        stop_node(stop_timeout),
+        _start(layout, flavour, health),
+        health_gate(layout, flavour, health),
+        timeout=_limit(health, stop_timeout) + 60,
     )
+    if run_id is None:
+        return worker
+    return detach(layout, worker, run_id=run_id, limit=_limit(health, stop_timeout))
 
 
 # --- console and observer ------------------------------------------------------------------------------
 
 
 def console(layout: RemoteLayout, flavour: Flavour) -> Script:
-    """``exec bin/<app> remote`` (the flavour's remote-shell verb) with the release's environment loaded.
+    """The flavour's remote-shell verb (``bin/<app> remote``) through the launcher, with the release's env.
 
     Runs on a pty with the terminal as stdin, so it is passed as argv (``sh -c``) and is not wrapped
     like the other scripts; it holds no secret: the cookie is read from ``shared/.cookie`` on the host.
-    No ``@@step`` markers: stderr is the operator's terminal.
+    No ``@@step`` markers: stderr is the operator's terminal. ``TERM`` is the one variable passed on from
+    the session (line editing needs it); everything else comes from the env file.
     """
-    parts = join(
-        (PRELUDE,),
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        cookie_mode(flavour),
-        (
+    fragments = (
+        deploy_vars(layout),
+        text(
             'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
             '[ -n "$cur" ] || fail "nothing is deployed on this host ($d/current does not exist)"\n'
             "rid=${cur##*/}\n"
-            '[ -n "$(node_pids)" ] || fail "the node is not running on this host (invoke start starts it)"\n'
-            'load_env "$rid"\n'
-            'cd "$d/shared"\n'
-            "exec ",
+            "find_nodes\n"
+            '[ -n "$NODE_PIDS" ] || fail "the node is not running on this host (invoke start starts it)"\n'
+            'exec env -i "PATH=$PATH" "TERM=${TERM:-dumb}" '
+            '/bin/sh -c "$LAUNCHER" deployer-launch "$d" "$rid" ' + cookie_mode(flavour) + " ",
+            helpers=["find_nodes", "launch"],
         ),
-        words([f"{layout.current}/bin/{layout.app}", *flavour.remote]),
-        ("\n",),
+        raw(words([f"{layout.current}/bin/{layout.app}", *flavour.remote])),
+        text("\n"),
     )
-    return Script(name="console", parts=parts, stdin=False)
+    helpers = [h for f in fragments for h in f.helpers]
+    return Script(
+        name="console",
+        parts=join((PRELUDE, helper_block(helpers)), *(f.parts for f in fragments)),
+        stdin=False,
+    )
 
 
 def epmd_names(layout: RemoteLayout, *, epmd_port: int = 4369) -> Script:
     """``epmd -names`` on the host with the release's bundled epmd (the host needs no Erlang)."""
-    body = template(
+    body = text(
         "step epmd\n"
         'e=$(ls -d "$d"/current/erts-*/bin/epmd 2>/dev/null | head -n 1 || true)\n'
         'if [ -z "$e" ]; then e=$(command -v epmd || true); fi\n'
@@ -253,4 +194,67 @@ def epmd_names(layout: RemoteLayout, *, epmd_port: int = 4369) -> Script:
         'ERL_EPMD_PORT={{port}} "$e" -names\n',
         port=epmd_port,
     )
-    return _script("epmd-names", _vars(layout), body, timeout=60)
+    return script("epmd-names", deploy_vars(layout), body, timeout=60)
+
+
+# --- exec and eval ------------------------------------------------------------------------------------------
+
+NOT_DEPLOYED = 2
+"""Exit status of ``exec``/``eval`` when nothing is deployed on the host (the reason is on stderr)."""
+NOT_RUNNING = 3
+"""Exit status of ``eval`` when the node is not running (the reason is on stderr)."""
+
+
+def _deployed_release() -> Fragment:
+    # Like current_release(), with its own exit status so the operation can tell "nothing here" from a failure.
+    return text(
+        "step current\n"
+        'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
+        '[ -n "$cur" ] || { echo "nothing is deployed on this host ($d/current does not exist)" >&2; exit {{code}}; }\n'
+        "rid=${cur##*/}\n",
+        code=NOT_DEPLOYED,
+    )
+
+
+def exec_command(layout: RemoteLayout, command: str, *, timeout: float) -> Script:
+    """``cd current`` then ``command`` as written (``sh``): its exit status is the script's."""
+    if not command.strip():
+        raise ValueError("the command is empty")
+    return script(
+        "exec",
+        deploy_vars(layout),
+        _deployed_release(),
+        text('cd "$d/current"\nstep exec\nsh -c {{command}}\n', command=command),
+        timeout=timeout,
+    )
+
+
+def eval_expression(layout: RemoteLayout, flavour: Flavour, expression: str, *, timeout: float) -> Script:
+    """``bin/<app> rpc EXPRESSION`` in the running node, started through the launcher with the release's
+    environment (the cookie is read on the host); an answer the flavour marks as an error (relx's
+    ``{badrpc,...}``) exits non-zero. Elixir's ``rpc`` prints nothing of the result, so there the value is
+    printed the way iex would."""
+    if not expression.strip():
+        raise ValueError("the expression is empty")
+    if flavour.name == "mix":
+        expression = f"IO.inspect((\n{expression}\n))"
+    failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in flavour.rpc_error_output)
+    check = text(f'case "$out" in {failed}) exit 1 ;; esac\n') if failed else text("")
+    return script(
+        "eval",
+        deploy_vars(layout),
+        _deployed_release(),
+        text(
+            "find_nodes\n"
+            '[ -n "$NODE_PIDS" ] || { echo "the node is not running on this host (deployer start starts it)" >&2; '
+            "exit {{code}}; }\n"
+            "step eval\n"
+            'set +e\nout=$( ( cd "$d/shared"; ',
+            code=NOT_RUNNING,
+            helpers=["find_nodes"],
+        ),
+        launch(layout, flavour, flavour.rpc(expression)),
+        text(' ) 2>&1 )\nstatus=$?\nset -e\nprintf \'%s\\n\' "$out"\n[ "$status" -eq 0 ] || exit "$status"\n'),
+        check,
+        timeout=timeout,
+    )

@@ -3,217 +3,154 @@
 Each function returns one script that runs a whole phase in one SSH session
 (``set -eu``, sent on stdin), so a deploy costs a handful of sessions per host.
 Scripts announce each step on stderr as ``@@step <name>``; the executor uses the
-last marker to say which step failed.
+last marker to say which step failed. Every script is composed from the public
+fragments of :mod:`deployer.remote.fragments`.
 
-Node lifecycle without extra BEAM boots: the VM's pid is found from
-``/proc/*/exe`` (the bundled ERTS lives under ``releases/``), stopped with
-SIGTERM (the VM shuts down cleanly, like ``init:stop()``) and waited on until
-it has really exited; ``bin/<app> daemon`` is the only VM we start.
+Activation and revert run detached on the host (:func:`detach`): a lost SSH
+connection cannot stop them half-way, the host enforces their deadline itself, and
+their outcome is written on the host after the last step, where
+:func:`await_outcome` reads it again after a reconnect.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from deployer.core.paths import RemoteLayout
 from deployer.remote.flavours import CLEAN_BOOT_EVAL, Flavour
-from deployer.remote.shell import Part, Script, Secret, SecretText, join, template, words
+from deployer.remote.fragments import (
+    EXIT_UNHEALTHY,
+    PRELUDE,
+    STEP_MARKER,
+    Fragment,
+    HealthCheck,
+    await_outcome,
+    deploy_vars,
+    detach,
+    health_gate,
+    helper_block,
+    launch,
+    node_pids,
+    prune,
+    record,
+    script,
+    start_node,
+    stop_node,
+    switch,
+    text,
+)
+from deployer.remote.shell import Script, Secret, SecretText, join, template
 
-STEP_MARKER = "@@step "
+__all__ = [
+    "EXIT_LOCKED",
+    "EXIT_UNHEALTHY",
+    "PRELUDE",
+    "STEP_MARKER",
+    "HealthCheck",
+    "abort_prepared",
+    "activate",
+    "await_outcome",
+    "detach",
+    "host_facts",
+    "migrate",
+    "prepare",
+    "probe",
+    "read_cookie",
+    "receive_artifact",
+    "revert",
+    "revision_record",
+    "take_lock",
+    "unlock",
+]
+
 EXIT_LOCKED = 75
-EXIT_UNHEALTHY = 76
-
-PRELUDE = r"""set -eu
-step() { printf '@@step %s\n' "$1" >&2; }
-fail() { printf '%s\n' "$*" >&2; exit 1; }
-"""
-
-# The sha256 of a file as 64 hex digits. OpenSSL's digest uses the CPU's SHA extensions (1.3 GB/s where
-# coreutils' sha256sum does 440 MB/s, benchmarks/README.md): a release is hashed twice per deploy (after the
-# upload, before extracting). sha256sum, which the probe requires, is the fallback; an output that is not
-# 64 hex digits is never trusted.
-SHA256_FUNCTION = r"""sha256_of() {
-  _h=
-  if command -v openssl >/dev/null 2>&1; then _h=$(openssl dgst -sha256 -r "$1" 2>/dev/null) || _h=; fi
-  _h=${_h%% *}
-  case "$_h" in *[!0-9a-f]*) _h= ;; esac
-  if [ ${#_h} -ne 64 ]; then _h=$(sha256sum "$1") || return 1; _h=${_h%% *}; fi
-  printf '%s\n' "$_h"
-}
-"""
-
-# Functions shared by the scripts that touch the node. `$d` is deploy_to.
-NODE_FUNCTIONS = r"""node_pids() {
-  self_ns=$(readlink /proc/$$/ns/mnt 2>/dev/null || true)
-  { LC_ALL=C ls -ld /proc/[0-9]*/exe 2>/dev/null || true; } | while read -r _ _ _ _ _ _ _ _ link _ exe; do
-    case "$exe" in "$d"/releases/*/erts-*/bin/beam.smp*) ;; *) continue ;; esac
-    p=${link#/proc/}; p=${p%/exe}
-    [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null || true)" = "$self_ns" ] || continue
-    echo "$p"
-  done
-  if [ -f "$d/shared/node.pid" ]; then
-    p=$(cat "$d/shared/node.pid" 2>/dev/null || true)
-    case "$p" in ''|*[!0-9]*) ;; *) if is_alive "$p"; then echo "$p"; fi ;; esac
-  fi
-}
-# is_alive and clock run in the polling loops while every node of a fleet boots at once: they use only
-# shell builtins (no fork, no exec), so polling does not take CPU from the booting VMs.
-is_alive() {
-  { read -r _stat < "/proc/$1/stat"; } 2>/dev/null || return 1
-  _stat=${_stat##*) }
-  case "${_stat%% *}" in ''|Z|X) return 1 ;; esac
-}
-any_alive() { for p in "$@"; do if is_alive "$p"; then return 0; fi; done; return 1; }
-now() { date +%s; }
-clock() { read -r NOW _ < /proc/uptime; NOW=${NOW%%.*}; }
-stop_node() {
-  pids=$(node_pids | sort -u | tr '\n' ' ')
-  if [ -z "$pids" ]; then echo "stopped=none"; return 0; fi
-  # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
-  clock; end=$(( NOW + $1 ))
-  while any_alive $pids; do
-    clock
-    if [ "$NOW" -ge "$end" ]; then
-      printf 'node (pid %s) did not exit within %ss of SIGTERM; sending SIGKILL\n' "$pids" >&2
-      kill -KILL $pids 2>/dev/null || true
-      sleep 1
-      if any_alive $pids; then fail "node (pid $pids) survived SIGKILL"; fi
-      break
-    fi
-    sleep 0.1
-  done
-  rm -f "$d/shared/node.pid"
-  echo "stopped=$pids"
-}
-load_env() {
-  set -a
-  . "$d/shared/env/$1.env"
-  set +a
-  [ -s "$d/shared/.cookie" ] || fail "the environment's Erlang cookie $d/shared/.cookie is missing"
-  if [ "${cookie_from_home:-1}" = 1 ]; then
-    # The release script puts --cookie "$RELEASE_COOKIE" into the VM's argv (readable in ps), so it gets a
-    # throwaway random value, and one extra value-less -setcookie makes OTP disregard every -setcookie and
-    # read $HOME/.erlang.cookie instead: the environment's cookie never appears in any argv.
-    (umask 077; mkdir -p "$d/shared/home")
-    chmod 0700 "$d/shared/home"
-    ln -sfn ../.cookie "$d/shared/home/.erlang.cookie"
-    HOME="$d/shared/home"
-    ERL_AFLAGS="-setcookie ${ERL_AFLAGS:-}"
-    export HOME ERL_AFLAGS
-    if [ "${script_cookie:-0}" = 1 ]; then
-      # relx's script hands the cookie to erl_call -c (to wait for the node, ping, rpc, stop): it needs the
-      # real one, in its environment; the VM still reads $HOME/.erlang.cookie, never its argv.
-      COOKIE_VALUE=$(cat "$d/shared/.cookie")
-    else
-      COOKIE_VALUE=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-    fi
-  else
-    COOKIE_VALUE=$(cat "$d/shared/.cookie")
-  fi
-  export RELEASE_COOKIE="$COOKIE_VALUE" RELX_COOKIE="$COOKIE_VALUE" COOKIE="$COOKIE_VALUE"
-  unset COOKIE_VALUE
-  # relx renders vm.args/sys.config (perhaps with secrets) into RELX_OUT_FILE_PATH if it exists, else
-  # into the release directory: make it, private.
-  if [ -n "${RELX_OUT_FILE_PATH:-}" ]; then (umask 077; mkdir -p "$RELX_OUT_FILE_PATH"); fi
-}
-node_log_tail() {
-  for f in $(ls -t "$d"/shared/tmp/log/erlang.log.* 2>/dev/null | head -n 1); do
-    printf -- '--- last lines of %s ---\n' "$f" >&2
-    tail -n 25 "$f" >&2 || true
-  done
-}
-"""
-
-
-def _script(name: str, *chunks: Iterable[Part], timeout: float | None = None) -> Script:
-    # Wrapping the body in a function makes sh parse all of it before running any of it, and
-    # `</dev/null` keeps commands from reading the rest of the script from stdin.
-    return Script(
-        name=name,
-        parts=join((PRELUDE,), ("__deployer_main() {\n",), *chunks, ("\n}\n__deployer_main </dev/null\n",)),
-        timeout=timeout,
-    )
-
-
-def _vars(layout: RemoteLayout) -> tuple[Part, ...]:
-    return template("d={{deploy_to}}\napp={{app}}\n", deploy_to=layout.deploy_to, app=layout.app)
 
 
 # --- facts and locking ---------------------------------------------------------------------------------
 
 
-def probe(layout: RemoteLayout, *, lock_info: str | None = None, history_lines: int = 500) -> Script:
-    """Read-only facts about the host (``key=value`` lines); with ``lock_info`` also take the lock.
-
-    Taking the lock is ``mkdir`` (atomic): exactly one of two concurrent deploys gets it.
-    """
-    lock: tuple[Part, ...] = ()
-    if lock_info is not None:
-        lock = template(
-            'step lock\nmkdir -p "$d"\n'
-            'if mkdir "$d/.lock" 2>/dev/null; then\n'
-            "  printf '%s\\n' {{info}} > \"$d/.lock/info\"\n"
-            "  echo lock_acquired=1\n"
-            "fi\n",
-            info=lock_info,
-        )
-    body = template(
-        "step probe\n"
-        'echo "now=$(date +%s)"\n'
-        'echo "arch=$(uname -m)"\n'
-        'echo "libc=$( (ldd --version 2>&1 || true) | head -n 1)"\n'
-        # What the release's crypto NIF may link (compatibility preflight, deployer.core.compat).
-        'echo "libcrypto=$(for f in /lib/*/libcrypto.so.* /usr/lib/*/libcrypto.so.* /lib64/libcrypto.so.* '
-        "/usr/lib64/libcrypto.so.* /lib/libcrypto.so.* /usr/lib/libcrypto.so.* /usr/local/lib/libcrypto.so.*; "
-        'do if [ -e "$f" ]; then echo "${f##*/}"; fi; done | sort -u | tr \'\\n\' \' \')"\n'
-        "for t in tar sha256sum curl wget; do if command -v $t >/dev/null 2>&1; then echo tool=$t; fi; done\n"
-        'if [ -d "$d" ]; then echo exists=1; fi\n'
-        'p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done\n'
-        'if [ -w "$p" ]; then echo writable=1; fi\n'
-        'echo "disk_free_kb=$(df -Pk "$p" | awk \'NR==2 {print $4}\')"\n'
-        'if [ -L "$d/current" ]; then echo "current=$(readlink "$d/current")"; fi\n'
-        'for r in "$d"/releases/*; do if [ -d "$r" ]; then echo "release=${r##*/}"; fi; done\n'
-        'for a in "$d"/artifacts/*.tar.gz; do if [ -f "$a" ]; then a=${a##*/}; echo "artifact=${a%.tar.gz}"; fi; done\n'
-        'if [ -s "$d/shared/.cookie" ]; then echo cookie=1; fi\n'
-        'for p in $(node_pids | sort -u); do echo "node_pid=$p"; done\n'
-        'if [ -d "$d/.lock" ]; then echo "lock=$(tr \'\\n\' \' \' < "$d/.lock/info" 2>/dev/null || true)"; fi\n'
-        'if [ -f "$d/revisions.log" ]; then tail -n {{lines}} "$d/revisions.log" | sed \'s/^/rev=/\'; fi\n',
-        lines=history_lines,
+def take_lock(lock_info: str) -> Fragment:
+    """Take the deploy lock with ``mkdir`` (atomic: exactly one of two concurrent deploys gets it)."""
+    return text(
+        'step lock\nmkdir -p "$d"\n'
+        'if mkdir "$d/.lock" 2>/dev/null; then\n'
+        "  printf '%s\\n' {{info}} > \"$d/.lock/info\"\n"
+        "  echo lock_acquired=1\n"
+        "fi\n",
+        info=lock_info,
     )
-    return _script("probe" if lock_info is None else "lock+probe", _vars(layout), (NODE_FUNCTIONS,), lock, body)
+
+
+def host_facts(history_lines: int = 500) -> Fragment:
+    """Read-only facts about the host as ``key=value`` lines (parsed by :func:`deployer.core.facts.parse_probe`)."""
+    return (
+        text(
+            "step probe\n"
+            'echo "now=$(date +%s)"\n'
+            'echo "arch=$(uname -m)"\n'
+            'echo "libc=$( (ldd --version 2>&1 || true) | head -n 1)"\n'
+            # What the release's crypto NIF may link (compatibility preflight, deployer.core.compat).
+            'echo "libcrypto=$(for f in /lib/*/libcrypto.so.* /usr/lib/*/libcrypto.so.* /lib64/libcrypto.so.* '
+            "/usr/lib64/libcrypto.so.* /lib/libcrypto.so.* /usr/lib/libcrypto.so.* /usr/local/lib/libcrypto.so.*; "
+            'do if [ -e "$f" ]; then echo "${f##*/}"; fi; done | sort -u | tr \'\\n\' \' \')"\n'
+            "for t in tar sha256sum curl wget; do if command -v $t >/dev/null 2>&1; then echo tool=$t; fi; done\n"
+            'if [ -d "$d" ]; then echo exists=1; fi\n'
+            'p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done\n'
+            'if [ -w "$p" ]; then echo writable=1; fi\n'
+            'echo "disk_free_kb=$(df -Pk "$p" | awk \'NR==2 {print $4}\')"\n'
+            'if [ -L "$d/current" ]; then echo "current=$(readlink "$d/current")"; fi\n'
+            'for r in "$d"/releases/*; do if [ -d "$r" ]; then echo "release=${r##*/}"; fi; done\n'
+            'for a in "$d"/artifacts/*.tar.gz; do\n'
+            '  if [ -f "$a" ]; then a=${a##*/}; echo "artifact=${a%.tar.gz}"; fi\n'
+            "done\n"
+            'if [ -s "$d/shared/.cookie" ]; then echo cookie=1; fi\n'
+            'if [ -d "$d/.lock" ]; then echo "lock=$(tr \'\\n\' \' \' < "$d/.lock/info" 2>/dev/null || true)"; fi\n'
+            'if [ -f "$d/revisions.log" ]; then tail -n {{lines}} "$d/revisions.log" | sed \'s/^/rev=/\'; fi\n',
+            lines=history_lines,
+        )
+        + node_pids()
+    )
+
+
+def probe(layout: RemoteLayout, *, lock_info: str | None = None, history_lines: int = 500) -> Script:
+    """Read-only facts about the host (``key=value`` lines); with ``lock_info`` also take the lock."""
+    lock = take_lock(lock_info) if lock_info is not None else Fragment(())
+    name = "probe" if lock_info is None else "lock+probe"
+    return script(name, deploy_vars(layout), lock, host_facts(history_lines))
 
 
 def unlock(layout: RemoteLayout, token: str | None) -> Script:
     """Release the lock if it is ours (``token``), or unconditionally when ``token`` is None (unlock task)."""
     if token is None:
-        body = template('step unlock\nrm -rf "$d/.lock"\necho unlocked=1\n')
+        body = text('step unlock\nrm -rf "$d/.lock"\necho unlocked=1\n')
     else:
-        body = template(
+        body = text(
             "step unlock\n"
             'if [ -d "$d/.lock" ] && grep -qF {{token}} "$d/.lock/info" 2>/dev/null; then\n'
             '  rm -rf "$d/.lock"; echo unlocked=1\n'
             "fi\n",
             token=token,
         )
-    return _script("unlock", _vars(layout), body, timeout=60)
+    return script("unlock", deploy_vars(layout), body, timeout=60)
 
 
 def read_cookie(layout: RemoteLayout) -> Script:
     """Print the environment's cookie so a host that lacks it can be given the same one."""
-    return _script("read-cookie", template("cat {{cookie}}\n", cookie=layout.cookie), timeout=30)
+    return script("read-cookie", text("cat {{cookie}}\n", cookie=layout.cookie), timeout=30)
 
 
 # --- upload ----------------------------------------------------------------------------------------------
 
 
 def receive_artifact(layout: RemoteLayout, sha256: str) -> Script:
-    """Read the tarball from stdin into a temp name, verify its sha256 on the host, rename into place."""
+    """Read the tarball from stdin into a temp name, verify its sha256 on the host, rename into place.
+
+    This is the one hash of the artifact on the host: :func:`prepare` trusts ``artifacts/<sha>.tar.gz``,
+    which only ever gets that name after this check.
+    """
     parts = join(
-        (PRELUDE, SHA256_FUNCTION),
+        (PRELUDE, helper_block(["sha256_of"])),
         template(
             "d={{deploy_to}}\nsha={{sha}}\n"
             'mkdir -p "$d/artifacts"\n'
@@ -245,16 +182,18 @@ def prepare(
     sha256: str,
     env_file: SecretText,
     cookie: Secret | None,
+    verify: bool = False,
 ) -> Script:
-    """Verify the artifact, extract it into a new ``releases/<id>``, write the env file (0600), the cookie.
+    """Extract the artifact into a new ``releases/<id>``, write the env file (0600), the cookie.
 
-    Extraction goes to ``releases/.partial-<id>`` and is renamed only when complete, so an interrupted
-    extraction is never mistaken for a release. A cookie baked into the tarball is deleted: the node
-    gets the environment's cookie through ``RELEASE_COOKIE``.
+    The artifact was hashed when it arrived (:func:`receive_artifact`); ``verify`` hashes it again (an
+    artifact left by an older deployer, or to rule out a damaged disk). Extraction goes to
+    ``releases/.partial-<id>`` and is renamed only when complete, so an interrupted extraction is never
+    mistaken for a release. A cookie baked into the tarball is deleted: the node reads the environment's.
     """
-    cookie_part: tuple[Part, ...] = ()
+    cookie_part = Fragment(())
     if cookie is not None:
-        cookie_part = template(
+        cookie_part = text(
             "step cookie\n"
             'if [ ! -s "$d/shared/.cookie" ]; then\n'
             "  (umask 077; printf '%s' {{cookie}} > \"$d/shared/.cookie.tmp\")\n"
@@ -263,14 +202,22 @@ def prepare(
             "fi\n",
             cookie=cookie,
         )
-    body = template(
-        "step clean-leftovers\n"
-        'rm -rf "$d"/releases/.partial-* "$d"/artifacts/.upload-* "$d"/current.tmp.*\n'
-        "step verify-artifact\n"
+    check = Fragment(())
+    if verify:
+        check = text(
+            "step verify-artifact\n"
+            'a="$d/artifacts/"{{sha}}.tar.gz\n'
+            'actual=$(sha256_of "$a") || actual=\n'
+            '[ "$actual" = {{sha}} ] || fail "artifact $a has sha256 $actual, expected "{{sha}}\n',
+            sha=sha256,
+            helpers=["sha256_of"],
+        )
+    cleanup = text(
+        'step clean-leftovers\nrm -rf "$d"/releases/.partial-* "$d"/artifacts/.upload-* "$d"/current.tmp.*\n'
+    )
+    body = text(
         'a="$d/artifacts/{{sha}}.tar.gz"\n'
         '[ -f "$a" ] || fail "artifact $a is missing"\n'
-        'actual=$(sha256_of "$a") || actual=\n'
-        '[ "$actual" = {{sha}} ] || fail "artifact $a has sha256 $actual, expected "{{sha}}\n'
         "step extract\n"
         'r="$d/releases/"{{id}}\n'
         '[ ! -e "$r" ] || fail "$r already exists; refusing to extract over it"\n'
@@ -294,12 +241,12 @@ def prepare(
         id=release_id,
         env=env_file,
     )
-    return _script("prepare", _vars(layout), (SHA256_FUNCTION,), body, cookie_part)
+    return script("prepare", deploy_vars(layout), cleanup, check, body, cookie_part)
 
 
 def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
     """Undo :func:`prepare` after a failure before any switch: the new release must not linger."""
-    body = template(
+    body = text(
         "step remove-new-release\n"
         'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
         '[ "$cur" != "releases/"{{id}} ] || fail "refusing to remove the current release"\n'
@@ -307,7 +254,7 @@ def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
         "echo removed=1\n",
         id=release_id,
     )
-    return _script("abort", _vars(layout), body, timeout=120)
+    return script("abort", deploy_vars(layout), body, timeout=120)
 
 
 # --- migrate -----------------------------------------------------------------------------------------------
@@ -324,189 +271,44 @@ def migrate(
 ) -> Script:
     """Run the release's migration in a fresh VM of ``release_id`` with that release's environment.
 
-    ``record`` is appended to revisions.log on success, so a later rollback can warn when it goes back
-    to code older than the schema.
+    The deadline is enforced on the host too (``timeout``), so a hung migration VM is killed, not
+    orphaned. ``record`` is appended to revisions.log after the migration succeeded, so a later rollback
+    can warn when it goes back to code older than the schema.
     """
     argv = flavour.eval(expression)
     limit = int(max(1, round(timeout)))
     if argv is None:  # no fresh-VM verb in the release script (relx): boot the release clean
-        run: tuple[Part, ...] = template(
-            "clean_boot_eval {{root}} {{expression}}", root=layout.release(release_id), expression=expression
+        run = launch(
+            layout,
+            flavour,
+            ["-c", CLEAN_BOOT_EVAL, "clean-boot-eval", layout.release(release_id), expression],
+            limit=str(limit),
+            command="/bin/sh",
         )
     else:
-        run = join(("$limit ",), words([layout.bin(release_id), *argv]))
-    body = join(
-        cookie_mode(flavour),
-        (CLEAN_BOOT_EVAL,) if argv is None else (),
-        template(
-            "step migrate\n"
-            # The deadline is enforced on the host too, so a hung migration VM is killed, not orphaned.
-            'if command -v timeout >/dev/null 2>&1; then limit="timeout -k 10 {{limit}}"; else limit=; fi\n'
-            "set +e\n"
-            '( load_env {{id}}\ncd "$d/shared"\n',
-            id=release_id,
-            limit=limit,
-        ),
+        run = launch(layout, flavour, argv, limit=str(limit), command=layout.bin(release_id))
+    return script(
+        "migrate",
+        deploy_vars(layout),
+        text("step migrate\nrid={{id}}\nset +e\n", id=release_id),
         run,
-        template(
-            " )\n"
-            "status=$?\n"
+        text(
+            "\nstatus=$?\n"
             "set -e\n"
             'if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then fail "migration timed out after {{limit}}s"; fi\n'
             '[ "$status" -eq 0 ] || exit "$status"\n',
             limit=limit,
         ),
-        _record([record]) if record else (),
+        _records([record] if record else []),
+        timeout=timeout + 30,
     )
-    return _script("migrate", _vars(layout), (NODE_FUNCTIONS,), body, timeout=timeout + 30)
+
+
+def _records(records: Sequence[str]) -> Fragment:
+    return record(records) if records else Fragment(())
 
 
 # --- activate / revert ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """How the health gate probes the node, rendered into the activate script."""
-
-    http: str | None
-    rpc: str | None
-    deadline: float
-    interval: float
-    start_grace: float = 15.0
-
-
-def _health(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> tuple[Part, ...]:
-    checks: list[tuple[Part, ...]] = []
-    if health.http:
-        checks.append(
-            template(
-                '  if [ -z "$ok" ]; then :\n'
-                "  elif command -v curl >/dev/null 2>&1; then\n"
-                '    curl -fsS -o /dev/null --max-time 5 {{url}} 2>"$d/shared/tmp/health.err" || ok=\n'
-                "  else\n"
-                '    wget -q -O /dev/null -T 5 {{url}} 2>"$d/shared/tmp/health.err" || ok=\n'
-                "  fi\n",
-                url=health.http,
-            )
-        )
-    if health.rpc and flavour.rpc_error_output:
-        # relx's eval exits 0 when the expression raised; the printed result tells.
-        failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in flavour.rpc_error_output)
-        checks.append(
-            join(
-                ('  if [ -n "$ok" ]; then\n    out=$( load_env "$rid"; ',),
-                words([f"{layout.current}/bin/{layout.app}", *flavour.rpc(health.rpc)]),
-                (
-                    ' 2>"$d/shared/tmp/health.err" ) || ok=\n'
-                    f'    case "$out" in {failed}) printf \'%s\\n\' "$out" >> "$d/shared/tmp/health.err"; ok= ;; esac\n'
-                    "  fi\n",
-                ),
-            )
-        )
-    elif health.rpc:
-        checks.append(
-            join(
-                ('  if [ -n "$ok" ]; then ( load_env "$rid"; ',),
-                words([f"{layout.current}/bin/{layout.app}", *flavour.rpc(health.rpc)]),
-                (' ) >/dev/null 2>"$d/shared/tmp/health.err" || ok=; fi\n',),
-            )
-        )
-    return join(
-        template(
-            "step health\n"
-            "clock\n"
-            "end=$(( NOW + {{deadline}} ))\n"
-            "grace=$(( NOW + {{grace}} ))\n"
-            "seen=\n"
-            "pids=\n"
-            "while :; do\n"
-            # Scanning /proc costs several processes: keep the pids found while they live.
-            "  live=\n"
-            '  for p in $pids; do if is_alive "$p"; then live="$live$p "; fi; done\n'
-            "  pids=$live\n"
-            "  if [ -z \"$pids\" ]; then pids=$(node_pids | sort -u | tr '\\n' ' '); fi\n"
-            "  ok=1\n"
-            '  if [ -z "$pids" ]; then ok=; fi\n',
-            deadline=int(max(1, round(health.deadline))),
-            grace=int(max(1, round(min(health.start_grace, health.deadline)))),
-        ),
-        *checks,
-        template(
-            '  if [ -n "$ok" ]; then\n'
-            '    echo "node_pid=$pids"; echo "$pids" | tr -d " " > "$d/shared/node.pid"; break\n'
-            "  fi\n"
-            '  if [ -n "$pids" ]; then seen=1; fi\n'
-            '  if [ -n "$seen" ] && [ -z "$pids" ]; then\n'
-            '    echo "the node exited while starting" >&2; node_log_tail; exit {{unhealthy}}\n'
-            "  fi\n"
-            "  clock\n"
-            '  if [ -z "$seen" ] && [ "$NOW" -ge "$grace" ]; then\n'
-            '    echo "the node did not start within {{grace_text}}s" >&2; node_log_tail; exit {{unhealthy}}\n'
-            "  fi\n"
-            '  if [ "$NOW" -ge "$end" ]; then\n'
-            '    echo "the node did not become healthy within {{deadline_text}}s:" >&2\n'
-            '    cat "$d/shared/tmp/health.err" >&2 2>/dev/null || true; node_log_tail; exit {{unhealthy}}\n'
-            "  fi\n"
-            "  sleep {{interval}}\n"
-            "done\n",
-            unhealthy=EXIT_UNHEALTHY,
-            interval=f"{health.interval:g}",
-            grace_text=f"{min(health.start_grace, health.deadline):g}",
-            deadline_text=f"{health.deadline:g}",
-        ),
-    )
-
-
-def _switch(release_id: str, tmp_suffix: str) -> tuple[Part, ...]:
-    return template(
-        "step switch\n"
-        "rid={{id}}\n"
-        '[ -d "$d/releases/$rid" ] || fail "release $rid is not on this host"\n'
-        't="$d/current.tmp."{{suffix}}\n'
-        'rm -f "$t"\n'
-        'ln -s "releases/$rid" "$t"\n'
-        'mv -T "$t" "$d/current"\n',
-        id=release_id,
-        suffix=tmp_suffix,
-    )
-
-
-def cookie_mode(flavour: Flavour) -> tuple[Part, ...]:
-    """Tells ``load_env`` how the node gets the cookie: from ``$HOME/.erlang.cookie`` (default) or argv,
-    and whether the release script itself needs the real one (relx)."""
-    mode: tuple[Part, ...] = () if flavour.cookie_from_home else ("cookie_from_home=0\n",)
-    return mode + (("script_cookie=1\n",) if flavour.script_cookie else ())
-
-
-def _restart(layout: RemoteLayout, flavour: Flavour, stop_timeout: float, start_wait: float = 60.0) -> tuple[Part, ...]:
-    start = words([f"{layout.current}/bin/{layout.app}", *flavour.daemon])
-    if flavour.daemon_waits:
-        # relx's daemon polls until the node answers, without end (a node that crashes at boot would hang
-        # the deploy): bound the wait and let the health gate judge the node.
-        wait = int(max(1, round(start_wait)))
-        return join(
-            cookie_mode(flavour),
-            template(
-                "step stop\nstop_node {{timeout}}\nstep start\n"
-                "if command -v timeout >/dev/null 2>&1; then\n"
-                '  start_limit="timeout -k 5 {{wait}}"\nelse\n  start_limit=\nfi\n',
-                timeout=int(max(1, round(stop_timeout))),
-                wait=wait,
-            ),
-            ('( load_env "$rid"; cd "$d/shared"; exec $start_limit ',),
-            start,
-            (
-                ' ) || { s=$?; [ "$s" -eq 124 ] || exit "$s"; '
-                f'echo "the release script still waited for the node after {wait}s" >&2; }}\n',
-            ),
-        )
-    return join(
-        cookie_mode(flavour),
-        template("step stop\nstop_node {{timeout}}\nstep start\n", timeout=int(max(1, round(stop_timeout)))),
-        ('( load_env "$rid"; cd "$d/shared"; exec ',),
-        start,
-        (" )\n",),
-    )
 
 
 def revision_record(fields: Mapping[str, str | None]) -> str:
@@ -514,16 +316,20 @@ def revision_record(fields: Mapping[str, str | None]) -> str:
     return json.dumps({k: v for k, v in fields.items() if v is not None}, sort_keys=True, separators=(",", ":"))
 
 
-def _record(records: Sequence[str]) -> tuple[Part, ...]:
-    parts: list[Part] = ["step record\n"]
-    for record in records:
-        parts.extend(
-            template(
-                'printf \'%s\\t%s\\n\' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {{record}} >> "$d/revisions.log"\n',
-                record=record,
-            )
-        )
-    return tuple(parts)
+def _limits(flavour: Flavour, health: HealthCheck, stop_timeout: float) -> tuple[float, float]:
+    """(the host's own deadline, the client's): the host gives up first, so a client-side timeout never finds
+    the script still running. relx's bounded daemon wait comes before the health gate's own deadline."""
+    waits = health.deadline * (2 if flavour.daemon_waits else 1)
+    remote = stop_timeout + min(health.start_grace, health.deadline) + waits + max(0.0, health.stable_for) + 60
+    return remote, remote + 60
+
+
+def _restart(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, stop_timeout: float) -> tuple[Fragment, ...]:
+    return (
+        stop_node(stop_timeout),
+        start_node(layout, flavour, start_wait=health.deadline, start_grace=min(health.start_grace, health.deadline)),
+        health_gate(layout, flavour, health),
+    )
 
 
 def activate(
@@ -537,31 +343,25 @@ def activate(
     success_record: str,
     prune_releases: Sequence[str] = (),
     prune_artifacts: Sequence[str] = (),
+    run_id: str | None = None,
 ) -> Script:
-    """Switch ``current`` to ``release_id``, stop the old VM and wait for it, start the new one,
-    wait for health, record success, remove old releases. Exits 76 when the node is not healthy;
-    the executor then runs :func:`revert`.
+    """Switch ``current`` to ``release_id``, stop the old VM and wait for it, start the new one, wait for it
+    to be healthy, record success, remove old releases. Runs detached (:func:`detach`, run id
+    ``activate-<tmp_suffix>`` unless ``run_id``). Exits 76 when the node is not healthy; the executor
+    then runs :func:`revert`.
     """
-    prune: tuple[Part, ...] = ()
     paths = [layout.release(r) for r in prune_releases] + [layout.env_file(r) for r in prune_releases]
     paths += [layout.artifact(sha) for sha in prune_artifacts]
-    if paths:
-        # The new release is live and recorded by now: a failed clean-up must not turn into a revert.
-        prune = join(
-            ("step prune\nrm -rf ",), words(paths), (' || echo "warning: could not remove every old release" >&2\n',)
-        )
-    return _script(
+    remote, local = _limits(flavour, health, stop_timeout)
+    worker = script(
         "activate",
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        _switch(release_id, tmp_suffix),
-        _restart(layout, flavour, stop_timeout, health.deadline),
-        _health(layout, flavour, health),
-        _record([success_record]),
-        prune,
-        # relx's bounded daemon wait (up to the deadline) comes before the health gate's own deadline.
-        timeout=stop_timeout + health.deadline * (2 if flavour.daemon_waits else 1) + 120,
+        deploy_vars(layout),
+        switch(release_id, tmp_suffix),
+        *_restart(layout, flavour, health, stop_timeout),
+        record([success_record]),
+        prune(paths),
     )
+    return detach(layout, worker, run_id=run_id or f"activate-{tmp_suffix}", limit=remote, timeout=local)
 
 
 def revert(
@@ -573,25 +373,33 @@ def revert(
     stop_timeout: float,
     tmp_suffix: str,
     records: Sequence[str],
+    failure_records: Sequence[str] = (),
+    run_id: str | None = None,
 ) -> Script:
-    """Put a host whose new node failed back on ``previous_id`` (restart + health), recording ``records``.
+    """Put a host whose new node failed back on ``previous_id`` (switch, restart, health gate).
 
-    With no previous release (a first deploy) the failed node is stopped and ``current`` removed.
+    ``failure_records`` (the failed release's entry: its health gate already failed) are written first;
+    ``records`` only after the step they describe happened: after the old node is healthy again, or, with
+    no previous release (a first deploy), after the failed node is stopped and ``current`` removed.
+    Runs detached like :func:`activate` (run id ``revert-<tmp_suffix>``).
     """
+    remote, local = _limits(flavour, health, stop_timeout)
     if previous_id is None:
-        body: tuple[Part, ...] = template(
-            'step stop\nstop_node {{timeout}}\nstep unlink\nrm -f "$d/current"\n',
-            timeout=int(max(1, round(stop_timeout))),
+        worker = script(
+            "revert",
+            deploy_vars(layout),
+            _records(failure_records),
+            stop_node(stop_timeout),
+            text('step unlink\nrm -f "$d/current"\n'),
+            _records(records),
         )
-        return _script("revert", _vars(layout), (NODE_FUNCTIONS,), body, _record(records))
-    return _script(
-        "revert",
-        _vars(layout),
-        (NODE_FUNCTIONS,),
-        _record(records),
-        _switch(previous_id, tmp_suffix),
-        _restart(layout, flavour, stop_timeout, health.deadline),
-        _health(layout, flavour, health),
-        # relx's bounded daemon wait (up to the deadline) comes before the health gate's own deadline.
-        timeout=stop_timeout + health.deadline * (2 if flavour.daemon_waits else 1) + 120,
-    )
+    else:
+        worker = script(
+            "revert",
+            deploy_vars(layout),
+            _records(failure_records),
+            switch(previous_id, tmp_suffix),
+            *_restart(layout, flavour, health, stop_timeout),
+            _records(records),
+        )
+    return detach(layout, worker, run_id=run_id or f"revert-{tmp_suffix}", limit=remote, timeout=local)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pydantic import SecretStr
 
 MASK = "********"
+
+ENV_FILE_HEADER = "# deployer env 2: NAME=value lines, backslash and newline escaped; read by deployer's launcher\n"
+"""First line of every env file; the launcher refuses a file without it (older deployers wrote shell)."""
 _PLACEHOLDER = re.compile(r"\{\{([a-z_][a-z0-9_]*)\}\}")
 
 
@@ -113,6 +116,8 @@ class Script:
     parts: tuple[Part, ...]
     timeout: float | None = None
     stdin: bool = True
+    run_id: str | None = None
+    """Set on scripts that run detached on the host: where their outcome can be read again."""
 
     def __post_init__(self) -> None:
         if not self.stdin and self.secrets:
@@ -150,16 +155,24 @@ def join(*chunks: Iterable[Part]) -> tuple[Part, ...]:
     return tuple(out)
 
 
+def encode_env_value(value: str) -> str:
+    """One env file value on one line: ``\\`` becomes ``\\\\`` and a newline ``\\n`` (the launcher decodes)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def env_file_text(values: Mapping[str, str | Secret]) -> SecretText:
-    """A shell-sourceable env file: ``NAME='value'`` lines, values quoted so any bytes survive."""
-    parts: list[str | Secret] = ["# written by deployer; sourced with set -a before the node starts\n"]
+    """The node's env file: :data:`ENV_FILE_HEADER`, then ``NAME=value`` lines (secrets kept as masked parts).
+
+    Names must be shell identifiers (the inventory checks them); values may hold any character but NUL.
+    """
+    parts: list[str | Secret] = [ENV_FILE_HEADER]
     for name, value in values.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not an environment variable name")
         if isinstance(value, Secret):
-            quoted = shlex.quote(value.reveal())
-            # Quote the secret's bytes but keep it a separate masked part.
             parts.append(f"{name}=")
-            parts.append(Secret(value.label, SecretStr(quoted)))
+            parts.append(Secret(value.label, SecretStr(encode_env_value(value.reveal()))))
             parts.append("\n")
         else:
-            parts.append(f"{name}={shlex.quote(value)}\n")
+            parts.append(f"{name}={encode_env_value(value)}\n")
     return SecretText(tuple(parts))

@@ -51,8 +51,9 @@ HELLO_ERL_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello_erl"
 DEFAULT_CACHE_DIR: Final[Path] = REPO_ROOT / ".cache" / "examples"
 """Where built tarballs are kept between runs (git-ignored)."""
 
-HELLO_VARIANTS: Final[tuple[str, ...]] = ("", "crash", "unhealthy", "bad_migration")
-"""Build variants: normal, halts 2 s after boot, /health 503, migrate raises."""
+HELLO_VARIANTS: Final[tuple[str, ...]] = ("", "crash", "unhealthy", "bad_migration", "dies_after_health")
+"""Build variants: normal, halts 2 s after boot, /health 503, migrate raises, halts ``HELLO_DIE_AFTER_MS``
+(run-time env, default 1000) after its first healthy ``/health`` answer."""
 
 BUILD_TIMEOUT_S: Final[float] = 900.0
 _OUTPUT_TAIL_LINES: Final[int] = 60

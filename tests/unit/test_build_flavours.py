@@ -4,6 +4,7 @@ rpc results read from the output, and the relx run-time paths."""
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -14,11 +15,14 @@ from deployer.core.paths import RemoteLayout
 from deployer.core.plan import node_env
 from deployer.remote import release as rc
 from deployer.remote.flavours import CLEAN_BOOT_EVAL, flavour
+from deployer.remote.fragments import LAUNCHER, cookie_mode
+from deployer.remote.shell import env_file_text
 
 from .helpers import BASE, inventory
 
 LAYOUT = RemoteLayout("/srv/hello", "hello")
 RID = "20261124010203-0.1.0"
+LAUNCH = ["env", "-i", "PATH=/usr/bin:/bin", "/bin/sh", "-c", LAUNCHER, "launch"]
 HEALTH = rc.HealthCheck(http=None, rpc="true = is_pid(whereis(hello_sup))", deadline=45, interval=0.5)
 
 
@@ -34,7 +38,7 @@ def test_mix_is_unchanged() -> None:
     assert mix.eval("Hello.Release.migrate()") == ("eval", "Hello.Release.migrate()")
     assert mix.rpc("IO.puts(:ok)") == ("rpc", "IO.puts(:ok)")
     assert (mix.daemon, mix.stop, mix.remote, mix.alive) == (("daemon",), ("stop",), ("remote",), ("pid",))
-    assert rc.cookie_mode(mix) == ()
+    assert cookie_mode(mix) == "home"
 
 
 def test_rebar3_mapping() -> None:
@@ -51,7 +55,7 @@ def test_rebar3_mapping() -> None:
     assert rebar.rpc("hello_erl_release:applied()") == ("eval", "hello_erl_release:applied().")
     assert rebar.rpc("ok.") == ("eval", "ok.")
     assert rebar.cookie_var == "RELX_COOKIE" and rebar.cookie_from_home and rebar.script_cookie
-    assert "".join(map(str, rc.cookie_mode(rebar))) == "script_cookie=1\n"
+    assert cookie_mode(rebar) == "home+script"
     assert dict(rebar.runtime_env) == {
         "RELX_REPLACE_OS_VARS": "true",
         "RELX_OUT_FILE_PATH": "${shared}/tmp/relx",
@@ -81,6 +85,7 @@ def test_distillery_mapping() -> None:
     assert dist.rpc("MyApp.ready?()") == ("rpc", "MyApp.ready?()")
     assert dict(dist.runtime_env) == {"REPLACE_OS_VARS": "true"}
     assert dist.cookie_var == "COOKIE" and not dist.cookie_from_home
+    assert cookie_mode(dist) == "env"
 
 
 def test_relx_paths_are_expanded_into_the_env_file(tmp_path: Path) -> None:
@@ -98,10 +103,11 @@ def test_relx_paths_are_expanded_into_the_env_file(tmp_path: Path) -> None:
 
 def test_rebar3_migration_boots_the_release_clean() -> None:
     text = rc.migrate(LAYOUT, flavour("rebar3"), release_id=RID, expression="m:migrate()", timeout=99).render()
-    assert CLEAN_BOOT_EVAL in text
-    assert f"( load_env {RID}\ncd \"$d/shared\"\nclean_boot_eval /srv/hello/releases/{RID} 'm:migrate()' )\n" in text
-    assert "bin/hello" not in text.split(CLEAN_BOOT_EVAL, 1)[1]
-    assert text.index("script_cookie=1\n") < text.index("load_env " + RID)
+    assert (
+        f'launch 99 "$rid" home+script /bin/sh -c {shlex.quote(CLEAN_BOOT_EVAL)} clean-boot-eval '
+        f"/srv/hello/releases/{RID} 'm:migrate()'\nstatus=$?\n"
+    ) in text
+    assert "bin/hello" not in text
 
 
 def fake_release(root: Path, *, sys_config: str | None, src: bool) -> None:
@@ -125,8 +131,14 @@ def fake_release(root: Path, *, sys_config: str | None, src: bool) -> None:
 
 
 def run_clean_boot(root: Path, tmp: Path, expression: str, **env: str) -> subprocess.CompletedProcess[str]:
-    script = rc.PRELUDE + CLEAN_BOOT_EVAL + f"limit=\nclean_boot_eval '{root}' '{expression}'\n"
-    return sh(script, {**os.environ, "RELX_OUT_FILE_PATH": str(tmp), **env})
+    return subprocess.run(
+        ["sh", "-c", CLEAN_BOOT_EVAL, "clean-boot-eval", str(root), expression],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RELX_OUT_FILE_PATH": str(tmp), **env},
+        timeout=30,
+        check=False,
+    )
 
 
 def test_clean_boot_eval_argv_and_substituted_config(tmp_path: Path) -> None:
@@ -173,31 +185,37 @@ def activate(name: str) -> str:
 
 def test_relx_daemon_wait_is_bounded_by_the_health_deadline() -> None:
     text = activate("rebar3")
-    assert '  start_limit="timeout -k 5 45"\n' in text
     assert (
-        '( load_env "$rid"; cd "$d/shared"; exec $start_limit /srv/hello/current/bin/hello daemon ) || '
-        '{ s=$?; [ "$s" -eq 124 ] || exit "$s"; echo "the release script still waited for the node after 45s" >&2; }\n'
+        'launch 45 "$rid" home+script /srv/hello/current/bin/hello daemon || '
+        '{ s=$?; [ "$s" -eq 124 ] || exit "$s"; '
+        'echo "the release script still waited for the node after "45"s" >&2; }\n'
     ) in text
-    assert "start_limit" not in activate("mix")
-    # The local deadline leaves room for the bounded wait and then the health gate's own deadline.
+    assert "launch '' \"$rid\" home /srv/hello/current/bin/hello daemon\n" in activate("mix")
+    # The host's own deadline leaves room for the bounded wait, the health gate's deadline and the stability
+    # period; the client waits a minute longer, so it never gives up on a script that is still running.
     script = rc.activate(
         LAYOUT, flavour("rebar3"), release_id=RID, health=HEALTH, stop_timeout=20, tmp_suffix="x", success_record="{}"
     )
-    assert script.timeout == 20 + 2 * 45 + 120
+    remote = 20 + 15 + 2 * 45 + 5 + 60
+    assert f'deployer-run "$r" {remote} </dev/null' in script.render()
+    assert script.timeout == remote + 60
 
 
 def test_relx_rpc_health_reads_the_printed_result() -> None:
     text = activate("rebar3")
-    assert "/srv/hello/current/bin/hello eval 'true = is_pid(whereis(hello_sup)).' 2>" in text
+    assert (
+        'out=$(launch "$SECS" "$rid" home+script /srv/hello/current/bin/hello eval '
+        "'true = is_pid(whereis(hello_sup)).' 2>\"$d/shared/tmp/health.err\") || {"
+    ) in text
     assert "case \"$out\" in '{error,'*|'{badrpc,'*) " in text
-    assert "bin/hello rpc 'true = is_pid(whereis(hello_sup))' ) >/dev/null" in activate("mix")
+    assert "home /srv/hello/current/bin/hello rpc 'true = is_pid(whereis(hello_sup))' 2>" in activate("mix")
 
 
 def test_relx_rpc_check_fails_on_printed_errors(tmp_path: Path) -> None:
     # The check as rendered, run against a fake release script that exits 0 but prints relx's error tuple.
     text = activate("rebar3")
     start = text.index('  if [ -n "$ok" ]; then\n    out=$(')
-    check = text[start : text.index("  fi\n", start) + len("  fi\n")]
+    check = text[start : text.index("\n  fi\n", start) + len("\n  fi\n")]
     d = tmp_path / "srv"
     (d / "shared" / "tmp").mkdir(parents=True)
     bin_dir = tmp_path / "bin"
@@ -207,7 +225,7 @@ def test_relx_rpc_check_fails_on_printed_errors(tmp_path: Path) -> None:
         fake.write_text(f"#!/bin/sh\nprintf '%s\\n' '{printed}'\n")
         fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
         script = (
-            f"d='{d}'\nrid=r1\nok=1\nload_env() {{ :; }}\n"
+            f"d='{d}'\nrid=r1\nok=1\nSECS=5\nlaunch() {{ shift 3; \"$@\"; }}\n"
             + check.replace("/srv/hello/current/bin/hello", str(fake))
             + 'echo "ok=$ok"\n'
         )
@@ -216,13 +234,19 @@ def test_relx_rpc_check_fails_on_printed_errors(tmp_path: Path) -> None:
         assert ("ok=1" in done.stdout) == healthy, done.stdout
 
 
-def test_load_env_makes_the_relx_output_dir_private(tmp_path: Path) -> None:
+def test_the_launcher_makes_the_relx_output_dir_private_and_gives_relx_the_cookie(tmp_path: Path) -> None:
     d = tmp_path / "srv"
     (d / "shared" / "env").mkdir(parents=True)
-    (d / "shared" / "env" / "r1.env").write_text(f"RELX_OUT_FILE_PATH='{d}/shared/tmp/relx'\n")
+    env = env_file_text({"RELX_OUT_FILE_PATH": f"{d}/shared/tmp/relx"})
+    (d / "shared" / "env" / "r1.env").write_text(env.render(reveal=True))
     (d / "shared" / ".cookie").write_text("COOKIE123")
-    script = rc.PRELUDE + f"d='{d}'\n" + rc.NODE_FUNCTIONS + 'script_cookie=1\nload_env r1\necho "$RELX_COOKIE"\n'
-    done = sh(script)
+    done = subprocess.run(
+        [*LAUNCH, str(d), "r1", "home+script", "/bin/sh", "-c", 'echo "$RELX_COOKIE"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "COOKIE123"
     assert stat.S_IMODE((d / "shared" / "tmp" / "relx").stat().st_mode) == 0o700

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -10,9 +12,14 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from deployer.core.paths import RemoteLayout
+from deployer.core.plan import health_check
+from deployer.errors import PlanError
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
+from deployer.remote.fragments import LAUNCHER, expand_placeholders
 from deployer.remote.shell import MASK, Script, Secret, env_file_text, template, words
+
+from .helpers import BASE, inventory
 
 LAYOUT = RemoteLayout("/srv/hello", "hello")
 SECRET = Secret("HELLO_SECRET", SecretStr("hunter2-sentinel"))
@@ -73,7 +80,7 @@ def test_receive_artifact_is_an_argv_script_with_stdin_free_for_data() -> None:
     assert 'mv -f "$t" "$d/artifacts/$sha.tar.gz"' in text
 
 
-def test_migrate_renders_the_flavour_eval_in_a_subshell_and_records() -> None:
+def test_migrate_runs_the_flavour_eval_through_the_launcher_under_the_deadline_and_records() -> None:
     script = rc.migrate(
         LAYOUT,
         flavour("mix"),
@@ -83,17 +90,20 @@ def test_migrate_renders_the_flavour_eval_in_a_subshell_and_records() -> None:
         record='{"event":"migrate"}',
     )
     text = script.render()
-    assert (
-        "step migrate\n"
-        'if command -v timeout >/dev/null 2>&1; then limit="timeout -k 10 99"; else limit=; fi\n'
-        "set +e\n"
-        '( load_env 20261124010203-0.1.0\ncd "$d/shared"\n'
-        "$limit /srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()' )\n"
+    assert text.endswith(
+        "__deployer_main() {\n"
+        "d=/srv/hello\napp=hello\n"
+        "step migrate\nrid=20261124010203-0.1.0\nset +e\n"
+        "launch 99 \"$rid\" home /srv/hello/releases/20261124010203-0.1.0/bin/hello eval 'Hello.Release.migrate()'\n"
         "status=$?\n"
-    ) in text
-    assert 'fail "migration timed out after 99s"' in text
-    assert '\'{"event":"migrate"}\' >> "$d/revisions.log"' in text
-    assert text.index("status=$?") < text.index("step record")
+        "set -e\n"
+        'if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then fail "migration timed out after 99s"; fi\n'
+        '[ "$status" -eq 0 ] || exit "$status"\n'
+        "step record\n"
+        'printf \'%s\\t%s\\n\' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \'{"event":"migrate"}\' >> "$d/revisions.log"\n'
+        "\n}\n__deployer_main </dev/null\n"
+    )
+    assert "# deployer helpers: launch\n" in text  # only the helper it calls
     assert script.timeout == 99 + 30  # the host enforces 99s; the local deadline leaves room to report it
 
 
@@ -115,9 +125,10 @@ def test_activate_contains_the_phases_in_order() -> None:
     assert order == sorted(order)
     assert 'ln -s "releases/$rid" "$t"\nmv -T "$t" "$d/current"\n' in text
     assert "stop_node 20\n" in text
-    assert "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:4000/health" in text
+    assert 'curl -fsS -o /dev/null --max-time "$SECS" http://127.0.0.1:4000/health' in text
     assert "/srv/hello/releases/20200101000000-0.0.1 /srv/hello/shared/env/20200101000000-0.0.1.env" in text
     assert f"/srv/hello/artifacts/{'b' * 64}.tar.gz" in text
+    assert script.run_id == "activate-abcd"
 
 
 def test_prepare_masks_env_and_cookie() -> None:
@@ -158,15 +169,18 @@ def test_quoted_values_reach_the_shell_as_data(value: str) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True), hostile, min_size=1, max_size=4))
-def test_env_file_values_survive_sourcing(values: dict[str, str]) -> None:
+def test_env_file_values_reach_the_node_byte_for_byte(
+    tmp_path_factory: pytest.TempPathFactory, values: dict[str, str]
+) -> None:
+    d = tmp_path_factory.mktemp("srv")
+    (d / "shared" / "env").mkdir(parents=True)
+    (d / "shared" / ".cookie").write_text("C00KIE")
     env = env_file_text({k: Secret(k, SecretStr(v)) if i % 2 else v for i, (k, v) in enumerate(values.items())})
+    (d / "shared" / "env" / "r1.env").write_text(env.render(reveal=True))
     names = list(values)
-    script = Script(
-        "t",
-        template('f=$(mktemp)\nprintf \'%s\' {{env}} > "$f"\nset -a\n. "$f"\nrm -f "$f"\n', env=env)
-        + tuple(f'printf "%s\\0" "${name}"\n' for name in names),
-    )
-    result = run_sh(script.render(reveal=True))
+    show = "".join(f'printf "%s\\0" "${name}"\n' for name in names)
+    argv = ["env", "-i", "PATH=/usr/bin:/bin", "/bin/sh", "-c", LAUNCHER, "launch", str(d), "r1", "home"]
+    result = subprocess.run([*argv, "/bin/sh", "-c", show], capture_output=True, timeout=10, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split(b"\0")[:-1] == [values[n].encode() for n in names]
 
@@ -177,3 +191,30 @@ def test_words_are_separate_arguments(values: list[str]) -> None:
     script = Script("t", ("for a in ", *words(values), '; do printf "%s\\0" "$a"; done\n'))
     result = run_sh(script.render())
     assert result.stdout.split(b"\0")[:-1] == [v.encode() for v in values]
+
+
+# --- ${NAME} in the health URL -------------------------------------------------------------------------------------
+
+
+def test_health_url_placeholders_are_the_hosts_plain_env_values(tmp_path: Path) -> None:
+    assert expand_placeholders("http://127.0.0.1:${PORT}/h?x=${A}", {"PORT": "4001", "A": "b"}) == (
+        "http://127.0.0.1:4001/h?x=b"
+    )
+    data = copy.deepcopy(BASE)
+    data["health"] = {"http": "http://127.0.0.1:${HELLO_PORT}/health"}
+    data["hosts"][0]["env"] = {"HELLO_PORT": "4999"}
+    inv = inventory(tmp_path, data)
+    assert health_check(inv, inv.hosts[0]).http == "http://127.0.0.1:4999/health"
+    assert health_check(inv).http == "http://127.0.0.1:4000/health"  # env.clear's value
+    data["health"] = {"http": "http://127.0.0.1:${HELLO_SECRET}/health"}
+    with pytest.raises(PlanError, match=r"health.http: \$\{HELLO_SECRET\} is not a plain env value of host"):
+        health_check(inventory(tmp_path / "2", data), inv.hosts[0])
+
+
+def test_the_artifact_is_hashed_once_per_host() -> None:
+    env = env_file_text({})
+    plain = rc.prepare(LAYOUT, release_id="r1", sha256="c" * 64, env_file=env, cookie=None).render()
+    assert "sha256_of" not in plain  # receive_artifact verified it before giving it its name
+    assert "sha256_of" in rc.receive_artifact(LAYOUT, "c" * 64).render()
+    verified = rc.prepare(LAYOUT, release_id="r1", sha256="c" * 64, env_file=env, cookie=None, verify=True).render()
+    assert f'actual=$(sha256_of "$a") || actual=\n[ "$actual" = {"c" * 64} ]' in verified

@@ -283,7 +283,9 @@ def test_exec_runs_in_current_and_reports_each_host(tmp_path: Path) -> None:
 def test_eval_calls_rpc_with_the_release_environment(tmp_path: Path) -> None:
     script: Script = commands.eval_script(_layout(tmp_path), _flavour(), "Node.self()", timeout=10)
     text = script.render()
-    assert "exec /srv/hello/current/bin/hello rpc 'IO.inspect((\nNode.self()\n))' ) 2>&1 )" in text
+    # Through the launcher (the release's env file read on the host, a clean environment), never sourced.
+    assert "/srv/hello/current/bin/hello rpc 'IO.inspect((\nNode.self()\n))' ) 2>&1 )" in text
+    assert 'launch \'\' "$rid" ' in text and "load_env" not in text
     assert "exit 3; }" in text
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -26,8 +25,8 @@ from deployer.core.paths import RemoteLayout
 from deployer.core.plan import generate_cookie, node_env, plan_deploy
 from deployer.errors import InventoryError
 from deployer.remote import release as rc
-from deployer.remote.flavours import flavour
-from deployer.remote.shell import MASK, Secret, env_file_text
+from deployer.remote.fragments import LAUNCHER
+from deployer.remote.shell import MASK, Secret, encode_env_value, env_file_text
 
 from .helpers import BASE, inventory, release_tarball, write_inventory
 
@@ -47,116 +46,7 @@ def sh(script: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-# --- the Erlang cookie never reaches argv ------------------------------------------------------------------------
-
-
-def deploy_to_with_cookie(tmp_path: Path, env_text: str = "") -> Path:
-    d = tmp_path / "srv" / "hello"
-    (d / "shared" / "env").mkdir(parents=True)
-    (d / "shared" / "env" / "r1.env").write_text(env_text)
-    cookie = d / "shared" / ".cookie"
-    cookie.write_text(COOKIE)
-    cookie.chmod(0o400)
-    return d
-
-
-LOAD_ENV_PROBE = (
-    'load_env r1\nprintf "HOME=%s\\nERL_AFLAGS=%s\\nRELEASE_COOKIE=%s\\nRELX_COOKIE=%s\\nCOOKIE=%s\\n" '
-    '"${HOME:-}" "${ERL_AFLAGS:-}" "$RELEASE_COOKIE" "$RELX_COOKIE" "$COOKIE"\n'
-)
-
-
-def run_load_env(d: Path, mode: tuple[str, ...] = ()) -> dict[str, str]:
-    script = rc.PRELUDE + f"d='{d}'\n" + rc.NODE_FUNCTIONS + "".join(str(p) for p in mode) + LOAD_ENV_PROBE
-    done = sh(script)
-    assert done.returncode == 0, done.stderr
-    return dict(line.split("=", 1) for line in done.stdout.splitlines())
-
-
-def test_load_env_gives_the_release_script_a_throwaway_cookie(tmp_path: Path) -> None:
-    env = env_file_text({"ERL_AFLAGS": "-kernel inet_dist_use_interface {127,0,0,1}", "HELLO": "x"})
-    d = deploy_to_with_cookie(tmp_path, env.render(reveal=True))
-    first, second = run_load_env(d), run_load_env(d)
-    # What the script puts into argv (--cookie "$RELEASE_COOKIE") is random, different on every start.
-    assert first["RELEASE_COOKIE"] != COOKIE and len(first["RELEASE_COOKIE"]) == 32
-    assert first["RELEASE_COOKIE"] != second["RELEASE_COOKIE"]
-    assert first["RELX_COOKIE"] == first["COOKIE"] == first["RELEASE_COOKIE"]
-    # A value-less -setcookie first makes OTP ignore every -setcookie; the inventory's flags are kept.
-    assert first["ERL_AFLAGS"] == "-setcookie -kernel inet_dist_use_interface {127,0,0,1}"
-    # ... and the VM reads $HOME/.erlang.cookie: the environment's cookie, private to the deploy user.
-    home = Path(first["HOME"])
-    assert home == d / "shared" / "home"
-    assert (home / ".erlang.cookie").read_text() == COOKIE
-    assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    assert stat.S_IMODE((home / ".erlang.cookie").stat().st_mode) == 0o400  # OTP refuses group/world-readable
-
-
-def test_load_env_without_flags_in_the_env_file(tmp_path: Path) -> None:
-    assert run_load_env(deploy_to_with_cookie(tmp_path))["ERL_AFLAGS"] == "-setcookie "
-
-
-def test_flavours_whose_tools_need_the_cookie_get_it_in_the_environment(tmp_path: Path) -> None:
-    d = deploy_to_with_cookie(tmp_path)
-    assert rc.cookie_mode(flavour("mix")) == ()
-    values = run_load_env(d, tuple(str(p) for p in rc.cookie_mode(flavour("distillery"))))
-    assert values["RELEASE_COOKIE"] == values["RELX_COOKIE"] == values["COOKIE"] == COOKIE
-    assert values["ERL_AFLAGS"] == ""
-    # relx: the script gets the real cookie (for erl_call -c); the VM reads it from $HOME, not its argv.
-    values = run_load_env(d, tuple(str(p) for p in rc.cookie_mode(flavour("rebar3"))))
-    assert values["RELX_COOKIE"] == COOKIE
-    assert values["ERL_AFLAGS"] == "-setcookie " and values["HOME"] == str(d / "shared" / "home")
-
-
-def test_load_env_fails_without_the_cookie(tmp_path: Path) -> None:
-    d = deploy_to_with_cookie(tmp_path)
-    (d / "shared" / ".cookie").unlink()
-    done = sh(rc.PRELUDE + f"d='{d}'\n" + rc.NODE_FUNCTIONS + LOAD_ENV_PROBE)
-    assert done.returncode != 0 and "cookie" in done.stderr
-    # Erlang would otherwise create a random cookie through the dangling link: nothing was created.
-    assert not (d / "shared" / ".cookie").exists()
-
-
-HEALTH = rc.HealthCheck(http=None, rpc="IO.puts(:ok)", deadline=10, interval=0.5)
-
-
-@pytest.mark.parametrize("name", ["mix", "rebar3", "distillery"])
-def test_every_node_start_uses_the_flavours_cookie_mode(name: str) -> None:
-    spec = flavour(name)
-    scripts = [
-        rc.activate(
-            RemoteLayout("/srv/hello", "hello"),
-            spec,
-            release_id="20260101000000-0.1.0",
-            health=HEALTH,
-            stop_timeout=5,
-            tmp_suffix="x",
-            success_record="{}",
-        ),
-        rc.revert(
-            RemoteLayout("/srv/hello", "hello"),
-            spec,
-            previous_id="20250101000000-0.0.1",
-            health=HEALTH,
-            stop_timeout=5,
-            tmp_suffix="y",
-            records=["{}"],
-        ),
-        rc.migrate(
-            RemoteLayout("/srv/hello", "hello"),
-            spec,
-            release_id="20260101000000-0.1.0",
-            expression="M.f()",
-            timeout=60,
-        ),
-    ]
-    for script in scripts:
-        text = script.render()
-        body = text.split(rc.NODE_FUNCTIONS, 1)[1]
-        assert "load_env" in body
-        marker = "cookie_from_home=0\n"
-        assert (marker in body) == (not spec.cookie_from_home)
-        if marker in body:
-            assert body.index(marker) < body.index("load_env")
+# --- the Erlang cookie never reaches argv: see tests/unit/test_launcher.py (the launcher run locally) ----------
 
 
 def test_cookie_is_strong_and_only_written_under_umask_077() -> None:
@@ -175,6 +65,12 @@ def test_cookie_is_strong_and_only_written_under_umask_077() -> None:
     assert 'chmod 0400 "$d/shared/.cookie.tmp"\n' in text
     # Only written when missing: the environment keeps one cookie across hosts and releases.
     assert 'if [ ! -s "$d/shared/.cookie" ]; then\n' in text
+
+
+def launch(d: Path, release_id: str, command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with the release's environment, as the node gets it (deployer's launcher)."""
+    argv = ["env", "-i", "PATH=/usr/bin:/bin", "/bin/sh", "-c", LAUNCHER, "launch", str(d), release_id, "home"]
+    return subprocess.run([*argv, "/bin/sh", "-c", command], capture_output=True, text=True, timeout=20, check=False)
 
 
 # --- prepare: a new directory, private env file, no baked cookie --------------------------------------------------
@@ -232,8 +128,8 @@ def test_prepare_run_locally(tmp_path: Path) -> None:
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     cookie = d / "shared" / ".cookie"
     assert stat.S_IMODE(cookie.stat().st_mode) == 0o400 and cookie.read_text() == COOKIE
-    # The values arrive byte for byte when sourced, and nothing in them ran.
-    shown = sh(f'set -a; . "{env_file}"; printf "%s\\0%s" "$HELLO_GREETING" "$HELLO_SECRET"')
+    # The values arrive byte for byte through the launcher, and nothing in them ran.
+    shown = launch(d, "20260101000000-0.1.0", 'printf "%s\\0%s" "$HELLO_GREETING" "$HELLO_SECRET"')
     assert shown.stdout == f"hi; $(touch /tmp/pwned)\0{SECRET}"
     assert not Path("/tmp/pwned").exists()
 
@@ -365,7 +261,7 @@ def test_every_planned_script_keeps_secrets_off_argv_and_out_of_renderings(tmp_p
     # The env file carries it, and only scripts sent on stdin carry secrets.
     carriers = [s for s in scripts if s.secrets]
     assert carriers and all(s.stdin for s in carriers)
-    assert any(shlex.quote(SECRET) == secret.reveal() for s in carriers for secret in s.secrets)
+    assert any(encode_env_value(SECRET) == secret.reveal() for s in carriers for secret in s.secrets)
     for script in scripts:
         for text in (script.remote_command(), script.render()):
             assert SECRET not in text and COOKIE not in text, script.name

@@ -38,4 +38,24 @@ defmodule Hello.Application do
   end
 
   defp crash_timer(_), do: []
+
+  @doc """
+  The `dies_after_health` variant: the first answer to `/health` is healthy, and the VM halts
+  `HELLO_DIE_AFTER_MS` milliseconds later (default 1000), read at run time so one build serves
+  every timing.
+  """
+  @spec die_later() :: :ok
+  def die_later do
+    if :persistent_term.get(:hello_dying, false) == false do
+      :persistent_term.put(:hello_dying, true)
+      delay = String.to_integer(System.get_env("HELLO_DIE_AFTER_MS", "1000"))
+
+      spawn(fn ->
+        Process.sleep(delay)
+        System.halt(1)
+      end)
+    end
+
+    :ok
+  end
 end

@@ -10,7 +10,7 @@ defmodule Hello.Build do
   @variant System.get_env("HELLO_VARIANT", "")
   @migrations String.to_integer(System.get_env("HELLO_MIGRATIONS", "2"))
 
-  unless @variant in ["", "crash", "unhealthy", "bad_migration"] do
+  unless @variant in ["", "crash", "unhealthy", "bad_migration", "dies_after_health"] do
     raise ArgumentError, "unknown HELLO_VARIANT #{inspect(@variant)}"
   end
 

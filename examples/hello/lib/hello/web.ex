@@ -81,6 +81,7 @@ defmodule Hello.Web do
       end
 
     healthy = Hello.Build.variant() not in ["crash", "unhealthy"]
+    if Hello.Build.variant() == "dies_after_health", do: Hello.Application.die_later()
 
     json(if(healthy, do: 200, else: 503), %{
       status: if(healthy, do: "ok", else: "unavailable"),

@@ -1,0 +1,889 @@
+"""Shell fragments and the one way to compose them into a :class:`~deployer.remote.shell.Script`.
+
+A :class:`Fragment` is a piece of a script body (parts quoted at render time, see
+:mod:`deployer.remote.shell`) plus the names of the shell helper functions it calls.
+:func:`script` joins fragments, defines exactly the helpers they need (and the helpers
+those need) and wraps the body so ``sh`` parses all of it before running any of it.
+Every remote script of deployer is built here or from these fragments; nothing peels
+or patches another script's text.
+
+Conventions the fragments share (set by :func:`deploy_vars`, :func:`switch`,
+:func:`current_release`): ``$d`` is deploy_to, ``$app`` the release name, ``$rid`` the
+release the step works on; ``NODE_PID``/``NODE_START`` are the node being watched (its
+pid and its start time in clock ticks, so a reused pid is never mistaken for it).
+
+The node is never started from this shell's environment: :data:`LAUNCHER` runs in a
+clean one (``env -i``), reads ``shared/env/<release>.env`` with a parser that only
+splits ``NAME=value`` lines (nothing in the file is ever executed or expanded), adds
+what deployer owns (the cookie mode, ``HOME``) and ``exec``s the release script.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from deployer.core.paths import RemoteLayout
+from deployer.remote.flavours import Flavour
+from deployer.remote.shell import Part, Script, Secret, SecretText, join, template, words
+
+STEP_MARKER = "@@step "
+EXIT_UNHEALTHY = 76
+
+PRELUDE = r"""set -eu
+step() { printf '@@step %s\n' "$1" >&2; }
+fail() { printf '%s\n' "$*" >&2; exit 1; }
+"""
+
+_MAIN_OPEN = "__deployer_main() {\n"
+_MAIN_CLOSE = "\n}\n__deployer_main </dev/null\n"
+HELPERS_BEGIN = "# deployer helpers:"
+HELPERS_END = "# end of deployer helpers\n"
+
+
+# --- the environment file and the launcher -----------------------------------------------------------------
+
+RESERVED_ENV_NAMES = frozenset(
+    {
+        # Set for every node by deployer itself (deployer.core.plan.node_env and the launcher's cookie mode).
+        "RELEASE_COOKIE",
+        "RELX_COOKIE",
+        "COOKIE",
+        "HOME",
+        "RELEASE_TMP",
+        "RELEASE_NODE",
+        "RELEASE_DISTRIBUTION",
+        "DEPLOYER_RELEASE_ID",
+        "DEPLOYER_SHARED_DIR",
+        # Special to the shells that run the launcher and the release scripts (/bin/sh, bash): exporting
+        # them either fails (read-only in bash) or changes how those scripts parse and run.
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "CDPATH",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "BASH_VERSINFO",
+        "PPID",
+        "UID",
+        "EUID",
+        "OPTIND",
+        "OPTARG",
+        "PS4",
+        "PWD",
+        "OLDPWD",
+        "LINENO",
+    }
+)
+"""Environment names an inventory must not set (``env.clear``, ``env.secret``, ``hosts[].env``).
+
+deployer's own scripts never read the env file, so no other name can change them; these names are either
+set by deployer for the node or would change the shells that start it."""
+
+
+# Runs as `env -i PATH=... /bin/sh -c "$LAUNCHER" deployer-launch DEPLOY_TO RELEASE MODE COMMAND...`.
+# The file's assignments are collected as positional parameters and exported only at the very end, after
+# which the launcher runs nothing but `exec "$@"` (COMMAND is an absolute path): no name in the file can
+# change what the launcher does. The cookie mode decides what the node gets (see cookie_mode()):
+#   home         the VM reads $HOME/.erlang.cookie (HOME is shared/home, a link to shared/.cookie); the release
+#                script gets a throwaway RELEASE_COOKIE for the --cookie it puts into the VM's argv, and a
+#                value-less -setcookie in ERL_AFLAGS makes OTP disregard every -setcookie;
+#   home+script  the same, but the release script itself gets the real cookie (relx hands it to erl_call);
+#   env          the real cookie in the environment only (Distillery).
+# Values are read with `read -r` and decoded with printf's %b only when they hold a backslash.
+LAUNCHER = r"""set -eu
+d=$1 rid=$2 mode=$3
+shift 3
+e="$d/shared/env/$rid.env"
+c="$d/shared/.cookie"
+[ -r "$e" ] || { printf 'the environment file %s is missing\n' "$e" >&2; exit 1; }
+[ -s "$c" ] || { printf "the environment's Erlang cookie %s is missing\n" "$c" >&2; exit 1; }
+IFS= read -r line < "$e" || true
+case $line in
+  '# deployer env 2'*) ;;
+  *) printf '%s was written by an older deployer: deploy the release again\n' "$e" >&2; exit 1 ;;
+esac
+(umask 077; mkdir -p "$d/shared/home")
+chmod 0700 "$d/shared/home"
+ln -sfn ../.cookie "$d/shared/home/.erlang.cookie"
+if [ "$mode" = home ]; then k=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); else k=$(cat "$c"); fi
+set -- "HOME=$d/shared/home" "RELEASE_COOKIE=$k" "RELX_COOKIE=$k" "COOKIE=$k" "$@"
+k=
+aflags= seen_aflags= out= n=0
+while IFS= read -r line || [ -n "$line" ]; do
+  n=$((n + 1))
+  case $line in '#'*|'') continue ;; esac
+  name=${line%%=*}
+  value=${line#*=}
+  case $name in
+    ''|[0-9]*|*[!A-Za-z0-9_]*) printf '%s:%s: expected NAME=value\n' "$e" "$n" >&2; exit 1 ;;
+  esac
+  [ "$name" != "$line" ] || { printf '%s:%s: expected NAME=value\n' "$e" "$n" >&2; exit 1; }
+  case $value in *\\*) value=$(printf '%bx' "$value"); value=${value%x} ;; esac
+  case $name in
+    ERL_AFLAGS) aflags=$value seen_aflags=1; continue ;;
+    RELX_OUT_FILE_PATH) out=$value ;;
+  esac
+  set -- "$name=$value" "$@"
+done < "$e"
+line= value=
+if [ "$mode" != env ]; then set -- "ERL_AFLAGS=-setcookie $aflags" "$@"
+elif [ -n "$seen_aflags" ]; then set -- "ERL_AFLAGS=$aflags" "$@"; fi
+if [ -n "$out" ]; then (umask 077; mkdir -p "$out"); fi
+cd "$d/shared"
+unset OLDPWD
+while :; do
+  case $1 in /*) break ;; esac
+  export "$1"
+  shift
+done
+exec "$@"
+"""
+"""The node launcher (a constant: it holds no value of any inventory and no secret)."""
+
+
+def cookie_mode(flavour: Flavour) -> str:
+    """How the launcher hands the cookie to this flavour's release: ``home``, ``home+script`` or ``env``."""
+    if not flavour.cookie_from_home:
+        return "env"
+    return "home+script" if flavour.script_cookie else "home"
+
+
+# --- helper functions ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A shell function (or definition) a fragment may call; ``needs`` names the helpers it calls itself."""
+
+    name: str
+    text: str
+    needs: tuple[str, ...] = ()
+
+
+_HELPER_LIST: tuple[Helper, ...] = (
+    # The host's clock in centiseconds since boot, from shell builtins only (it runs in polling loops).
+    Helper(
+        "clock",
+        "clock() {\n  read -r _up _ < /proc/uptime\n  NOW=$(( ${_up%.*} * 100 + 1${_up#*.} - 100 ))\n}\n",
+    ),
+    # SECS: centiseconds $1 as seconds with two decimals (for timeout and curl), at least 1 s: a check started
+    # just before the deadline still gets the time to complete one request on a busy host.
+    Helper(
+        "secs",
+        'secs() {\n  _cs=$1\n  [ "$_cs" -ge 100 ] || _cs=100\n'
+        "  SECS=$(( _cs / 100 )).$(( _cs % 100 / 10 ))$(( _cs % 10 ))\n}\n",
+    ),
+    # PROC_START: the start time (clock ticks since boot) of process $1; fails when it is gone or a zombie.
+    # Builtins only, so watching a node costs no process per poll.
+    Helper(
+        "proc_start",
+        "proc_start() {\n"
+        '  { read -r _stat < "/proc/$1/stat"; } 2>/dev/null || return 1\n'
+        "  set -- ${_stat##*) }\n"
+        '  case "$1" in Z|X|x) return 1 ;; esac\n'
+        "  PROC_START=${20}\n"
+        "}\n",
+    ),
+    # Is the node (pid $1, started at $2) still that very process?
+    Helper(
+        "node_alive",
+        'node_alive() { proc_start "$1" && [ "$PROC_START" = "$2" ]; }\n',
+        needs=("proc_start",),
+    ),
+    # Is process $1 a BEAM of this deploy_to: ours (owner), its executable the beam.smp of an ERTS bundled in a
+    # release of $d (or the system's ERTS, with a command line naming a release of $d), in our mount namespace?
+    # A pid read from a file is trusted only then: a stale one that now names another process is never signalled.
+    Helper(
+        "is_node",
+        "is_node() {\n"
+        '  [ -O "/proc/$1" ] || return 1\n'
+        '  _exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1\n'
+        '  case "${_exe% (deleted)}" in\n'
+        '    "$d"/releases/*/erts-*/bin/beam.smp) ;;\n'
+        "    */releases/*/erts-*/bin/beam.smp) return 1 ;;\n"
+        "    */erts-*/bin/beam.smp)\n"
+        "      case \"$(tr '\\0' ' ' < \"/proc/$1/cmdline\" 2>/dev/null)\" in\n"
+        '        *"$d/releases/"*|*"$d/current/"*) ;;\n'
+        "        *) return 1 ;;\n"
+        "      esac ;;\n"
+        "    *) return 1 ;;\n"
+        "  esac\n"
+        '  [ -n "${SELF_NS:-}" ] || SELF_NS=$(readlink "/proc/$$/ns/mnt" 2>/dev/null) || SELF_NS=unknown\n'
+        '  [ "$(readlink "/proc/$1/ns/mnt" 2>/dev/null || echo other)" = "$SELF_NS" ]\n'
+        "}\n",
+    ),
+    # FOUND: the nodes of $d (pids and a trailing space), from one pass over /proc: a single grep picks the BEAMs
+    # by their comm (one process, however many the host runs); only those are looked at closer (the ones
+    # started at or after clock tick $1, when given).
+    Helper(
+        "scan_nodes",
+        "scan_nodes() {\n"
+        "  FOUND=\n"
+        "  for _p in $(grep -lsx beam.smp /proc/[0-9]*/comm 2>/dev/null); do\n"
+        "    _p=${_p#/proc/}\n"
+        "    _p=${_p%/comm}\n"
+        '    if [ -n "${1:-}" ]; then proc_start "$_p" && [ "$PROC_START" -ge "$1" ] || continue; fi\n'
+        '    if is_node "$_p"; then FOUND="$FOUND$_p "; fi\n'
+        "  done\n"
+        "}\n",
+        needs=("proc_start", "is_node"),
+    ),
+    # NODE_PID/NODE_START from shared/node.pid ("pid start"), only while that process is still the node.
+    Helper(
+        "recorded_node",
+        "recorded_node() {\n"
+        "  NODE_PID= NODE_START=\n"
+        '  { read -r _p _s < "$d/shared/node.pid"; } 2>/dev/null || return 1\n'
+        "  case \"$_p\" in ''|*[!0-9]*) return 1 ;; esac\n"
+        '  proc_start "$_p" || return 1\n'
+        '  case "${_s:-}" in \'\'|"$PROC_START") ;; *) return 1 ;; esac\n'
+        '  is_node "$_p" || return 1\n'
+        "  NODE_PID=$_p NODE_START=$PROC_START\n"
+        "}\n",
+        needs=("proc_start", "is_node"),
+    ),
+    # NODE_PIDS: the running nodes of $d: the recorded one (no scan), else whatever one pass over /proc finds.
+    Helper(
+        "find_nodes",
+        "find_nodes() {\n"
+        "  if recorded_node; then NODE_PIDS=$NODE_PID; return 0; fi\n"
+        "  scan_nodes\n"
+        "  NODE_PIDS=${FOUND% }\n"
+        "}\n",
+        needs=("recorded_node", "scan_nodes"),
+    ),
+    Helper(
+        "record_node",
+        "record_node() {\n"
+        '  printf \'%s %s\\n\' "$NODE_PID" "$NODE_START" > "$d/shared/node.pid.tmp"\n'
+        '  mv -f "$d/shared/node.pid.tmp" "$d/shared/node.pid"\n'
+        "}\n",
+    ),
+    # Wait up to $1 seconds for the node launched at clock $2 (a BEAM of $d born since then) and record it:
+    # from then on only that pid is watched, never scanned for again.
+    Helper(
+        "await_node",
+        "await_node() {\n"
+        "  _hz=$(getconf CLK_TCK 2>/dev/null) || _hz=100\n"
+        "  case \"$_hz\" in ''|*[!0-9]*) _hz=100 ;; esac\n"
+        "  _born=$(( $2 * _hz / 100 - _hz ))\n"
+        "  clock\n"
+        "  _until=$(( NOW + $1 * 100 ))\n"
+        "  while :; do\n"
+        '    scan_nodes "$_born"\n'
+        '    if [ -n "$FOUND" ]; then\n'
+        "      set -- $FOUND\n"
+        '      if proc_start "$1"; then NODE_PID=$1 NODE_START=$PROC_START; record_node; return 0; fi\n'
+        "    fi\n"
+        "    clock\n"
+        '    [ "$NOW" -lt "$_until" ] || return 1\n'
+        "    sleep 0.2\n"
+        "  done\n"
+        "}\n",
+        needs=("clock", "scan_nodes", "proc_start", "record_node"),
+    ),
+    # Is any of "pid:start" ... still alive?
+    Helper(
+        "procs_alive",
+        "procs_alive() {\n"
+        '  for _e in "$@"; do if node_alive "${_e%%:*}" "${_e#*:}"; then return 0; fi; done\n'
+        "  return 1\n"
+        "}\n",
+        needs=("node_alive",),
+    ),
+    # SIGTERM to the node(s) of $d, wait until they have exited (SIGKILL after $1 seconds); prints stopped=.
+    Helper(
+        "stop_node",
+        "stop_node() {\n"
+        "  find_nodes\n"
+        "  _procs=\n"
+        '  for _p in $NODE_PIDS; do if proc_start "$_p"; then _procs="$_procs$_p:$PROC_START "; fi; done\n'
+        '  if [ -z "$_procs" ]; then rm -f "$d/shared/node.pid"; echo "stopped=none"; return 0; fi\n'
+        "  # shellcheck disable=SC2086\n"
+        "  kill -TERM $NODE_PIDS 2>/dev/null || true\n"
+        "  clock\n"
+        "  _end=$(( NOW + $1 * 100 ))\n"
+        "  _again=$(( NOW + 200 ))\n"
+        "  while procs_alive $_procs; do\n"
+        "    clock\n"
+        # A VM still booting has no handler for SIGTERM yet and loses it: say it again every 2 s (only to
+        # processes that are still that node: pid and start time).
+        '    if [ "$NOW" -ge "$_again" ]; then\n'
+        "      for _e in $_procs; do\n"
+        '        if node_alive "${_e%%:*}" "${_e#*:}"; then kill -TERM "${_e%%:*}" 2>/dev/null || true; fi\n'
+        "      done\n"
+        "      _again=$(( NOW + 200 ))\n"
+        "    fi\n"
+        '    if [ "$NOW" -ge "$_end" ]; then\n'
+        "      printf 'node (pid %s) did not exit within %ss of SIGTERM; sending SIGKILL\\n' \\\n"
+        '        "$NODE_PIDS" "$1" >&2\n'
+        "      kill -KILL $NODE_PIDS 2>/dev/null || true\n"
+        "      sleep 1\n"
+        '      if procs_alive $_procs; then fail "node (pid $NODE_PIDS) survived SIGKILL"; fi\n'
+        "      break\n"
+        "    fi\n"
+        "    sleep 0.1\n"
+        "  done\n"
+        '  rm -f "$d/shared/node.pid"\n'
+        '  echo "stopped=$NODE_PIDS"\n'
+        "}\n",
+        needs=("find_nodes", "proc_start", "procs_alive", "node_alive", "clock"),
+    ),
+    Helper(
+        "node_log_tail",
+        "node_log_tail() {\n"
+        '  for f in $(ls -t "$d"/shared/tmp/log/erlang.log.* 2>/dev/null | head -n 1); do\n'
+        "    printf -- '--- last lines of %s ---\\n' \"$f\" >&2\n"
+        '    tail -n 25 "$f" >&2 || true\n'
+        "  done\n"
+        "}\n",
+    ),
+    # launch LIMIT RELEASE MODE COMMAND...: run COMMAND (an absolute path) through the launcher, in a clean
+    # environment made from the release's env file; under `timeout` when LIMIT (seconds) is not empty.
+    Helper(
+        "launch",
+        "LAUNCHER=" + shlex.quote(LAUNCHER) + "\n"
+        "launch() {\n"
+        "  _limit=$1 _rid=$2 _mode=$3\n"
+        "  shift 3\n"
+        '  set -- env -i "PATH=$PATH" /bin/sh -c "$LAUNCHER" deployer-launch "$d" "$_rid" "$_mode" "$@"\n'
+        '  if [ -n "$_limit" ] && command -v timeout >/dev/null 2>&1; then set -- timeout -k 5 "$_limit" "$@"; fi\n'
+        '  "$@"\n'
+        "}\n",
+    ),
+    # The sha256 of a file as 64 hex digits. OpenSSL's digest uses the CPU's SHA extensions (1.3 GB/s where
+    # coreutils' sha256sum does 440 MB/s, benchmarks/README.md); sha256sum, which the probe requires, is the
+    # fallback; an output that is not 64 hex digits is never trusted.
+    Helper(
+        "sha256_of",
+        "sha256_of() {\n"
+        "  _h=\n"
+        '  if command -v openssl >/dev/null 2>&1; then _h=$(openssl dgst -sha256 -r "$1" 2>/dev/null) || _h=; fi\n'
+        "  _h=${_h%% *}\n"
+        '  case "$_h" in *[!0-9a-f]*) _h= ;; esac\n'
+        '  if [ ${#_h} -ne 64 ]; then _h=$(sha256sum "$1") || return 1; _h=${_h%% *}; fi\n'
+        "  printf '%s\\n' \"$_h\"\n"
+        "}\n",
+    ),
+)
+HELPERS: Mapping[str, Helper] = {helper.name: helper for helper in _HELPER_LIST}
+"""Every helper a fragment can ask for, by name."""
+
+
+def _closure(names: Iterable[str]) -> list[Helper]:
+    wanted: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in wanted:
+            continue
+        if name not in HELPERS:
+            raise KeyError(f"unknown shell helper {name!r}")
+        wanted.add(name)
+        pending.extend(HELPERS[name].needs)
+    # Definition order does not matter to sh; a fixed order keeps renderings stable.
+    return [helper for helper in _HELPER_LIST if helper.name in wanted]
+
+
+# --- fragments and scripts -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A piece of a script body and the helpers (by name) it calls."""
+
+    parts: tuple[Part, ...]
+    helpers: tuple[str, ...] = ()
+
+    def __add__(self, other: Fragment) -> Fragment:
+        return Fragment(self.parts + other.parts, self.helpers + other.helpers)
+
+
+def text(source: str, *, helpers: Sequence[str] = (), **values: str | int | float | Secret | SecretText) -> Fragment:
+    """A fragment from a :func:`~deployer.remote.shell.template` (``{{name}}`` values quoted at render time)."""
+    return Fragment(template(source, **values), tuple(helpers))
+
+
+def raw(parts: Iterable[Part], *, helpers: Sequence[str] = ()) -> Fragment:
+    """A fragment from parts already built (e.g. :func:`~deployer.remote.shell.words`)."""
+    return Fragment(tuple(parts), tuple(helpers))
+
+
+def helper_block(helpers: Iterable[str]) -> str:
+    """The definitions of ``helpers`` and what they need, between the markers :func:`fold_helpers` folds."""
+    chosen = _closure(helpers)
+    if not chosen:
+        return ""
+    names = " ".join(h.name for h in chosen)
+    return f"{HELPERS_BEGIN} {names}\n" + "".join(h.text for h in chosen) + HELPERS_END
+
+
+def script(
+    name: str,
+    *fragments: Fragment,
+    timeout: float | None = None,
+    stdin: bool = True,
+    run_id: str | None = None,
+) -> Script:
+    """The script ``name``: prelude, the helpers the fragments need, then their bodies in order.
+
+    The body is wrapped in a function so ``sh`` parses all of it before running any of it, and runs with
+    ``</dev/null`` so no command reads the rest of the script from stdin.
+    """
+    helpers = [h for fragment in fragments for h in fragment.helpers]
+    return Script(
+        name=name,
+        parts=join(
+            (PRELUDE,),
+            (helper_block(helpers),) if helpers else (),
+            (_MAIN_OPEN,),
+            *(fragment.parts for fragment in fragments),
+            (_MAIN_CLOSE,),
+        ),
+        timeout=timeout,
+        stdin=stdin,
+        run_id=run_id,
+    )
+
+
+def body_text(*fragments: Fragment) -> str:
+    """The helper definitions and bodies of ``fragments`` rendered masked, without prelude or wrapper (tests)."""
+    return Script("t", join(*(f.parts for f in fragments))).render()
+
+
+_FOLD = re.compile(re.escape(HELPERS_BEGIN) + r" ([^\n]*)\n.*?" + re.escape(HELPERS_END), re.S)
+
+
+def fold_helpers(script_text: str) -> str:
+    """Show a script's helper definitions as one comment line naming them (``--dry-run`` without ``--full``)."""
+    return _FOLD.sub(lambda m: f"# helpers: {m.group(1)} (deployer/remote/fragments.py)\n", script_text)
+
+
+# --- fragments of the node's lifecycle -----------------------------------------------------------------------------
+
+
+def deploy_vars(layout: RemoteLayout) -> Fragment:
+    """``d`` (deploy_to) and ``app`` (the release name)."""
+    return text("d={{deploy_to}}\napp={{app}}\n", deploy_to=layout.deploy_to, app=layout.app)
+
+
+def current_release() -> Fragment:
+    """``rid``: the release ``current`` points to; fails with a readable reason when there is none."""
+    return text(
+        "step current\n"
+        'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
+        '[ -n "$cur" ] || fail "nothing is deployed on this host ($d/current does not exist)"\n'
+        "rid=${cur##*/}\n"
+        '[ -d "$d/releases/$rid" ] || fail "current points to $cur, which is not on this host"\n'
+        '[ -f "$d/shared/env/$rid.env" ] || fail "the environment file of $rid is missing ($d/shared/env/$rid.env)"\n'
+    )
+
+
+def switch(release_id: str, tmp_suffix: str) -> Fragment:
+    """Point ``current`` at ``release_id`` atomically (``mv -T`` of a fresh link); sets ``rid``."""
+    return text(
+        "step switch\n"
+        "rid={{id}}\n"
+        '[ -d "$d/releases/$rid" ] || fail "release $rid is not on this host"\n'
+        't="$d/current.tmp."{{suffix}}\n'
+        'rm -f "$t"\n'
+        'ln -s "releases/$rid" "$t"\n'
+        'mv -T "$t" "$d/current"\n',
+        id=release_id,
+        suffix=tmp_suffix,
+    )
+
+
+def _seconds(value: float) -> int:
+    return int(max(1, round(value)))
+
+
+def stop_node(stop_timeout: float) -> Fragment:
+    """Stop this deploy_to's node (the recorded pid if it is still ours, else those found in /proc)."""
+    return text("step stop\nstop_node {{timeout}}\n", timeout=_seconds(stop_timeout), helpers=["stop_node"])
+
+
+def node_pids() -> Fragment:
+    """Print ``node_pid=<pid>`` for each running node of this deploy_to (read-only)."""
+    return text('find_nodes\nfor p in $NODE_PIDS; do echo "node_pid=$p"; done\n', helpers=["find_nodes"])
+
+
+def launch(
+    layout: RemoteLayout, flavour: Flavour, argv: Sequence[str], *, limit: str = "''", command: str | None = None
+) -> Fragment:
+    """``launch``: run ``COMMAND ARGV`` with release ``$rid``'s environment through the :data:`LAUNCHER`.
+
+    ``command`` defaults to ``current/bin/<app>``; ``limit`` is shell text for the seconds allowed
+    (``''``: none), e.g. ``"$SECS"``. No newline is added: the caller may append ``|| ...``.
+    """
+    program = command if command is not None else f"{layout.current}/bin/{layout.app}"
+    return raw(
+        join((f'launch {limit} "$rid" {cookie_mode(flavour)} ',), words([program, *argv])),
+        helpers=["launch"],
+    )
+
+
+def start_node(layout: RemoteLayout, flavour: Flavour, *, start_wait: float, start_grace: float) -> Fragment:
+    """Start release ``$rid``'s node as a daemon and find it (``NODE_PID``/``NODE_START``, ``shared/node.pid``).
+
+    The node is the BEAM of this deploy_to born after the launch; once found it is the only process the
+    health gate watches. relx's ``daemon`` waits for the node without end: it is bounded by ``start_wait``.
+    """
+    grace = _seconds(start_grace)
+    start = launch(layout, flavour, flavour.daemon, limit=str(_seconds(start_wait)) if flavour.daemon_waits else "''")
+    if flavour.daemon_waits:
+        start = start + text(
+            ' || { s=$?; [ "$s" -eq 124 ] || exit "$s"; '
+            'echo "the release script still waited for the node after "{{wait}}"s" >&2; }\n',
+            wait=_seconds(start_wait),
+        )
+    else:
+        start = start + text("\n")
+    return (
+        text("step start\nclock\nlaunched=$NOW\n", helpers=["clock"])
+        + start
+        + text(
+            'if ! await_node {{grace}} "$launched"; then\n'
+            '  echo "the node did not start within "{{grace}}"s" >&2; node_log_tail; exit {{unhealthy}}\n'
+            "fi\n"
+            'echo "started=$NODE_PID"\n',
+            grace=grace,
+            unhealthy=EXIT_UNHEALTHY,
+            helpers=["await_node", "node_log_tail"],
+        )
+    )
+
+
+def adopt_running_node() -> Fragment:
+    """If a node of this deploy_to already runs, watch it (``already_running=``); ``started`` says which."""
+    return text(
+        "find_nodes\n"
+        "started=\n"
+        'if [ -n "$NODE_PIDS" ]; then\n'
+        '  echo "already_running=$NODE_PIDS"\n'
+        "  set -- $NODE_PIDS\n"
+        '  proc_start "$1" || fail "the node (pid $1) exited just now"\n'
+        "  NODE_PID=$1 NODE_START=$PROC_START\n"
+        "  record_node\n"
+        "  started=1\n"
+        "fi\n",
+        helpers=["find_nodes", "proc_start", "record_node"],
+    )
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How the health gate probes the node.
+
+    The node is healthy when the node deployer started (same pid and start time) answers the check within
+    ``deadline`` seconds and then keeps answering it, and keeps running, for ``stable_for`` seconds.
+    """
+
+    http: str | None
+    rpc: str | None
+    deadline: float
+    interval: float
+    start_grace: float = 15.0
+    stable_for: float = 5.0
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_placeholders(url: str, values: Mapping[str, str]) -> str:
+    """``${NAME}`` in a health URL replaced by ``values[NAME]`` (e.g. ``http://127.0.0.1:${PORT}/health``).
+
+    Raises ``KeyError`` naming the first placeholder without a value. Only plain (not secret) values may be
+    given: the URL ends up in curl's argv.
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(name)
+        return values[name]
+
+    return _PLACEHOLDER.sub(value, url)
+
+
+def _checks(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, err: str) -> Fragment:
+    """One try of each configured check, each bounded by ``$SECS``; clears ``ok`` and writes ``err`` on failure."""
+    checks = Fragment(())
+    if health.http:
+        checks += text(
+            '  if [ -n "$ok" ]; then\n'
+            '    if [ -n "$have_curl" ]; then curl -fsS -o /dev/null --max-time "$SECS" {{url}} 2>' + err + " || ok=\n"
+            '    else wget -q -O /dev/null -T "$(( ${SECS%.*} + 1 ))" {{url}} 2>' + err + " || ok=; fi\n"
+            "  fi\n",
+            url=health.http,
+        )
+    if health.rpc:
+        failed = "|".join(f"{shlex.quote(prefix)}*" for prefix in flavour.rpc_error_output)
+        # relx's eval exits 0 when the expression raised; the printed result tells.
+        printed = f'    case "$out" in {failed}) printf \'%s\\n\' "$out" >> {err}; ok= ;; esac\n' if failed else ""
+        checks += (
+            text('  if [ -n "$ok" ]; then\n    out=$(')
+            + launch(layout, flavour, flavour.rpc(health.rpc), limit='"$SECS"')
+            + text(
+                " 2>" + err + ") || {\n"
+                "      s=$?; ok=\n"
+                '      if [ "$s" -eq 124 ] || [ "$s" -eq 137 ]; then\n'
+                "        printf 'the rpc health check did not answer within %ss\\n' \"$SECS\" >> " + err + "\n"
+                "      fi\n"
+                "    }\n" + printed + "  fi\n"
+            )
+        )
+    return checks
+
+
+def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> Fragment:
+    """Wait until the node ``NODE_PID``/``NODE_START`` is healthy (see :class:`HealthCheck`); exit 76 if not.
+
+    Each poll spawns only the check itself: one curl, or an rpc under ``timeout``, each bounded by the time
+    left before the deadline (at least 1 s), so no late answer counts: a check cut off there is a failure.
+    Liveness and the clock are read with shell builtins. A failed check or a node that exits during the
+    stability period is a failure too.
+    """
+    err = '"$d/shared/tmp/health.err"'
+    deadline_cs = round(health.deadline * 100)
+    stable_cs = round(max(0.0, health.stable_for) * 100)
+    return (
+        text(
+            "step health\n"
+            'mkdir -p "$d/shared/tmp"\n'
+            ": > " + err + "\n"
+            "if command -v curl >/dev/null 2>&1; then have_curl=1; else have_curl=; fi\n"
+            "clock\n"
+            "end=$(( NOW + {{deadline_cs}} ))\n"
+            "since=\n"
+            "while :; do\n"
+            '  if ! node_alive "$NODE_PID" "$NODE_START"; then\n'
+            '    if [ -n "$since" ]; then\n'
+            "      printf 'the node (pid %s) exited %ss after its first healthy answer\\n' "
+            '"$NODE_PID" "$(( (NOW - since) / 100 ))" >&2\n'
+            "    else\n"
+            "      printf 'the node (pid %s) exited before it became healthy\\n' \"$NODE_PID\" >&2\n"
+            "    fi\n"
+            "    node_log_tail; exit {{unhealthy}}\n"
+            "  fi\n"
+            "  clock\n"
+            '  if [ -n "$since" ]; then left=$(( since + {{stable_cs}} - NOW + 500 )); else left=$(( end - NOW )); fi\n'
+            '  secs "$left"\n'
+            "  ok=1\n",
+            deadline_cs=deadline_cs,
+            stable_cs=stable_cs,
+            unhealthy=EXIT_UNHEALTHY,
+            helpers=["node_alive", "clock", "secs", "node_log_tail"],
+        )
+        + _checks(layout, flavour, health, err)
+        + text(
+            "  clock\n"
+            '  if [ -n "$ok" ]; then\n'
+            '    [ -n "$since" ] || since=$NOW\n'
+            '    if [ $(( NOW - since )) -ge {{stable_cs}} ] && node_alive "$NODE_PID" "$NODE_START"; then break; fi\n'
+            '  elif [ -n "$since" ]; then\n'
+            "    printf 'the node passed the health check, then failed it %ss later (health.stable_for: %s):\\n' "
+            '"$(( (NOW - since) / 100 ))" {{stable}} >&2\n'
+            "    cat " + err + " >&2 2>/dev/null || true; node_log_tail; exit {{unhealthy}}\n"
+            '  elif [ "$NOW" -ge "$end" ]; then\n'
+            "    echo 'the node did not become healthy within '{{deadline}}'s:' >&2\n"
+            "    cat " + err + " >&2 2>/dev/null || true; node_log_tail; exit {{unhealthy}}\n"
+            "  fi\n"
+            "  sleep {{interval}}\n"
+            "done\n"
+            'echo "node_pid=$NODE_PID"\n',
+            stable_cs=stable_cs,
+            stable=f"{max(0.0, health.stable_for):g}s",
+            deadline=f"{health.deadline:g}",
+            interval=f"{health.interval:g}",
+            unhealthy=EXIT_UNHEALTHY,
+            helpers=["node_alive"],
+        )
+    )
+
+
+def health_once(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> Fragment:
+    """One try of the health check, without waiting and without writing anything on the host.
+
+    Prints ``health=ok|failing|down|none`` and, when failing, ``health_error=<one line>``.
+    """
+    err = '"$errf"'
+    return (
+        text(
+            "step health\n"
+            'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
+            "rid=${cur##*/}\n"
+            "find_nodes\n"
+            "if command -v curl >/dev/null 2>&1; then have_curl=1; else have_curl=; fi\n"
+            'if [ -z "$cur" ]; then echo health=none\n'
+            'elif [ -z "$NODE_PIDS" ]; then echo health=down\n'
+            "else\n"
+            "  errf=$(mktemp)\n"
+            "  ok=1\n"
+            "  secs {{limit}}\n",
+            limit=round(health.deadline * 100),
+            helpers=["find_nodes", "secs"],
+        )
+        + _checks(layout, flavour, health, err)
+        + text(
+            '  if [ -n "$ok" ]; then echo health=ok\n'
+            "  else echo health=failing; printf 'health_error=%s\\n' \"$(tr '\\n' ' ' < \"$errf\" | cut -c1-300)\"\n"
+            "  fi\n"
+            '  rm -f "$errf"\n'
+            "fi\n"
+        )
+    )
+
+
+def record(records: Sequence[str]) -> Fragment:
+    """Append ``records`` to ``revisions.log`` (each prefixed with the host's UTC time and a tab)."""
+    fragment = text("step record\n")
+    for entry in records:
+        fragment += text(
+            'printf \'%s\\t%s\\n\' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {{record}} >> "$d/revisions.log"\n', record=entry
+        )
+    return fragment
+
+
+def prune(paths: Sequence[str]) -> Fragment:
+    """Remove ``paths``; a failure is a warning (the new release is live and recorded by then)."""
+    if not paths:
+        return Fragment(())
+    return raw(
+        join(("step prune\nrm -rf ",), words(paths), (' || echo "warning: could not remove every old release" >&2\n',))
+    )
+
+
+# --- detached runs ------------------------------------------------------------------------------------------------
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# Runs as `setsid /bin/sh -c "$SUPERVISOR" deployer-run RUN_DIR LIMIT`, in a session of its own: nothing that
+# happens to the SSH connection reaches it. It runs RUN_DIR/script under `timeout` (which signals the script's
+# whole process group at LIMIT seconds, SIGKILL 10 s later), then, once the script and its group are gone,
+# writes RUN_DIR/outcome: the exit status, the last step the script announced, and `reason=deadline` when the
+# host's deadline ended it. The outcome is renamed into place, so a reader sees all of it or nothing.
+SUPERVISOR = r"""r=$1 limit=$2
+if command -v timeout >/dev/null 2>&1; then
+  timeout -k 10 "$limit" /bin/sh "$r/script" >"$r/out" 2>"$r/log" </dev/null
+else
+  /bin/sh "$r/script" >"$r/out" 2>"$r/log" </dev/null
+fi
+s=$?
+reason=
+if [ "$s" -eq 124 ] || [ "$s" -eq 137 ]; then reason=deadline; fi
+last=$(sed -n 's/^@@step //p' "$r/log" | tail -n 1)
+printf 'status=%s\nstep=%s\nreason=%s\nfinished=%s\n' "$s" "$last" "$reason" "$(date +%s)" > "$r/outcome.tmp"
+mv -f "$r/outcome.tmp" "$r/outcome"
+"""
+"""The supervisor of a detached run (a constant)."""
+
+
+def run_dir(layout: RemoteLayout, run_id: str) -> str:
+    """Where a detached run keeps its script, output, log and outcome on the host."""
+    return f"{layout.shared}/runs/{run_id}"
+
+
+def detach(layout: RemoteLayout, worker: Script, *, run_id: str, limit: float, timeout: float | None = None) -> Script:
+    """A script that starts ``worker`` detached on the host and follows it to its end.
+
+    The worker is written to ``shared/runs/<run_id>/script`` and run by :data:`SUPERVISOR` in its own
+    session (``setsid``): a lost SSH connection, or this foreground script dying of SIGPIPE, does not stop
+    it half-way. The foreground streams the worker's log (its ``@@step`` markers and errors) to stderr,
+    prints its stdout, and exits with its exit status, read from the outcome file; after a reconnect,
+    :func:`await_outcome` reads that file. The worker must not carry secrets (it is stored on the host).
+    """
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
+    if worker.secrets:
+        raise ValueError(f"script {worker.name!r} carries secrets; it cannot be stored for a detached run")
+    delimiter = "__DEPLOYER_RUN_" + run_id.replace("-", "_").replace(".", "_")
+    rendered = worker.render()
+    if delimiter in rendered.splitlines():
+        raise ValueError(f"script {worker.name!r} contains the line {delimiter}")
+    seconds = _seconds(limit)
+    return Script(
+        name=worker.name,
+        parts=join(
+            (PRELUDE,),
+            template(
+                "SUPERVISOR={{supervisor}}\n" + _MAIN_OPEN + "d={{deploy_to}}\nr={{run}}\n",
+                supervisor=SUPERVISOR,
+                deploy_to=layout.deploy_to,
+                run=run_dir(layout, run_id),
+            ),
+            (
+                '(umask 077; mkdir -p "$d/shared/runs")\n'
+                # Old runs go after a week; the last ones stay readable for await_outcome.
+                'find "$d/shared/runs" -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null || true\n'
+                'mkdir "$r" || fail "run $r was already started on this host"\n'
+                f"cat > \"$r/script\" <<'{delimiter}'\n",
+            ),
+            worker.parts,
+            (f'{delimiter}\n: > "$r/log"\n: > "$r/out"\n',),
+            template(
+                'setsid /bin/sh -c "$SUPERVISOR" deployer-run "$r" {{limit}} </dev/null >/dev/null 2>&1 &\n',
+                limit=seconds,
+            ),
+            (
+                "sup=$!\n"
+                # GNU tail follows the log until the supervisor has gone (and then prints what is left).
+                "if tail --version 2>/dev/null | grep -q coreutils; then\n"
+                '  tail -n +1 -s 0.2 -f --pid="$sup" "$r/log" >&2 || true\n'
+                "fi\n"
+                'while [ ! -f "$r/outcome" ]; do\n'
+                '  if ! kill -0 "$sup" 2>/dev/null && [ ! -f "$r/outcome" ]; then\n'
+                '    sleep 1; [ -f "$r/outcome" ] || fail "the detached $r ended without writing its outcome"\n'
+                "  fi\n"
+                "  sleep 0.2\n"
+                "done\n"
+                'if ! tail --version 2>/dev/null | grep -q coreutils; then cat "$r/log" >&2; fi\n'
+                'cat "$r/out"\n'
+                "status=1\n"
+                "while IFS='=' read -r key value; do\n"
+                '  case "$key" in status) status=$value ;; reason) if [ "$value" = deadline ]; then\n'
+                '    echo "the host ended the run at its own deadline"; fi >&2 ;; esac\n'
+                'done < "$r/outcome"\n'
+                'exit "$status"\n',
+            ),
+            (_MAIN_CLOSE,),
+        ),
+        timeout=timeout if timeout is not None else seconds + 60,
+        run_id=run_id,
+    )
+
+
+def await_outcome(layout: RemoteLayout, run_id: str, timeout: float) -> Script:
+    """Wait up to ``timeout`` seconds for detached run ``run_id`` to end, then print what happened.
+
+    Output (parsed by :func:`deployer.core.facts.parse_outcome`): ``run=missing`` (never started here),
+    ``run=running`` (still running at ``timeout``) or ``run=finished`` followed by the outcome's
+    ``status=``, ``step=``, ``reason=``, ``finished=`` lines; then up to 25 ``log=`` lines (the run's stderr,
+    step markers removed) and the run's stdout as ``out=`` lines.
+    """
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
+    return script(
+        "await-outcome",
+        text(
+            "r={{run}}\n"
+            'if [ ! -d "$r" ]; then echo run=missing; exit 0; fi\n'
+            "clock\n"
+            "end=$(( NOW + {{limit}} ))\n"
+            'while [ ! -f "$r/outcome" ]; do\n'
+            "  clock\n"
+            '  if [ "$NOW" -ge "$end" ]; then break; fi\n'
+            "  sleep 0.5\n"
+            "done\n"
+            'if [ -f "$r/outcome" ]; then echo run=finished; cat "$r/outcome"; else echo run=running; fi\n'
+            "grep -v '^@@step ' \"$r/log\" 2>/dev/null | tail -n 25 | sed 's/^/log=/' || true\n"
+            "sed 's/^/out=/' \"$r/out\" 2>/dev/null || true\n",
+            run=run_dir(layout, run_id),
+            limit=round(max(0.0, timeout) * 100),
+            helpers=["clock"],
+        ),
+        timeout=timeout + 60,
+    )
