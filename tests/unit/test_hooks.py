@@ -285,7 +285,7 @@ def test_eval_calls_rpc_with_the_release_environment(tmp_path: Path) -> None:
     text = script.render()
     # Through the launcher (the release's env file read on the host, a clean environment), never sourced.
     assert "/srv/hello/current/bin/hello rpc 'IO.inspect((\nNode.self()\n))' ) 2>&1 )" in text
-    assert 'launch \'\' "$rid" ' in text and "load_env" not in text
+    assert "launch '' \"$rid\" " in text and "load_env" not in text
     assert "exit 3; }" in text
 
 
