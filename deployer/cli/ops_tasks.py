@@ -22,6 +22,7 @@ from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import inspect_tarball
 from deployer.operations import node as ops
 from deployer.operations import release as api
+from deployer.operations.balancer import balancer_states
 
 # --- status / releases -------------------------------------------------------------------------------------
 
@@ -31,9 +32,14 @@ def status(c: Context, target: Target) -> None:
     """Per host: reachable, release, version, node pid, healthy, releases on disk, lock holder.
 
     "healthy" is one try of the inventory's health check on each host (no waiting). Flags a mixed fleet.
+    With a `load_balancer` (HAProxy), also each server's state in the balancer (UP, DRAIN, MAINT).
     Exit status 1 when a host is unreachable or a deployed node is down or unhealthy.
     """
     document = ops.status_document(ops.status(target.inventory, target.options()))
+    # Each server's state in the load balancer (drain, ready, maint), when the inventory names HAProxy.
+    states = balancer_states(target.inventory, target.options())
+    if states:
+        document["balancer"] = states
     if target.json_:
         print_json(document)
     else:

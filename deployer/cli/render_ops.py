@@ -46,6 +46,9 @@ def print_status(console: Console, document: dict[str, Any], env: str) -> None:
             escape(h["lock"] or "-"),
         )
     console.print(table)
+    for balancer, servers in (document.get("balancer") or {}).items():
+        states = ", ".join(f"{host} {escape(state)}" for host, state in servers.items())
+        console.print(f"load balancer {balancer}: {states}", highlight=False)
     if document["mixed"]:
         print_mixed(console, env)
 

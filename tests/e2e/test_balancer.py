@@ -8,6 +8,7 @@ each server's state in HAProxy.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,14 @@ def test_status_shows_each_servers_state(setup: tuple[App, Balancer]) -> None:
     states = balancer_states(app.inventory())
     assert set(states) == {"h3"}
     assert states["h3"]["h2"] == "MAINT" and states["h3"]["h1"] != "MAINT"
+    # What the operator sees: `deployer status` (JSON and the table) names each server's state.
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "status", "--env", "e2e"]
+    argv += ["--inventory-dir", str(app.inventory_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    shown = subprocess.run([*argv, "--json"], capture_output=True, text=True, env=env, timeout=180, check=False)
+    assert json.loads(shown.stdout)["balancer"]["h3"]["h2"] == "MAINT", shown.stderr
+    table = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180, check=False)
+    assert "load balancer h3:" in table.stderr and "h2 MAINT" in table.stderr, table.stderr
 
 
 def test_a_restart_drains_each_host_and_puts_it_back(setup: tuple[App, Balancer], tmp_path: Path) -> None:

@@ -252,7 +252,7 @@ def test_sentinel_secret_never_leaks(app: App, hello: Path, tmp_path: Path) -> N
         )
         assert runs["deploy --dry-run --verbose"].returncode == 0, runs["deploy --dry-run --verbose"].stderr
         # An unhealthy release with a short deadline: the error paths (node log tail, revert) run too.
-        app.rewrite(health={**app.data["health"], "deadline": 4})
+        app.rewrite(health={**app.data["health"], "deadline": 10})
         runs["failed deploy --verbose --json"] = cli(
             app, workdir, "--tarball", str(unhealthy), "--verbose", "--json", secret=sentinel
         )
