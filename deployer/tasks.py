@@ -2,7 +2,7 @@
 
     from deployer.tasks import ns  # noqa: F401
 
-``invoke deploy --env prod`` then runs the same tasks as the ``deployer`` console script. The tasks
+``deployer deploy --env prod`` then runs the same tasks as the ``deployer`` console script. The tasks
 themselves live in :mod:`deployer.cli`.
 """
 

@@ -64,13 +64,14 @@ def split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-_INVOKE_HINT = re.compile(r"`invoke ([a-z][\w.-]*)([^`]*)`")
+_INVOKE_HINT = re.compile(r"`(?:invoke|deployer) ([a-z][\w.-]*)([^`]*)`")
 _ENV_PLACEHOLDER = re.compile(r"--env(?:=| )(?:<env>|ENV)(?!\w)")
 _OLD_HOST = re.compile(r"--host(?=[ =])")
 
 
 def speak_deployer(text: str, env: str | None) -> str:
-    """Hints from the layers below speak ``invoke <task>``: say ``deployer <task> --env <the real env>``."""
+    """Hints from the layers below name a task (``deployer <task>``, older ones ``invoke <task>``): say
+    ``deployer <task> --env <the real env>``, with the environment this run used filled in."""
 
     def rewrite(match: re.Match[str]) -> str:
         task, rest = match.group(1), _OLD_HOST.sub("--hosts", match.group(2))

@@ -19,7 +19,7 @@ What the release needs comes from two places:
 Each target's facts come from the deploy's probe (``uname -m``,
 ``ldd --version``, the ``libcrypto.so.*`` it has). :func:`check` compares them
 before anything is uploaded and :func:`refuse_mismatches` names every host that
-cannot run the release; ``invoke deploy --force`` proceeds anyway. ``invoke check --tarball``
+cannot run the release; ``deployer deploy --force`` proceeds anyway. ``deployer check --tarball``
 runs the same check (:func:`findings`); hosts are never compared with the machine running deployer,
 which may not be where the release was built.
 """
@@ -483,5 +483,5 @@ def preflight(tarball: Path | str, sha256: str, facts: Mapping[str, HostFacts], 
 
 
 def findings(tarball: Path | str, sha256: str, facts: Mapping[str, HostFacts]) -> dict[str, list[str]]:
-    """The same check as :func:`preflight`, as data (``invoke check --tarball``): host -> reasons."""
+    """The same check as :func:`preflight`, as data (``deployer check --tarball``): host -> reasons."""
     return check(requirements_of(tarball), read_sidecar(tarball, sha256), facts)

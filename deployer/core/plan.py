@@ -496,7 +496,8 @@ def plan_rollback(
     warnings.extend(schema_warnings(facts, {p.target for p in host_plans if p.target}))
     if problems:
         raise PlanError(
-            "cannot roll back:\n  " + "\n  ".join(problems), hint="`invoke releases --env ENV` lists what each host has"
+            "cannot roll back:\n  " + "\n  ".join(problems),
+            hint="`deployer releases --env ENV` lists what each host has",
         )
     targets = {p.target for p in host_plans}
     names = [p.host for p in host_plans]
@@ -655,7 +656,7 @@ def plan_lifecycle(
         if missing:
             raise PlanError(
                 f"cannot {operation}: nothing is deployed on {', '.join(missing)}",
-                hint="deploy first (`invoke deploy`), or leave those hosts out with --hosts/--roles",
+                hint="deploy first (`deployer deploy`), or leave those hosts out with --hosts/--roles",
             )
     hosts = tuple(
         HostPlan(

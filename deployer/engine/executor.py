@@ -94,7 +94,7 @@ def migration_hint(output: str, *, lost: bool) -> str:
     if lost:
         return (
             "the SSH connection failed while the migration ran: it may or may not have been applied; "
-            "check the database and `invoke history`, then deploy again"
+            "check the database and `deployer history`, then deploy again"
         )
     if any(sign in text for sign in DATABASE_CONNECTION_SIGNS):
         return (
@@ -371,7 +371,7 @@ class Executor:
                     self.result(host).outcome = "untouched"
                 raise LockedError(
                     f"another operation holds the deploy lock:\n  {holders}",
-                    hint="wait for it to finish; if its process is gone, `invoke unlock --env "
+                    hint="wait for it to finish; if its process is gone, `deployer unlock --env "
                     f"{self.inventory.env}` removes the lock",
                 )
         return {h: self.facts[h] for h in order}
@@ -410,7 +410,7 @@ class Executor:
             if refused:
                 raise LockedError(
                     "refusing to remove a lock that may still be in use:\n  " + "\n  ".join(refused),
-                    hint="wait for that run to finish; if you are sure it is gone, `invoke unlock --force`",
+                    hint="wait for that run to finish; if you are sure it is gone, `deployer unlock --force`",
                 )
         script = rc.unlock(self.layout, None)
 

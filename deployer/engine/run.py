@@ -77,7 +77,7 @@ def finish(executor: Executor, report: Report) -> Report:
     """Release the lock everywhere (saying where that failed) and count SSH sessions."""
     executor.release_locks()
     for host, why in executor.lock_left.items():
-        report.warnings.append(f"{host}: the lock could not be released ({why}); run `invoke unlock`")
+        report.warnings.append(f"{host}: the lock could not be released ({why}); run `deployer unlock`")
     fill_sessions(report, executor)
     return report
 

@@ -90,7 +90,7 @@ def connect(inventory: Inventory, host: str) -> SSHTransport:
 
 def _one_host(host: str | None) -> str:
     if not host or "," in host:
-        raise DeployerError("exactly one host is needed (--host NAME)")
+        raise DeployerError("exactly one host is needed (--hosts NAME)")
     return host
 
 
@@ -168,7 +168,7 @@ def console(
         if facts.current_release is None:
             raise DeployerError(f"{name}: nothing is deployed on this host", hint="deploy first")
         if not facts.node_pids:
-            raise DeployerError(f"{name}: the node is not running", hint="`invoke start --hosts {name}` starts it")
+            raise DeployerError(f"{name}: the node is not running", hint="`deployer start --hosts {name}` starts it")
         status = transport.interactive(
             script.remote_command(),
             stdin=sys.stdin.fileno() if stdin is None else stdin,
@@ -335,7 +335,7 @@ def observer_tunnel(
             raise DeployerError(
                 f"{name}: the node {node} is not registered with EPMD on the host "
                 f"(registered: {', '.join(sorted(ports)) or 'none'})",
-                hint="is it running? `invoke status` shows it; `invoke start` starts it",
+                hint="is it running? `deployer status` shows it; `deployer start` starts it",
             )
         cookie = transport.run(rc.read_cookie(layout))
         value = cookie.stdout.strip()
@@ -416,7 +416,7 @@ NO_TARBALL_NOTE = (
 
 @dataclass
 class CheckRow:
-    """One host of ``invoke check``: what was found and every problem (empty when ready to deploy)."""
+    """One host of ``deployer check``: what was found and every problem (empty when ready to deploy)."""
 
     host: str
     reachable: bool
@@ -476,7 +476,7 @@ def check(inventory: Inventory, options: Options | None = None, *, artifact: Art
 
 
 def check_document(rows: Sequence[CheckRow], *, tarball: bool = False) -> dict[str, Any]:
-    """``invoke check --json``: per host what was found and every problem; without a tarball a note
+    """``deployer check --json``: per host what was found and every problem; without a tarball a note
     that architecture and libc are checked against the release at deploy."""
     return {
         "ok": all(r.ok for r in rows),

@@ -56,7 +56,7 @@ def parse_health(output: str) -> NodeHealth:
 
 @dataclass(frozen=True)
 class HostStatus:
-    """One host of ``invoke status``: its facts and its node's health (when checked), or why it could
+    """One host of ``deployer status``: its facts and its node's health (when checked), or why it could
     not be probed."""
 
     host: str
@@ -87,7 +87,7 @@ def status(inventory: Inventory, options: Options | None = None, *, health: bool
 
 
 def status_document(rows: Sequence[HostStatus]) -> dict[str, Any]:
-    """``invoke status --json``: per host reachability, release, version, node pids, health, releases
+    """``deployer status --json``: per host reachability, release, version, node pids, health, releases
     on disk, lock holder (and whether that lock is stale); ``mixed`` when reachable hosts run
     different releases; ``healthy`` when every reachable host with a release has a healthy node."""
     hosts = []
@@ -130,7 +130,7 @@ RELEASE_STATUS = {"success": "good", "failed": "failed"}
 
 
 def releases_document(rows: Sequence[HostStatus]) -> dict[str, Any]:
-    """``invoke releases --json``: the releases on each host, oldest first, with version, status
+    """``deployer releases --json``: the releases on each host, oldest first, with version, status
     (good / failed / unknown, from revisions.log) and which one is current."""
     hosts = []
     for row in rows:

@@ -168,7 +168,7 @@ def console(layout: RemoteLayout, flavour: Flavour) -> Script:
             '[ -n "$cur" ] || fail "nothing is deployed on this host ($d/current does not exist)"\n'
             "rid=${cur##*/}\n"
             "find_nodes\n"
-            '[ -n "$NODE_PIDS" ] || fail "the node is not running on this host (invoke start starts it)"\n'
+            '[ -n "$NODE_PIDS" ] || fail "the node is not running on this host (deployer start starts it)"\n'
             'exec env -i "PATH=$PATH" "TERM=${TERM:-dumb}" '
             '/bin/sh -c "$LAUNCHER" deployer-launch "$d" "$rid" ' + cookie_mode(flavour) + " ",
             helpers=["find_nodes", "launch"],

@@ -302,7 +302,7 @@ class KnownHosts:
         return [k for k in self.keys if k.matches(name)]
 
     def plain_keys(self, name: str) -> list[KnownKey]:
-        """The plain (unmarked) lines for ``name``: what ``invoke trust`` and key negotiation look at."""
+        """The plain (unmarked) lines for ``name``: what ``deployer trust`` and key negotiation look at."""
         return [k for k in self.matching(name) if not k.marker]
 
     def revoked(self, name: str, blobs: Sequence[bytes]) -> KnownKey | None:

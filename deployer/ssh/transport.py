@@ -196,7 +196,7 @@ def verify_host_key(endpoint: Endpoint, offered: paramiko.PKey, known_hosts: Kno
             f"host key for {where} is not known: {key_type} {fingerprint(offered)}{ca_note}",
             hint=(
                 "check this fingerprint with the host's administrator, then run "
-                f"`invoke trust --env <env> --host {endpoint.name}` or add it to the project's known_hosts"
+                f"`deployer trust --env <env> --hosts {endpoint.name}` or add it to the project's known_hosts"
             ),
         )
     recorded = ", ".join(k.describe() for k in check.recorded)
@@ -530,7 +530,7 @@ class SSHTransport:
                 self.name,
                 step,
                 "the remote shell ended without an exit status (killed by a signal?)",
-                hint="look at the host's logs (e.g. the kernel's OOM killer); check `invoke status` before retrying",
+                hint="look at the host's logs (e.g. the kernel's OOM killer); check `deployer status` before retrying",
             )
         return CommandResult(
             exit_status=status,
@@ -555,7 +555,7 @@ class SSHTransport:
             step,
             f"the SSH connection to {ep.address} port {ep.port} was lost during this step"
             + (f" ({detail})" if detail else ""),
-            hint="the step may or may not have completed on the host: check `invoke status` before retrying",
+            hint="the step may or may not have completed on the host: check `deployer status` before retrying",
         )
 
     def _gave_up(self, step: str, timeout: float, pid: int | None, what: str) -> RemoteCommandError:
@@ -572,7 +572,7 @@ class SSHTransport:
             self.name,
             step,
             detail,
-            hint="the host may be hung or the network slow; check `invoke status` before retrying "
+            hint="the host may be hung or the network slow; check `deployer status` before retrying "
             "(ssh.command_timeout sets the deadline)",
         )
 

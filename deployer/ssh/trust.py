@@ -1,6 +1,6 @@
 """Trusting hosts explicitly: fetch each host's key without logging in, show it, record it on request.
 
-Deploys never trust a key on their own (see :func:`deployer.ssh.transport.verify_host_key`); ``invoke trust``
+Deploys never trust a key on their own (see :func:`deployer.ssh.transport.verify_host_key`); ``deployer trust``
 is the one way deployer adds keys, and only to the *project's* known_hosts file (``ssh.known_hosts`` in the
 inventory), never to ``~/.ssh/known_hosts``:
 
@@ -57,7 +57,7 @@ class HostKeyCheck:
     recorded: tuple[str, ...] = ()
     """``type SHA256:...`` of the keys recorded for this host when ``status`` is ``changed``."""
     in_project: bool = True
-    """False when a conflicting entry comes from a file ``invoke trust`` does not edit (~/.ssh/known_hosts)."""
+    """False when a conflicting entry comes from a file ``deployer trust`` does not edit (~/.ssh/known_hosts)."""
 
     @property
     def name(self) -> str:
@@ -134,7 +134,7 @@ def fetch_host_key(endpoint: Endpoint, known: KnownHosts | None = None) -> param
 
 
 def _other_files(endpoint: Endpoint, project_file: Path) -> list[str]:
-    """The known_hosts files a deploy reads besides the project's (which ``invoke trust`` never edits)."""
+    """The known_hosts files a deploy reads besides the project's (which ``deployer trust`` never edits)."""
     files = [os.path.expanduser("~/.ssh/known_hosts")] if endpoint.use_user_known_hosts else []
     files += [f for f in endpoint.known_hosts if Path(f).resolve() != project_file.resolve()]
     return files
@@ -232,7 +232,7 @@ def update_known_hosts(
 
 @dataclass
 class TrustResult:
-    """What ``invoke trust`` did: per host, its check, and whether its key was written."""
+    """What ``deployer trust`` did: per host, its check, and whether its key was written."""
 
     checks: list[HostKeyCheck]
     errors: dict[str, str]
@@ -249,12 +249,12 @@ Confirm = Callable[[Sequence[HostKeyCheck]], bool]
 
 
 def project_known_hosts(ssh_known_hosts: str | None, inventory_path: Path) -> Path:
-    """The file ``invoke trust`` writes: ``ssh.known_hosts`` resolved like a deploy resolves it."""
+    """The file ``deployer trust`` writes: ``ssh.known_hosts`` resolved like a deploy resolves it."""
     if not ssh_known_hosts:
         raise DeployerError(
             f"{inventory_path}: ssh.known_hosts is not set, so there is no project known_hosts file to record keys in",
             hint="add `ssh: {known_hosts: known_hosts}` (a path relative to the inventory file, committed with it) "
-            "and run `invoke trust` again; deployer never writes to ~/.ssh/known_hosts",
+            "and run `deployer trust` again; deployer never writes to ~/.ssh/known_hosts",
         )
     path = Path(os.path.expanduser(ssh_known_hosts))
     return path if path.is_absolute() else inventory_path.parent / path

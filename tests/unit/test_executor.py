@@ -185,7 +185,7 @@ def test_lock_held_on_first_host_touches_nothing_else(inv: Inventory, artifact: 
     assert not report.ok
     assert [h for h, _, _ in fleet.calls] == ["web1"]
     assert "bob@ci (pid 5) running deploy" in (report.error or "")
-    assert "invoke unlock --env test" in (report.error or "")
+    assert "deployer unlock --env test" in (report.error or "")
 
 
 def test_lock_held_on_a_later_host_releases_ours(inv: Inventory, artifact: Artifact) -> None:

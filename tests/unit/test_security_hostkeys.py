@@ -124,7 +124,7 @@ def test_unknown_key_is_refused_with_type_fingerprint_and_hint(tmp_path: Path, k
         verify_host_key(endpoint, keys["web1"], load_known_hosts(endpoint))
     text = str(info.value)
     assert f"web1: host key for 10.0.0.1 port 22 is not known: ssh-ed25519 {fingerprint(keys['web1'])}" in text
-    assert "invoke trust --env <env> --host web1" in text
+    assert "deployer trust --env <env> --hosts web1" in text
 
 
 def test_changed_key_names_both_fingerprints(tmp_path: Path, keys: dict[str, paramiko.PKey]) -> None:
