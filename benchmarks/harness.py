@@ -48,7 +48,7 @@ import yaml
 
 from deployer.core.inventory import Inventory, load_inventory
 from deployer.core.plan import node_env
-from deployer.remote.shell import env_file_text
+from deployer.remote.shell import Secret
 from tests.harness.fleet import Fleet, FleetHost
 from tests.harness.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
 from tests.harness.proxy import LatencyProxy
@@ -455,10 +455,13 @@ class _HostRun:
 
 
 def baseline_env(deployment: Deployment, inventory: Inventory, host: FleetHost, rid: str, cookie: str) -> str:
-    """The node's environment, as deployer computes it (same values), plus the cookie."""
+    """The node's environment, as deployer computes it (same values), plus the cookie, written the way a
+    hand-made script does it: a shell file it sources with ``set -a`` (deployer's own env file is data
+    read by its launcher, not shell)."""
     config = next(h for h in inventory.hosts if h.name == host.name)
-    text = env_file_text(node_env(inventory, config, rid)).render(reveal=True)
-    return text + f"RELEASE_COOKIE={shlex.quote(cookie)}\n"
+    values = node_env(inventory, config, rid)
+    lines = [f"{k}={shlex.quote(v.reveal() if isinstance(v, Secret) else v)}" for k, v in values.items()]
+    return "".join(f"{line}\n" for line in lines) + f"RELEASE_COOKIE={shlex.quote(cookie)}\n"
 
 
 def run_baseline(
