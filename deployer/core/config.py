@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from deployer.core.hooks import HooksConfig, LoadBalancerConfig
 from deployer.remote.flavours import flavour
+from deployer.remote.fragments import RESERVED_ENV_NAMES as LAUNCHER_RESERVED_ENV_NAMES
 
 # --- strict patterns for values that become paths or names on the host -------------------------------
 
@@ -42,31 +43,18 @@ REMOTE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 # Environment variables the tool owns; an inventory must not set them.
 RESERVED_ENV = frozenset({"RELEASE_COOKIE", "RELEASE_TMP", "RELEASE_NODE", "RELEASE_DISTRIBUTION"})
 
-# Names an inventory must not set: the env file is sourced (``set -a; . file``) into the remote scripts
-# before the node starts, so these would change how the shell itself or deployer's scripts behave
-# (PATH, IFS, HOME, the loader's LD_*), or replace what deployer sets for the node (RELEASE_*, the cookie
-# variables, DEPLOYER_*). Provisional home of the list: deployer.remote owns the scripts and is meant to
-# publish the authoritative constant; keep the two in step.
+# Names an inventory must not set. The node is started by deployer's launcher under `env -i`, which reads
+# the env file as data (deployer's own scripts never read it), so only two kinds of name are dangerous: those
+# deployer sets for the node or that change the shells starting it (`RESERVED_ENV_NAMES` of
+# deployer.remote.fragments, which owns the launcher), and a few whose effect on the node's own shell
+# scripts and loader is never what an app's config means (PATH, SHELL, the loader's LD_*).
 RESERVED_ENV_NAMES = frozenset(
     {
         *RESERVED_ENV,
+        *LAUNCHER_RESERVED_ENV_NAMES,
         "PATH",
-        "IFS",
-        "HOME",
         "SHELL",
-        "PWD",
-        "OLDPWD",
-        "ENV",
-        "BASH_ENV",
-        "CDPATH",
-        "PS4",
-        "SHELLOPTS",
-        "BASHOPTS",
         "POSIXLY_CORRECT",
-        "NOW",
-        "COOKIE",
-        "COOKIE_VALUE",
-        "RELX_COOKIE",
     }
 )
 RESERVED_ENV_PREFIXES = ("LD_", "DEPLOYER_", "BASH_FUNC_")
@@ -96,12 +84,9 @@ def reserved_env_reason(name: str) -> str | None:
         return f"{name} is managed by deployer and cannot be set in the inventory" + (f" ({source})" if source else "")
     if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
         return (
-            f"{name} is reserved: the node's environment is loaded into deployer's shell scripts, "
-            "where it would change how they run"
+            f"{name} is reserved: it would change how the shell that starts the node runs, or what deployer "
+            "sets for the node"
         )
-    if name.startswith("_") or not any(c.isupper() for c in name):
-        # The remote scripts keep their own state in lower-case shell variables ($d, $rid, $pids...).
-        return f"{name}: names in lower case or starting with '_' are reserved for deployer's scripts; use upper case"
     return None
 
 
