@@ -6,9 +6,9 @@ release) against PostgreSQL 15 on the fleet's database host (:mod:`tests.harness
 migration ran exactly once" is counted in the database itself: ``schema_migrations`` and the
 ``migration_effects`` rows every migration writes inside its own transaction.
 
-Tests marked ``xfail(strict=True)`` assert what issue 15 demands and today's engine lacks (the cause of
-a failed migration is on the release command's stdout, which the report drops); the engine rewrite
-fixes it, and the integrator removes the marker then.
+The test marked ``xfail(strict=True)`` asserts what issue 15 demands and the engine does not do yet
+(naming a connect timeout to an unreachable database); when it starts passing, strict xfail fails the run
+and the marker must go.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ pytestmark = pytest.mark.fleet
 M1, M2, M3 = 20240101000001, 20240101000002, 20240101000003
 _names = itertools.count(1)
 
-XFAIL_STDOUT = pytest.mark.xfail(
+XFAIL_TIMEOUT = pytest.mark.xfail(
     strict=True,
-    reason="issue 15: the cause of a failed migration is on the release command's stdout (Logger), "
-    "which the report drops; the engine helper fixes it",
+    reason="issue 15: with the database unreachable (packets dropped) the report does not yet name the "
+    "connect timeout and the database address; refused connections and bad passwords are named",
 )
 
 
@@ -439,7 +439,6 @@ def test_database_down_before_migration_switches_nothing(database_down: tuple[Fa
     assert by_host["h1"].step == "migrate"
 
 
-@XFAIL_STDOUT
 def test_database_down_report_names_connection_refused(database_down: tuple[Failure, Report]) -> None:
     failure, _ = database_down
     text = failure.report.error or ""
@@ -484,7 +483,7 @@ def test_database_unreachable_before_migration_switches_nothing(database_unreach
     assert "migration failed on h1" in (database_unreachable.report.error or "")
 
 
-@XFAIL_STDOUT
+@XFAIL_TIMEOUT
 def test_database_unreachable_report_names_the_timeout(database_unreachable: Failure) -> None:
     text = database_unreachable.report.error or ""
     assert "timeout" in text and database_unreachable.pg.db.address in text, explain(database_unreachable.report)
@@ -515,7 +514,6 @@ def test_bad_password_switches_nothing_and_shows_no_password(bad_password: tuple
     assert wrong not in text and failure.pg.db.password not in text, "a database password is in the report"
 
 
-@XFAIL_STDOUT
 def test_bad_password_report_names_the_authentication_failure(bad_password: tuple[Failure, str]) -> None:
     failure, wrong = bad_password
     text = failure.report.error or ""
@@ -621,11 +619,6 @@ def test_database_down_during_activation_fails_and_records_no_success(outage: Ou
         assert outage.new_records()[host] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: the revert writes its revisions.log record before switch/restart/health, and the report "
-    "loses what h1 runs after a failed revert; the engine helper fixes it",
-)
 def test_database_down_during_activation_report_history_and_status_agree(outage: Outage) -> None:
     report = outage.report
     status_current = {h["host"]: h["current"] for h in outage.status["hosts"]}

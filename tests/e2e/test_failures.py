@@ -330,7 +330,7 @@ def test_signal_during_restart_finishes_the_host_step_and_reports_mixed(app: App
     assert proc.returncode == 1, out
     versions = app.versions()
     assert versions["h1"] == "0.2.0" and versions["h2"] == versions["h3"] == "0.1.0", out
-    assert "the fleet is mixed" in out
+    assert "mixed fleet: hosts run different releases" in out
     assert locks(app) == {h.name: False for h in app.fleet.hosts}
     for host in app.fleet.hosts:
         assert app.sh(host.name, f"ls -A {app.deploy_to} | grep -c current.tmp || true").strip() == "0"

@@ -88,7 +88,7 @@ def test_dry_runs_change_nothing(app: App, tarballs: dict[str, Path]) -> None:
     deploy = cli(app, "deploy", "--tarball", str(tarballs["unhealthy"]), "--dry-run")
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     assert "Plan: deploy in e2e" in deploy.stderr and "nothing was changed on any host" in deploy.stderr
-    assert "upload, prepare" in deploy.stderr  # the plan; the scripts only with --verbose
+    assert "upload (tarball on stdin), prepare" in deploy.stderr  # the plan; the scripts only with --verbose
     for args in (("rollback",), ("migrate",), ("restart",), ("stop",), ("start",), ("deploy", "--tarball")):
         if args == ("deploy", "--tarball"):
             args = ("deploy", "--tarball", str(tarballs["0.1.0"]), "--strategy", "rolling", "--canary")
