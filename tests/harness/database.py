@@ -45,6 +45,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+# The namespace fleet's process helpers: one test of "alive" and of "in this netns" for every harness.
+from tests.harness.fleet import _alive, _netns_pids
+
 __all__ = [
     "DB_REGISTRY",
     "Database",
@@ -119,33 +122,6 @@ def _run(
     if check and proc.returncode != 0:
         raise DatabaseError(f"{shlex.join(argv)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()}")
     return proc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _netns_pids(netns: str) -> list[int]:
-    """Live pids in network namespace ``netns`` (what ``ip netns pids`` prints)."""
-    try:
-        ref = os.stat(f"/run/netns/{netns}")
-    except FileNotFoundError:
-        return []
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry.name}/ns/net")
-        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-            continue
-        if (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino) and _alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
 
 
 def _kill_netns(netns: str, deadline: float) -> None:
