@@ -22,7 +22,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -199,6 +199,42 @@ def _tail(output: str) -> str:
     return "\n".join(output.splitlines()[-_OUTPUT_TAIL_LINES:])
 
 
+def _cached_build(target: Path, fingerprint: str, project_dir: Path, build: Callable[[], Path]) -> Path:
+    """``target`` if it was built from sources with ``fingerprint``; else ``build()`` it under the project's
+    exclusive lock (one lock per example project: all builds share its ``_build/`` tree) and publish it
+    with an atomic rename, so nobody ever sees a partial file. The ``.src`` stamp beside the tarball
+    records the fingerprint it was built from."""
+    stamp = target.with_name(target.name + ".src")
+
+    def cached() -> bool:
+        try:
+            return target.is_file() and stamp.read_text().strip() == fingerprint
+        except FileNotFoundError:
+            return False
+
+    if cached():
+        return target
+    with _exclusive_lock(project_dir / "_build" / ".deployer-build.lock"):
+        if cached():  # built by another process while we waited
+            return target
+        built = build()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(built, tmp)
+            os.chmod(tmp, 0o644)
+            stamp.unlink(missing_ok=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
+        stamp_tmp.write_text(fingerprint + "\n")
+        os.replace(stamp_tmp, stamp)
+    return target
+
+
 def build_hello(
     version: str = "0.1.0",
     variant: str = "",
@@ -232,37 +268,12 @@ def build_hello(
     _validate(version, variant, migrations)
     cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
     target = cache / f"hello-{version}-{_variant_tag(variant)}-{migrations}.tar.gz"
-    stamp = target.with_name(target.name + ".src")
-    fingerprint = hello_source_fingerprint()
-
-    def cached() -> bool:
-        try:
-            return target.is_file() and stamp.read_text().strip() == fingerprint
-        except FileNotFoundError:
-            return False
-
-    if cached():
-        return target
-    # One lock per example project: all builds share its _build/ tree and mix home.
-    with _exclusive_lock(HELLO_PROJECT_DIR / "_build" / ".deployer-build.lock"):
-        if cached():  # built by another process while we waited
-            return target
-        built = _run_mix_release(version, variant, migrations, HELLO_PROJECT_DIR / "_build" / "mix-home")
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            shutil.copyfile(built, tmp)
-            os.chmod(tmp, 0o644)
-            stamp.unlink(missing_ok=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
-        stamp_tmp.write_text(fingerprint + "\n")
-        os.replace(stamp_tmp, stamp)
-    return target
+    return _cached_build(
+        target,
+        hello_source_fingerprint(),
+        HELLO_PROJECT_DIR,
+        lambda: _run_mix_release(version, variant, migrations, HELLO_PROJECT_DIR / "_build" / "mix-home"),
+    )
 
 
 # --- the Erlang example (rebar3 / relx) -------------------------------------------------------------------
@@ -374,36 +385,9 @@ def build_hello_erl(version: str = "0.1.0", migrations: int = 2, *, cache_dir: P
     _validate(version, "", migrations)
     cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
     target = cache / f"hello_erl-{version}-{migrations}.tar.gz"
-    stamp = target.with_name(target.name + ".src")
-    fingerprint = hello_erl_source_fingerprint()
-
-    def cached() -> bool:
-        try:
-            return target.is_file() and stamp.read_text().strip() == fingerprint
-        except FileNotFoundError:
-            return False
-
-    if cached():
-        return target
-    with _exclusive_lock(HELLO_ERL_PROJECT_DIR / "_build" / ".deployer-build.lock"):
-        if cached():
-            return target
-        built = _run_rebar3_tar(version, migrations)
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            shutil.copyfile(built, tmp)
-            os.chmod(tmp, 0o644)
-            stamp.unlink(missing_ok=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
-        stamp_tmp.write_text(fingerprint + "\n")
-        os.replace(stamp_tmp, stamp)
-    return target
+    return _cached_build(
+        target, hello_erl_source_fingerprint(), HELLO_ERL_PROJECT_DIR, lambda: _run_rebar3_tar(version, migrations)
+    )
 
 
 # --- the PostgreSQL-backed example (Mix, Debian's erlang-p1-pgsql) ------------------------------------------
@@ -531,33 +515,9 @@ def build_hello_pg(
         raise ValueError(f"migrations must be an int in 0..{HELLO_PG_MAX_MIGRATIONS}, got {migrations!r}")
     cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
     target = cache / f"hello_pg-{version}-{_variant_tag(variant)}-{migrations}.tar.gz"
-    stamp = target.with_name(target.name + ".src")
-    fingerprint = hello_pg_source_fingerprint()
-
-    def cached() -> bool:
-        try:
-            return target.is_file() and stamp.read_text().strip() == fingerprint
-        except FileNotFoundError:
-            return False
-
-    if cached():
-        return target
-    with _exclusive_lock(HELLO_PG_PROJECT_DIR / "_build" / ".deployer-build.lock"):
-        if cached():
-            return target
-        built = _run_hello_pg_release(version, variant, migrations)
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            shutil.copyfile(built, tmp)
-            os.chmod(tmp, 0o644)
-            stamp.unlink(missing_ok=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        stamp_tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.{time.monotonic_ns()}")
-        stamp_tmp.write_text(fingerprint + "\n")
-        os.replace(stamp_tmp, stamp)
-    return target
+    return _cached_build(
+        target,
+        hello_pg_source_fingerprint(),
+        HELLO_PG_PROJECT_DIR,
+        lambda: _run_hello_pg_release(version, variant, migrations),
+    )
