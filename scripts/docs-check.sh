@@ -11,8 +11,8 @@ if ! command -v chromium >/dev/null 2>&1; then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  apt-get -o DPkg::Lock::Timeout=900 update -qq
+  apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends chromium >/dev/null
 fi
 if [ ! -x .venv/bin/mkdocs ] || ! .venv/bin/python -c 'import websocket' 2>/dev/null; then
   bash scripts/setup.sh

@@ -12,11 +12,18 @@ step "setup"
 bash scripts/setup.sh
 if [ "$(id -u)" -eq 0 ]; then
   export DEPLOYER_REQUIRE_FLEET=1
-  step "system packages and caches for the end-to-end suites"
+  step "system packages for the end-to-end suites"
   bash scripts/install-test-deps.sh       # PostgreSQL + Debian's Erlang driver (tests/harness/database.py)
-  bash scripts/machines-rootfs.sh         # the booted machines' root filesystem (cached outside the repo)
-  bash scripts/podman-setup.sh            # podman + a local Debian base image (container builds)
   bash scripts/install-lb-deps.sh         # HAProxy, socat, wrk (load-balancer draining, traffic benchmark)
+  # The two slow caches (minutes when cold: mostly downloading and unpacking Debian) are made while lint,
+  # the manual and the unit tests run. Podman's base image is made from the machines' root filesystem, so
+  # one after the other. apt calls elsewhere wait for dpkg's lock rather than fail.
+  caches_log=$(mktemp /tmp/deployer-caches.XXXXXX)
+  (
+    bash scripts/machines-rootfs.sh       # the booted machines' root filesystem (cached outside the repo)
+    bash scripts/podman-setup.sh          # podman + a local Debian base image (container builds)
+  ) >"$caches_log" 2>&1 &
+  caches_pid=$!
 fi
 
 step "lint and types"
@@ -39,6 +46,16 @@ if [ "${#pythons[@]}" -gt 0 ]; then
   PYTHONS="${pythons[*]}" bash scripts/test-python-versions.sh
 else
   echo "no Python 3.10 or 3.13 on this machine: only $(python3 --version) runs the unit tests"
+fi
+
+if [ -n "${caches_pid:-}" ]; then
+  step "waiting for the machines' root filesystem and podman's base image"
+  if ! wait "$caches_pid"; then
+    cat "$caches_log" >&2
+    echo "building the caches for the end-to-end suites failed (log above)" >&2
+    exit 1
+  fi
+  tail -n 3 "$caches_log"
 fi
 
 step "unit and end-to-end tests"

@@ -20,6 +20,7 @@ import paramiko
 import pytest
 
 from tests.harness import fleet as fleet_mod
+from tests.harness import netns
 from tests.harness.fleet import REGISTRY, Fleet, FleetHost, reap_stale_fleets
 from tests.harness.proxy import LatencyProxy
 
@@ -492,7 +493,7 @@ def test_teardown_leaves_nothing_behind(make_fleet: Callable[..., Fleet]) -> Non
     zombies = [
         e.name
         for e in os.scandir("/proc")
-        if e.name.isdigit() and (st := fleet_mod._proc_stat(int(e.name))) and st[0] == "Z" and int(st[1]) == os.getpid()
+        if e.name.isdigit() and (st := netns.proc_stat(int(e.name))) and st[0] == "Z" and int(st[1]) == os.getpid()
     ]
     assert not zombies
 
@@ -666,8 +667,8 @@ def test_unavailable_without_root_or_tools(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(fleet_mod.FleetUnavailable, match=r"^needs root: "):
         Fleet(1).start()
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    real_tool = fleet_mod._tool
-    monkeypatch.setattr(fleet_mod, "_tool", lambda name: None if name == "nsenter" else real_tool(name))
+    real_tool = fleet_mod.tool
+    monkeypatch.setattr(fleet_mod, "tool", lambda name: None if name == "nsenter" else real_tool(name))
     with pytest.raises(fleet_mod.FleetUnavailable, match="missing tools: nsenter"):
         fleet_mod.check_environment()
 

@@ -35,9 +35,7 @@ import json
 import os
 import re
 import secrets
-import shlex
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -45,8 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-# The namespace fleet's process helpers: one test of "alive" and of "in this netns" for every harness.
-from tests.harness.fleet import _alive, _netns_pids
+from tests.harness import netns
 
 __all__ = [
     "DB_REGISTRY",
@@ -62,8 +59,8 @@ DB_REGISTRY = Path("/tmp/deployer-pg")
 #: Third octet of the database host's /30 inside the fleet's /16 (hosts use 1..250).
 DB_SUBNET_OCTET = 254
 
-_STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_TOOL_ENV = {"PATH": _STD_PATH, "LANG": "C", "LC_ALL": "C"}
+# initdb and psql pick their locale from the environment: pin it.
+_TOOL_ENV = {**netns.TOOL_ENV, "LC_ALL": "C"}
 _INNER_IF = "eth0"
 _SUPERUSER = "postgres"
 _IDENT_RE = re.compile(r"[a-z_][a-z0-9_]{0,30}")
@@ -73,7 +70,7 @@ class DatabaseUnavailable(RuntimeError):
     """PostgreSQL is not installed here (run scripts/install-test-deps.sh), or not root."""
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(netns.ToolError):
     """A database operation failed (the server did not start, a query failed, ...)."""
 
 
@@ -105,34 +102,7 @@ def _run(
     argv: list[str], *, check: bool = True, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a tool with a clean environment; raise DatabaseError with its stderr on failure."""
-    try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env=_TOOL_ENV,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            cwd="/",
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DatabaseError(f"{shlex.join(argv)}: timed out after {timeout}s") from exc
-    if check and proc.returncode != 0:
-        raise DatabaseError(f"{shlex.join(argv)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()}")
-    return proc
-
-
-def _kill_netns(netns: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        pids = _netns_pids(netns)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+    return netns.run(argv, check=check, timeout=timeout, input=input, error=DatabaseError, env=_TOOL_ENV)
 
 
 def _sql_literal(value: str) -> str:
@@ -181,10 +151,10 @@ def _teardown(state: _State) -> list[str]:
                 check=False,
                 timeout=30,
             )
-    _kill_netns(state.netns, time.monotonic() + 10)
+    netns.kill_netns(state.netns, time.monotonic() + 10)
     _run(["ip", "link", "del", state.veth], check=False)
     _run(["ip", "netns", "del", state.netns], check=False)
-    left = [f"pid {p} in netns {state.netns}" for p in _netns_pids(state.netns)]
+    left = [f"pid {p} in netns {state.netns}" for p in netns.netns_pids(state.netns)]
     if Path("/sys/class/net", state.veth).exists():
         left.append(f"link {state.veth}")
     if Path("/run/netns", state.netns).exists():
@@ -206,7 +176,7 @@ def reap_stale_databases(registry: Path = DB_REGISTRY) -> list[str]:
             state = _State.from_json(json.loads((entry / "state.json").read_text()))
         except (OSError, ValueError, KeyError):
             continue
-        if _alive(state.owner_pid):
+        if netns.alive(state.owner_pid):
             continue
         if not _teardown(state):
             reaped.append(state.netns)
@@ -319,7 +289,7 @@ class Database:
         if os.geteuid() != 0:
             raise DatabaseUnavailable("needs root: the database host is a network namespace")
         bindir = pg_bindir()
-        if shutil.which("runuser", path=_STD_PATH) is None:
+        if shutil.which("runuser", path=netns.STD_PATH) is None:
             raise DatabaseUnavailable("runuser (util-linux) is missing")
         reap_stale_databases()
         if self.base_dir.exists():

@@ -35,9 +35,7 @@ A long-lived fleet for a demo (``invoke fleet.up`` / ``fleet.down``)::
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -48,7 +46,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
@@ -56,8 +53,31 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from tests.harness.netns import (
+    STD_PATH,
+    FleetState,
+    LiveFleets,
+    OwnedFleet,
+    ToolError,
+    alive,
+    children_of,
+    kill,
+    link_exists,
+    netns_names,
+    netns_pids,
+    owner_record,
+    proc_start,
+    read_owner,
+    reap_if_child,
+    registry_lock,
+    run,
+    tool,
+    used_ipv4_networks,
+    write,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     import paramiko
@@ -79,12 +99,9 @@ REGISTRY = Path("/tmp/deployer-fleet")
 #: Most hosts one fleet can have (the host index is the third octet of its address).
 MAX_HOSTS = 250
 
-_STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Tools run with a fixed environment: the caller's (venv, pyenv, locale) must not leak in.
-_TOOL_ENV = {"PATH": _STD_PATH, "LANG": "C"}
 # What a login on a host would roughly see; used for exec() and the host's init.
 _HOST_ENV = {
-    "PATH": _STD_PATH,
+    "PATH": STD_PATH,
     "HOME": "/root",
     "LANG": "C.UTF-8",
     "USER": "root",
@@ -143,7 +160,7 @@ class FleetUnavailable(RuntimeError):
     """This machine cannot run a fleet (not root, or a needed tool is missing)."""
 
 
-class FleetError(RuntimeError):
+class FleetError(ToolError):
     """A fleet operation failed (a host did not come up, teardown left something behind, ...)."""
 
 
@@ -234,120 +251,17 @@ def _opt_int(value: object) -> int | None:
     return None if value is None else int(str(value))
 
 
-def _tool(name: str) -> str | None:
-    return shutil.which(name, path=_STD_PATH)
-
-
 def _run(
     argv: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a host-side tool with a clean environment; raise FleetError on failure."""
-    try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env=_TOOL_ENV,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise FleetError(f"{shlex.join(argv)}: timed out after {timeout}s") from exc
-    if check and proc.returncode != 0:
-        raise FleetError(f"{shlex.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc
+    return run(argv, check=check, timeout=timeout, input=input, error=FleetError)
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def _proc_start(pid: int) -> int | None:
-    """Start time (clock ticks since boot): with the pid, identifies a process despite reuse."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def _alive(pid: int | None, start: int | None = None) -> bool:
-    """True if ``pid`` runs (zombies do not count) and, if given, started at ``start``."""
-    if pid is None or pid <= 0:
-        return False
-    fields = _proc_stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return start is None or int(fields[19]) == start
-
-
-def _children_of(ppid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
-            if fields and int(fields[1]) == ppid:
-                found.append(int(entry.name))
-    return found
-
-
-def _reap_if_child(pid: int, deadline: float) -> None:
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return  # not ours to reap (or already reaped)
-        if done or time.monotonic() >= deadline:
-            return
-        time.sleep(0.01)
-
-
-def _netns_pids(netns: str) -> list[int]:
-    """Live pids whose network namespace is ``netns``: the same test as ``ip netns pids``."""
-    try:
-        ref = os.stat(f"/run/netns/{netns}")
-    except FileNotFoundError:
-        return []
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry.name}/ns/net")
-        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-            continue
-        if (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino) and _alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _netns_names() -> set[str]:
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def _link_exists(name: str) -> bool:
-    return Path("/sys/class/net", name).exists()
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.write_text(text)
-    path.chmod(mode)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+@contextlib.contextmanager
+def _registry_lock(registry: Path) -> Iterator[None]:
+    with registry_lock(registry, FleetUnavailable):
+        yield
 
 
 def _init_python() -> str:
@@ -357,7 +271,7 @@ def _init_python() -> str:
     own private /root, so the system one is preferred.
     """
     hidden = ("/root/", "/tmp/", "/run/")
-    for candidate in ("/usr/bin/python3", _tool("python3")):
+    for candidate in ("/usr/bin/python3", tool("python3")):
         if candidate and os.access(candidate, os.X_OK):
             real = os.path.realpath(candidate)
             if not real.startswith(hidden):
@@ -374,84 +288,13 @@ def check_environment() -> None:
             "needs root: creating network, mount and pid namespaces (ip netns, unshare, nsenter) "
             f"requires CAP_SYS_ADMIN and CAP_NET_ADMIN; running as uid {os.geteuid()}"
         )
-    missing = [t for t in ("ip", "unshare", "nsenter", "sshd", "ssh-keygen", "mount") if not _tool(t)]
+    missing = [t for t in ("ip", "unshare", "nsenter", "sshd", "ssh-keygen", "mount") if not tool(t)]
     if missing:
         raise FleetUnavailable(f"missing tools: {', '.join(missing)} (install iproute2, util-linux, openssh-server)")
     _init_python()
 
 
 # --------------------------------------------------------------------------- registry
-
-
-def _ensure_registry(registry: Path) -> None:
-    try:
-        registry.mkdir(mode=0o755, exist_ok=True)
-        st = os.lstat(registry)
-    except OSError as exc:
-        raise FleetUnavailable(f"cannot create {registry}: {exc}") from exc
-    # /tmp is world-writable: refuse a registry someone else planted (symlink or foreign owner).
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise FleetUnavailable(f"{registry} is not a directory owned by uid {os.geteuid()}")
-
-
-@contextlib.contextmanager
-def _registry_lock(registry: Path) -> Iterator[None]:
-    """Serialise run-id and address allocation (and reaping) across processes."""
-    _ensure_registry(registry)
-    fd = os.open(registry / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _read_owner(path: Path) -> tuple[int, int | None] | None:
-    """``owner.pid`` holds ``<pid> [<start time>]``."""
-    try:
-        parts = path.read_text().split()
-        return int(parts[0]), (int(parts[1]) if len(parts) > 1 else None)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _owner_record(pid: int) -> str:
-    start = _proc_start(pid)
-    return f"{pid} {start}\n" if start is not None else f"{pid}\n"
-
-
-def _used_ipv4_networks() -> list[ipaddress.IPv4Network]:
-    """Every IPv4 network this machine uses or talks to, so a fleet's /16 avoids them all."""
-    nets: list[ipaddress.IPv4Network] = []
-
-    def add(text: str) -> None:
-        with contextlib.suppress(ValueError):
-            nets.append(ipaddress.IPv4Network(text, strict=False))
-
-    with contextlib.suppress(FleetError, ValueError):
-        for iface in json.loads(_run(["ip", "-j", "-4", "addr"]).stdout or "[]"):
-            for ai in iface.get("addr_info", []):
-                if ai.get("family") == "inet":
-                    add(f"{ai['local']}/{ai['prefixlen']}")
-    with contextlib.suppress(FleetError, ValueError):
-        for route in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]"):
-            dst = str(route.get("dst", "default"))
-            if dst != "default":
-                add(dst)
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/resolv.conf").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                add(parts[1])
-    # Peers of open sockets: a /16 must never shadow an address something here is talking to.
-    for table in ("/proc/net/tcp", "/proc/net/udp"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cols = line.split()
-                for col in cols[1:3]:
-                    with contextlib.suppress(ValueError):
-                        add(socket.inet_ntoa(bytes.fromhex(col.split(":")[0])[::-1]))
-    return [n for n in nets if n.prefixlen > 0]
 
 
 def reap_stale_fleets(registry: Path = REGISTRY) -> list[str]:
@@ -469,8 +312,8 @@ def reap_stale_fleets(registry: Path = REGISTRY) -> list[str]:
             if entry.name.startswith(".") or not re.fullmatch(r"[0-9a-f]{4}", entry.name):
                 continue
             base = entry.resolve() if entry.is_symlink() else entry
-            owner = _read_owner(base / "owner.pid")
-            if owner is not None and _alive(owner[0], owner[1]):
+            owner = read_owner(base / "owner.pid")
+            if owner is not None and alive(owner[0], owner[1]):
                 continue
             log.warning("reaping stale fleet %s (owner %s is gone)", entry.name, owner)
             try:
@@ -490,79 +333,34 @@ def reap_stale_fleets(registry: Path = REGISTRY) -> list[str]:
 def _cleanup_by_runid(runid: str) -> None:
     """Last resort for a fleet without a readable state file: everything named dp<runid>h<N>."""
     pattern = re.compile(rf"dp{runid}h\d+")
-    for ns in _netns_names():
+    for ns in netns_names():
         if pattern.fullmatch(ns):
-            for pid in _netns_pids(ns):
-                _kill(pid)
+            for pid in netns_pids(ns):
+                kill(pid)
             _run(["ip", "link", "del", f"{ns}o"], check=False)
             _run(["ip", "netns", "del", ns], check=False)
 
 
 # --------------------------------------------------------------------------- live fleets
 
-_LIVE: dict[int, Fleet] = {}
-_LIVE_LOCK = threading.Lock()
-_HOOKS_INSTALLED = False
-
-
-def _register_live(fleet: Fleet) -> None:
-    global _HOOKS_INSTALLED
-    with _LIVE_LOCK:
-        _LIVE[id(fleet)] = fleet
-        if not _HOOKS_INSTALLED:
-            atexit.register(_stop_live_fleets)
-            _HOOKS_INSTALLED = True
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            # Only where nobody chose a disposition: a killed test run or demo still tears down.
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                signal.signal(sig, _on_fatal_signal)
-
-
-def _unregister_live(fleet: Fleet) -> None:
-    with _LIVE_LOCK:
-        _LIVE.pop(id(fleet), None)
-
-
-def _stop_live_fleets(*, parallel: bool = True) -> None:
-    with _LIVE_LOCK:
-        fleets = [f for f in _LIVE.values() if f._owner_pid == os.getpid()]
-    for fleet in fleets:
-        try:
-            fleet._stop(parallel=parallel, lock_timeout=-1 if parallel else 5)
-        except Exception as exc:
-            log.error("tearing down fleet %s: %s", fleet._runid, exc)
-
-
-_IN_SIGNAL_TEARDOWN = False
-
-
-def _on_fatal_signal(signum: int, frame: FrameType | None) -> None:
-    global _IN_SIGNAL_TEARDOWN
-    # `timeout` and process-group kills deliver the signal twice: tear down once.
-    if _IN_SIGNAL_TEARDOWN:
-        return
-    _IN_SIGNAL_TEARDOWN = True
-    # The interrupted code may hold any lock (even inside concurrent.futures), so this path
-    # starts no threads and waits for the fleet's own lock only briefly.
-    _stop_live_fleets(parallel=False)
-    # Then die of the signal as if we had never caught it.
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+LIVE = LiveFleets("namespace fleet")
+"""The namespace fleets this process owns (torn down at exit and on SIGTERM/SIGHUP)."""
 
 
 # --------------------------------------------------------------------------- the fleet
 
-_State = Literal["new", "starting", "running", "stopping", "stopped"]
 
-
-class Fleet:
+class Fleet(OwnedFleet[_HostRuntime]):
     """N real sshd hosts, each in its own network, mount, pid and uts namespaces.
 
     Nothing happens until :meth:`start` (or ``with Fleet(n) as fleet:``).  Teardown always
     runs: on ``stop()``, on leaving the ``with`` block, at interpreter exit, and on
     SIGTERM/SIGHUP when the process had no handler of its own.
     """
+
+    KIND = "fleet"
+    ERROR = FleetError
+    LIVE = LIVE
 
     user: str = "root"
     """The login user on every host."""
@@ -607,7 +405,7 @@ class Fleet:
         self._runid: str | None = None
         self._octet: int | None = None
         self._rt: dict[str, _HostRuntime] = {}
-        self._state: _State = "new"
+        self._state: FleetState = "new"
         self._owner_pid: int | None = None
         self._lock = threading.RLock()
         self._netns_add_lock = threading.Lock()
@@ -653,11 +451,6 @@ class Fleet:
         """known_hosts listing the exact host key of every host."""
         return self._require_base() / "known_hosts"
 
-    @property
-    def running(self) -> bool:
-        """True between a successful :meth:`start` and :meth:`stop`."""
-        return self._state == "running"
-
     def __repr__(self) -> str:
         return f"Fleet(size={self.size}, runid={self._runid}, state={self._state})"
 
@@ -678,17 +471,6 @@ class Fleet:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> Fleet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> Fleet:
         """Create every host and return once each sshd completes a real SSH login.
 
@@ -706,7 +488,7 @@ class Fleet:
             try:
                 self._reserve()
                 self._owner_pid = os.getpid()
-                _register_live(self)
+                LIVE.register(self)
                 self._boot_all()
                 self._state = "running"
                 self._write_state()
@@ -719,8 +501,8 @@ class Fleet:
         """Pick a run id and a /16 nobody uses, and claim them under the registry lock."""
         with _registry_lock(REGISTRY):
             taken_ids = {p.name for p in REGISTRY.iterdir()}
-            namespaces = _netns_names()
-            used = _used_ipv4_networks()
+            namespaces = netns_names()
+            used = used_ipv4_networks()
             reserved: set[int] = set()
             for entry in REGISTRY.iterdir():
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -753,7 +535,7 @@ class Fleet:
                 base.mkdir(mode=0o700, parents=True, exist_ok=True)
                 entry.symlink_to(base)
             self._runid, self._octet, self._base_dir, self._registry_entry = runid, octet, base, entry
-            _write(base / "owner.pid", _owner_record(os.getpid()))
+            write(base / "owner.pid", owner_record(os.getpid()))
 
             for i in range(1, self.size + 1):
                 name = f"h{i}"
@@ -793,7 +575,7 @@ class Fleet:
                 str(self.client_key),
             ]
         )
-        _write(base / "hosts_file", self._hosts_file())
+        write(base / "hosts_file", self._hosts_file())
         rts = list(self._rt.values())
         with ThreadPoolExecutor(max_workers=min(len(rts), 32), thread_name_prefix="fleet") as pool:
             try:
@@ -820,7 +602,7 @@ class Fleet:
             lines.append(f"{h.address} {keytype} {blob}")
             if h.port != 22:
                 lines.append(f"[{h.address}]:{h.port} {keytype} {blob}")
-        _write(self.known_hosts, "\n".join(lines) + "\n")
+        write(self.known_hosts, "\n".join(lines) + "\n")
 
     def _host_pubkey(self, rt: _HostRuntime) -> tuple[str, str]:
         keytype, blob = (rt.fleet_dir / f"{_HOST_KEY}.pub").read_text().split()[:2]
@@ -863,9 +645,9 @@ class Fleet:
             d.chmod(mode)
         self._keygen_host(rt)
         shutil.copyfile(f"{self.client_key}.pub", rt.fleet_dir / "authorized_keys")
-        _write(rt.fleet_dir / "sshd_config", self._sshd_config(h))
-        sshd = _tool("sshd") or "/usr/sbin/sshd"
-        _write(
+        write(rt.fleet_dir / "sshd_config", self._sshd_config(h))
+        sshd = tool("sshd") or "/usr/sbin/sshd"
+        write(
             rt.fleet_dir / "init.py",
             f"SSHD = {sshd!r}\nCONFIG = {_IN_SSHD_CONFIG!r}\nLOG = {_IN_SSHD_LOG!r}\n" + _INIT_SCRIPT,
         )
@@ -920,13 +702,13 @@ class Fleet:
                 cwd="/",
             )
         rt.proc, rt.launcher_pid = proc, proc.pid
-        self._write_state()  # a reaper must know the launcher (see _teardown_host)
+        self._write_state()  # a reaper must know the launcher (see _teardown_one)
         deadline = time.monotonic() + 10
         while True:
-            children = _children_of(proc.pid)
+            children = children_of(proc.pid)
             if children:
                 rt.init_pid = children[0]
-                rt.init_start = _proc_start(children[0])
+                rt.init_start = proc_start(children[0])
                 return
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise FleetError(f"{h.name}: host init did not start: {self._tail(rt.state_dir / 'launcher.log')}")
@@ -953,7 +735,7 @@ class Fleet:
         if not changed:
             return None
         path = rt.state_dir / "shadow"
-        _write(path, "\n".join(out) + "\n", 0o640)
+        write(path, "\n".join(out) + "\n", 0o640)
         return path
 
     def _sshd_config(self, h: FleetHost) -> str:
@@ -1022,7 +804,7 @@ LogLevel VERBOSE
         while True:
             if self._cancel.is_set():
                 raise FleetError("fleet start was cancelled")
-            if not _alive(rt.init_pid, rt.init_start):
+            if not alive(rt.init_pid, rt.init_start):
                 raise FleetError(f"{rt.host.name}: host init exited: {self._tail(rt.state_dir / 'launcher.log')}")
             remaining = deadline - time.monotonic()
             try:
@@ -1037,92 +819,61 @@ LogLevel VERBOSE
                 )
             time.sleep(0.02)
 
-    def stop(self) -> None:
-        """Tear everything down: processes, namespaces, veths, route, files.
+    def _teardown_shared(self, *, clean: bool) -> None:
+        if self._route_added:
+            _run(["ip", "route", "del", "blackhole", str(self.network)], check=False)
+            self._route_added = False
+        if clean:
+            self._remove_files()
 
-        Idempotent; pieces already gone are skipped silently.  Raises :class:`FleetError`
-        only if something of this fleet is verifiably left behind afterwards.
-        """
-        self._stop(parallel=True, lock_timeout=-1)
-
-    def _stop(self, *, parallel: bool, lock_timeout: float) -> None:
-        locked = self._lock.acquire(timeout=lock_timeout)
-        try:
-            if self._state in ("new", "stopped"):
-                self._state = "stopped"
-                return
-            # "stopping" is re-entered on purpose (a signal during stop): every step is idempotent.
-            self._state = "stopping"
-            rts = list(self._rt.values())
-            leftovers: list[str] = []
-            if parallel and len(rts) > 1:
-                with ThreadPoolExecutor(max_workers=min(len(rts), 32), thread_name_prefix="fleet") as pool:
-                    for found in pool.map(self._teardown_host, rts):
-                        leftovers += found
-            else:
-                for rt in rts:
-                    leftovers += self._teardown_host(rt)
-            if self._route_added:
-                _run(["ip", "route", "del", "blackhole", str(self.network)], check=False)
-                self._route_added = False
-            if not leftovers:
-                self._remove_files()
-            _unregister_live(self)
-            self._state = "stopped"
-            if leftovers:
-                raise FleetError(f"fleet {self._runid}: teardown left behind: {'; '.join(leftovers)}")
-        finally:
-            if locked:
-                self._lock.release()
-
-    def _teardown_host(self, rt: _HostRuntime) -> list[str]:
+    def _teardown_one(self, rt: _HostRuntime) -> list[str]:
         h = rt.host
-        in_netns = _netns_pids(h.netns)
+        in_netns = netns_pids(h.netns)
         # The launcher (`unshare`, parent of the init) is spared until it has reaped the init:
         # killed first, it would hand the init to a reaper of unknown diligence (this kind of
         # VM's PID 1 never reaps, leaving a zombie for good).
         launcher = rt.launcher_pid if rt.launcher_pid in in_netns else None
         # The init is PID 1 of the host's pid namespace: when it dies the kernel kills every
         # process of that namespace, sessions and orphaned daemons included.
-        if rt.init_pid is not None and _alive(rt.init_pid, rt.init_start):
-            _kill(rt.init_pid)
+        if rt.init_pid is not None and alive(rt.init_pid, rt.init_start):
+            kill(rt.init_pid)
         deadline = time.monotonic() + 10
         # Then anything else that joined the network namespace (e.g. `ip netns exec` by hand).
         while time.monotonic() < deadline:
-            pids = [p for p in _netns_pids(h.netns) if p != launcher]
+            pids = [p for p in netns_pids(h.netns) if p != launcher]
             if not pids:
                 break
             for pid in pids:
-                _kill(pid)
+                kill(pid)
             time.sleep(0.01)
         if rt.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 rt.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         elif launcher is not None:
-            while _alive(launcher) and time.monotonic() < deadline:
+            while alive(launcher) and time.monotonic() < deadline:
                 time.sleep(0.01)
             # A fleet started by another process: its launcher may have become our child
             # (we are a subreaper); reap it so it does not linger as a zombie.
-            _reap_if_child(launcher, time.monotonic() + 1)
+            reap_if_child(launcher, time.monotonic() + 1)
         # Last resort, for a launcher that would not exit.
         for _ in range(100):
-            pids = _netns_pids(h.netns)
+            pids = netns_pids(h.netns)
             if not pids:
                 break
             for pid in pids:
-                _kill(pid)
+                kill(pid)
             time.sleep(0.01)
         if rt.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 rt.proc.wait(timeout=5)
         _run(["ip", "link", "del", rt.veth], check=False)
         _run(["ip", "netns", "del", h.netns], check=False)
-        leftovers = [f"{h.name}: pid {pid} in netns {h.netns}" for pid in _netns_pids(h.netns)]
-        if h.netns in _netns_names():
+        leftovers = [f"{h.name}: pid {pid} in netns {h.netns}" for pid in netns_pids(h.netns)]
+        if h.netns in netns_names():
             leftovers.append(f"{h.name}: netns {h.netns}")
-        if _link_exists(rt.veth):
+        if link_exists(rt.veth):
             leftovers.append(f"{h.name}: link {rt.veth}")
-        if _alive(rt.init_pid, rt.init_start):
+        if alive(rt.init_pid, rt.init_start):
             leftovers.append(f"{h.name}: init pid {rt.init_pid}")
         return leftovers
 
@@ -1168,7 +919,7 @@ LogLevel VERBOSE
     def _write_state(self) -> None:
         with self._state_lock:
             if self._base_dir is not None and self._base_dir.exists():
-                _write_json_atomic(self._base_dir / "fleet.json", self._state_json())
+                write_json_atomic(self._base_dir / "fleet.json", self._state_json())
 
     def save(self, path: Path) -> None:
         """Write what another process needs to use or stop this fleet (see :meth:`load`)."""
@@ -1176,7 +927,7 @@ LogLevel VERBOSE
             if self._state != "running":
                 raise FleetError("only a running fleet can be saved")
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(path, self._state_json())
+            write_json_atomic(path, self._state_json())
 
     @classmethod
     def load(cls, path: Path) -> Fleet:
@@ -1205,7 +956,7 @@ LogLevel VERBOSE
         fleet._state = "running"
         if owner:
             fleet._owner_pid = os.getpid()
-            _register_live(fleet)
+            LIVE.register(fleet)
         return fleet
 
     def detach(self) -> None:
@@ -1220,9 +971,9 @@ LogLevel VERBOSE
             first = next(iter(self._rt.values()))
             if first.init_pid is None:
                 raise FleetError("the first host has no init")
-            _write(self.base_dir / "owner.pid", f"{first.init_pid} {first.init_start}\n")
+            write(self.base_dir / "owner.pid", f"{first.init_pid} {first.init_start}\n")
             self._owner_pid = None
-            _unregister_live(self)
+            LIVE.unregister(self)
             for rt in self._rt.values():
                 rt.proc = None
 
@@ -1236,7 +987,7 @@ LogLevel VERBOSE
         previous = {s: signal.signal(s, lambda signum, frame: done.set()) for s in sigs}
         try:
             while not done.wait(poll):
-                if not any(_alive(rt.init_pid, rt.init_start) for rt in self._rt.values()):
+                if not any(alive(rt.init_pid, rt.init_start) for rt in self._rt.values()):
                     break
         finally:
             for s, handler in previous.items():
@@ -1255,7 +1006,7 @@ LogLevel VERBOSE
         ``check``, and ``TimeoutExpired`` (after killing the command) past ``timeout``.
         """
         rt = self._host_rt(host)
-        if not _alive(rt.init_pid, rt.init_start) or rt.init_pid is None:
+        if not alive(rt.init_pid, rt.init_start) or rt.init_pid is None:
             raise FleetError(f"{rt.host.name} is not running")
         argv = ["nsenter", "-t", str(rt.init_pid), "-n", "-m", "-u", "-p", "--", "/bin/sh", "-c", command]
         proc = subprocess.Popen(
@@ -1346,7 +1097,7 @@ LogLevel VERBOSE
         """Start the host's sshd again; returns once it completes an SSH login (bounded)."""
         rt = self._host_rt(host)
         if not self._sshd_running(rt):
-            sshd = _tool("sshd") or "/usr/sbin/sshd"
+            sshd = tool("sshd") or "/usr/sbin/sshd"
             self.exec(rt.host, f"{shlex.quote(sshd)} -f {_IN_SSHD_CONFIG} -E {_IN_SSHD_LOG}", timeout=30)
         self._wait_ready(rt, time.monotonic() + self.start_timeout)
 

@@ -39,7 +39,6 @@ not lost as it could be on real hardware.  Tests that need durability should fsy
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ipaddress
 import json
@@ -51,7 +50,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
@@ -59,10 +57,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from tests.harness import fleet as _nsfleet
+from tests.harness import netns
+from tests.harness.fleet import REGISTRY as NAMESPACE_FLEET_REGISTRY
 
 __all__ = [
     "REGISTRY",
@@ -90,10 +88,8 @@ DEPLOY_USER = "deploy"
 #: ``systemd-nspawn``'s exit status when the machine's systemd asked for a reboot.
 REBOOT_EXIT = 133
 
-_STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_TOOL_ENV = {"PATH": _STD_PATH, "LANG": "C"}
 # What exec() runs with inside a machine: a root login's environment, not the caller's.
-_MACHINE_ENV = {"PATH": _STD_PATH, "HOME": "/root", "LANG": "C.UTF-8", "USER": "root", "LOGNAME": "root"}
+_MACHINE_ENV = {"PATH": netns.STD_PATH, "HOME": "/root", "LANG": "C.UTF-8", "USER": "root", "LOGNAME": "root"}
 _INNER_IF = "eth0"
 _HOST_KEY = "etc/ssh/ssh_host_ed25519_key"
 _STATE_VERSION = 1
@@ -105,7 +101,7 @@ class MachinesUnavailable(RuntimeError):
     """This machine cannot run machines (not root, no namespaces, no root filesystem)."""
 
 
-class MachineError(RuntimeError):
+class MachineError(netns.ToolError):
     """A machine operation failed (did not boot, did not reboot, teardown left something)."""
 
 
@@ -193,17 +189,14 @@ class _Runtime:
 
 
 def _tool(name: str) -> str | None:
-    return shutil.which(name, path=_STD_PATH)
+    return netns.tool(name)
 
 
 def _run(
     argv: list[str], *, check: bool = True, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a tool on this machine with a clean environment; raise MachineError on failure."""
-    try:
-        return _nsfleet._run(argv, check=check, timeout=timeout, input=input)
-    except _nsfleet.FleetError as exc:
-        raise MachineError(str(exc)) from None
+    return netns.run(argv, check=check, timeout=timeout, input=input, error=MachineError)
 
 
 def _ns_pid_one(pid: int) -> bool:
@@ -267,7 +260,7 @@ def ensure_rootfs(timeout: float = 1800) -> Path:
         text=True,
         errors="replace",
         timeout=timeout,
-        env=_TOOL_ENV,
+        env=netns.TOOL_ENV,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0 or not path.is_dir():
@@ -302,12 +295,7 @@ def check_environment() -> None:
 @contextlib.contextmanager
 def _registry_lock() -> Iterator[None]:
     """Serialise run ids, reaping and registry entries between machine fleets."""
-    REGISTRY.mkdir(mode=0o755, exist_ok=True)
-    st = os.lstat(REGISTRY)
-    # /tmp is world-writable: refuse a registry someone else planted.
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise MachinesUnavailable(f"{REGISTRY} is not a directory owned by uid {os.geteuid()}")
-    with _nsfleet._registry_lock(REGISTRY):
+    with netns.registry_lock(REGISTRY, MachinesUnavailable):
         yield
 
 
@@ -322,11 +310,11 @@ def reap_stale_machines() -> list[str]:
                 continue
             if _owned(entry):
                 continue
-            owner = _nsfleet._read_owner(entry / "owner.pid")
+            owner = netns.read_owner(entry / "owner.pid")
             log.warning("reaping stale machine fleet %s (owner %s is gone)", entry.name, owner)
             try:
                 state = json.loads((entry / "machines.json").read_text())
-                MachineFleet._from_state(state, owner=False)._stop(parallel=True, lock_timeout=-1)
+                MachineFleet._from_state(state, owner=False).stop()
             except Exception as exc:
                 log.warning("stale machine fleet %s: %s", entry.name, exc)
             if _mounts_under(entry):
@@ -348,75 +336,33 @@ def _owned(entry: Path) -> bool:
         # Nobody owns a detached fleet; it lives as long as any of its machines does.
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             for item in json.loads((entry / "machines.json").read_text())["machines"]:
-                if _nsfleet._alive(item.get("nspawn_pid"), item.get("nspawn_start")):
+                if netns.alive(item.get("nspawn_pid"), item.get("nspawn_start")):
                     return True
         return False
-    owner = _nsfleet._read_owner(entry / "owner.pid")
-    return owner is not None and _nsfleet._alive(owner[0], owner[1])
+    owner = netns.read_owner(entry / "owner.pid")
+    return owner is not None and netns.alive(owner[0], owner[1])
 
 
 # --------------------------------------------------------------------------- live fleets
 
-_LIVE: dict[int, MachineFleet] = {}
-_LIVE_LOCK = threading.Lock()
-_HOOKS_INSTALLED = False
-
-
-def _register_live(fleet: MachineFleet) -> None:
-    global _HOOKS_INSTALLED
-    with _LIVE_LOCK:
-        _LIVE[id(fleet)] = fleet
-        if not _HOOKS_INSTALLED:
-            atexit.register(_stop_live, parallel=True)
-            _HOOKS_INSTALLED = True
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            # Only where nobody chose a disposition, or the namespace fleet's teardown
-            # handler did (which ours chains to, so both kinds are torn down).
-            if signal.getsignal(sig) in (signal.SIG_DFL, _nsfleet._on_fatal_signal):
-                signal.signal(sig, _on_fatal_signal)
-
-
-def _unregister_live(fleet: MachineFleet) -> None:
-    with _LIVE_LOCK:
-        _LIVE.pop(id(fleet), None)
-
-
-def _stop_live(*, parallel: bool) -> None:
-    with _LIVE_LOCK:
-        fleets = [f for f in _LIVE.values() if f._owner_pid == os.getpid()]
-    for fleet in fleets:
-        try:
-            fleet._stop(parallel=parallel, lock_timeout=-1 if parallel else 5)
-        except Exception as exc:
-            log.error("tearing down machine fleet %s: %s", fleet._runid, exc)
-
-
-_IN_SIGNAL_TEARDOWN = False
-
-
-def _on_fatal_signal(signum: int, frame: FrameType | None) -> None:
-    global _IN_SIGNAL_TEARDOWN
-    if _IN_SIGNAL_TEARDOWN:  # `timeout` and group kills deliver the signal twice
-        return
-    _IN_SIGNAL_TEARDOWN = True
-    _stop_live(parallel=False)
-    # Then the namespace fleets' teardown, which dies of the signal as if never caught.
-    _nsfleet._on_fatal_signal(signum, frame)
+LIVE = netns.LiveFleets("machine fleet")
+"""The machine fleets this process owns (torn down at exit and on SIGTERM/SIGHUP)."""
 
 
 # --------------------------------------------------------------------------- the fleet
 
-_State = Literal["new", "starting", "running", "stopping", "stopped"]
 
-
-class MachineFleet:
+class MachineFleet(netns.OwnedFleet[_Runtime]):
     """``n`` booted Debian machines (systemd as PID 1), each in its own network namespace.
 
     Nothing happens until :meth:`start` (or ``with MachineFleet(n) as fleet:``).  Teardown
     always runs: on :meth:`stop`, on leaving the ``with`` block, at interpreter exit and on
     SIGTERM/SIGHUP; a fleet whose owner was SIGKILLed is reaped by the next one started.
     """
+
+    KIND = "machine fleet"
+    ERROR = MachineError
+    LIVE = LIVE
 
     user: str = DEPLOY_USER
     """The non-root login every machine has (``root`` also accepts the client key)."""
@@ -448,7 +394,7 @@ class MachineFleet:
         self._base: Path | None = None
         self._rootfs: Path | None = None
         self._route_added = False
-        self._state: _State = "new"
+        self._state: netns.FleetState = "new"
         self._owner_pid: int | None = None
         self._lock = threading.RLock()
         self._state_lock = threading.Lock()
@@ -488,11 +434,6 @@ class MachineFleet:
         """Same as :attr:`known_hosts_path` (the namespace fleet's name, for shared helpers)."""
         return self.known_hosts_path
 
-    @property
-    def running(self) -> bool:
-        """True between a successful :meth:`start` and :meth:`stop`."""
-        return self._state == "running"
-
     def __repr__(self) -> str:
         return f"MachineFleet(size={self.size}, runid={self._runid}, state={self._state})"
 
@@ -509,14 +450,6 @@ class MachineFleet:
         return self._rt[name]
 
     # ------------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> MachineFleet:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> MachineFleet:
         """Boot every machine; return once each runs (``is-system-running``) and its sshd answers.
@@ -536,7 +469,7 @@ class MachineFleet:
             try:
                 self._reserve()
                 self._owner_pid = os.getpid()
-                _register_live(self)
+                LIVE.register(self)
                 self._boot_all()
                 self._state = "running"
                 self._write_state()
@@ -549,9 +482,9 @@ class MachineFleet:
     def _reserve(self) -> None:
         """Pick a run id and a free /16, and record the plan before creating anything."""
         # The namespace fleet's lock too: both kinds of fleet take /16s from the same 10/8.
-        with _registry_lock(), _nsfleet._registry_lock(_nsfleet.REGISTRY):
-            namespaces = _nsfleet._netns_names()
-            used = _nsfleet._used_ipv4_networks()
+        with _registry_lock(), netns.registry_lock(NAMESPACE_FLEET_REGISTRY, MachinesUnavailable):
+            namespaces = netns.netns_names()
+            used = netns.used_ipv4_networks()
             for _ in range(1000):
                 runid = secrets.token_hex(2)
                 if not (REGISTRY / runid).exists() and not any(n.startswith(f"dm{runid}m") for n in namespaces):
@@ -567,7 +500,7 @@ class MachineFleet:
             self._runid, self._octet, self._base = runid, octet, base
             if self._shared_arg is not None:
                 self.shared_dir = Path(str(self._shared_arg).replace("{runid}", runid))
-            _nsfleet._write(base / "owner.pid", _nsfleet._owner_record(os.getpid()))
+            netns.write(base / "owner.pid", netns.owner_record(os.getpid()))
             for i in range(1, self.size + 1):
                 name = f"m{i}"
                 machine = Machine(name=name, address=f"10.{octet}.{i}.2", port=self.port, netns=f"dm{runid}m{i}")
@@ -632,9 +565,9 @@ class MachineFleet:
             ]
         )  # fmt: skip
         root = rt.root
-        _nsfleet._write(root / "etc/hostname", f"{m.name}\n")
-        _nsfleet._write(root / "etc/hosts", self._hosts_file())
-        _nsfleet._write(root / "etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
+        netns.write(root / "etc/hostname", f"{m.name}\n")
+        netns.write(root / "etc/hosts", self._hosts_file())
+        netns.write(root / "etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
         key = root / _HOST_KEY
         for p in (key, key.with_name(key.name + ".pub")):
             p.unlink(missing_ok=True)
@@ -644,7 +577,7 @@ class MachineFleet:
         for home, owner in ((root / "root", (0, 0)), (root / "home" / DEPLOY_USER, (uid, gid))):
             ssh_dir = home / ".ssh"
             ssh_dir.mkdir(mode=0o700, exist_ok=True)
-            _nsfleet._write(ssh_dir / "authorized_keys", pub, 0o600)
+            netns.write(ssh_dir / "authorized_keys", pub, 0o600)
             for p in (ssh_dir, ssh_dir / "authorized_keys"):
                 os.chown(p, *owner)
 
@@ -665,7 +598,7 @@ class MachineFleet:
             lines.append(
                 f"{m.address} {keytype} {blob}" if m.port == 22 else f"[{m.address}]:{m.port} {keytype} {blob}"
             )
-        _nsfleet._write(self.known_hosts_path, "\n".join(lines) + "\n")
+        netns.write(self.known_hosts_path, "\n".join(lines) + "\n")
 
     def _launch(self, rt: _Runtime) -> None:
         """Start ``systemd-nspawn --boot`` on the machine's overlay; return once its systemd runs."""
@@ -707,18 +640,18 @@ class MachineFleet:
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=_TOOL_ENV,
+                env=netns.TOOL_ENV,
                 cwd="/",
             )
-        rt.proc, rt.nspawn_pid, rt.nspawn_start = proc, proc.pid, _nsfleet._proc_start(proc.pid)
+        rt.proc, rt.nspawn_pid, rt.nspawn_start = proc, proc.pid, netns.proc_start(proc.pid)
         rt.leader_pid = rt.leader_start = None
         rt.boots += 1
         self._write_state()  # a reaper must know nspawn even if we die right now
         deadline = time.monotonic() + self.boot_timeout
         while True:
-            for child in _nsfleet._children_of(proc.pid):
+            for child in netns.children_of(proc.pid):
                 if _ns_pid_one(child):
-                    rt.leader_pid, rt.leader_start = child, _nsfleet._proc_start(child)
+                    rt.leader_pid, rt.leader_start = child, netns.proc_start(child)
                     self._write_state()
                     return
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -733,7 +666,7 @@ class MachineFleet:
         self._wait_running(rt, deadline)
 
     def _alive(self, rt: _Runtime) -> bool:
-        return _nsfleet._alive(rt.leader_pid, rt.leader_start)
+        return netns.alive(rt.leader_pid, rt.leader_start)
 
     def _check_up(self, rt: _Runtime) -> None:
         if self._cancel.is_set():
@@ -830,7 +763,7 @@ class MachineFleet:
         rt = self._host_rt(host)
         self._check_up(rt)
         if rt.leader_pid is not None:
-            _nsfleet._kill(rt.leader_pid, signal.SIGKILL)
+            netns.kill(rt.leader_pid, signal.SIGKILL)
         self._wait_nspawn_exit(rt, 30)
         if restore:
             self._launch(rt)
@@ -862,7 +795,7 @@ class MachineFleet:
                 return proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 raise MachineError(f"{rt.machine.name}: systemd-nspawn still runs after {timeout:.0f}s") from None
-        while _nsfleet._alive(rt.nspawn_pid, rt.nspawn_start):
+        while netns.alive(rt.nspawn_pid, rt.nspawn_start):
             if time.monotonic() >= deadline:
                 raise MachineError(f"{rt.machine.name}: systemd-nspawn still runs after {timeout:.0f}s")
             time.sleep(0.05)
@@ -999,44 +932,14 @@ class MachineFleet:
 
     # ------------------------------------------------------------------ teardown
 
-    def stop(self) -> None:
-        """Tear everything down: machines, overlays, namespaces, veths, route, files.
+    def _teardown_shared(self, *, clean: bool) -> None:
+        if self._route_added and self._octet is not None:
+            _run(["ip", "route", "del", "blackhole", str(_net(self._octet))], check=False)
+            self._route_added = False
+        if clean and self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
 
-        Idempotent.  Raises :class:`MachineError` only if something of this fleet is
-        verifiably left behind.
-        """
-        self._stop(parallel=True, lock_timeout=-1)
-
-    def _stop(self, *, parallel: bool, lock_timeout: float) -> None:
-        locked = self._lock.acquire(timeout=lock_timeout)
-        try:
-            if self._state in ("new", "stopped"):
-                self._state = "stopped"
-                return
-            self._state = "stopping"
-            rts = list(self._rt.values())
-            leftovers: list[str] = []
-            if parallel and len(rts) > 1:
-                with ThreadPoolExecutor(max_workers=min(len(rts), 16)) as pool:
-                    for found in pool.map(self._teardown, rts):
-                        leftovers += found
-            else:
-                for rt in rts:
-                    leftovers += self._teardown(rt)
-            if self._route_added and self._octet is not None:
-                _run(["ip", "route", "del", "blackhole", str(_net(self._octet))], check=False)
-                self._route_added = False
-            if not leftovers and self._base is not None:
-                shutil.rmtree(self._base, ignore_errors=True)
-            _unregister_live(self)
-            self._state = "stopped"
-            if leftovers:
-                raise MachineError(f"machine fleet {self._runid}: left behind: {'; '.join(leftovers)}")
-        finally:
-            if locked:
-                self._lock.release()
-
-    def _teardown(self, rt: _Runtime) -> list[str]:
+    def _teardown_one(self, rt: _Runtime) -> list[str]:
         with rt.lock:
             return self._teardown_locked(rt)
 
@@ -1047,24 +950,24 @@ class MachineFleet:
         # Killing nspawn instead would orphan the machine, so a machine caught mid-boot (its
         # init not recorded yet) is looked up among nspawn's children first.
         leaders = [rt.leader_pid] if self._alive(rt) and rt.leader_pid is not None else []
-        if rt.nspawn_pid is not None and _nsfleet._alive(rt.nspawn_pid, rt.nspawn_start):
-            leaders += [c for c in _nsfleet._children_of(rt.nspawn_pid) if _ns_pid_one(c)]
+        if rt.nspawn_pid is not None and netns.alive(rt.nspawn_pid, rt.nspawn_start):
+            leaders += [c for c in netns.children_of(rt.nspawn_pid) if _ns_pid_one(c)]
         for pid in leaders:
-            _nsfleet._kill(pid)
+            netns.kill(pid)
         try:
             self._wait_nspawn_exit(rt, 20)
         except MachineError:
-            if rt.nspawn_pid is not None and _nsfleet._alive(rt.nspawn_pid, rt.nspawn_start):
-                _nsfleet._kill(rt.nspawn_pid)
+            if rt.nspawn_pid is not None and netns.alive(rt.nspawn_pid, rt.nspawn_start):
+                netns.kill(rt.nspawn_pid)
             with contextlib.suppress(MachineError):
                 self._wait_nspawn_exit(rt, 5)
         # Anything else that joined the network namespace (e.g. `ip netns exec` by hand).
         for _ in range(100):
-            pids = _nsfleet._netns_pids(m.netns)
+            pids = netns.netns_pids(m.netns)
             if not pids:
                 break
             for pid in pids:
-                _nsfleet._kill(pid)
+                netns.kill(pid)
             time.sleep(0.02)
         leftovers: list[str] = []
         if _mounted(rt.root):
@@ -1076,12 +979,12 @@ class MachineFleet:
                 leftovers.append(f"{m.name}: overlay still mounted at {rt.root}")
         _run(["ip", "link", "del", rt.veth], check=False)
         _run(["ip", "netns", "del", m.netns], check=False)
-        leftovers += [f"{m.name}: pid {pid} in netns {m.netns}" for pid in _nsfleet._netns_pids(m.netns)]
-        if m.netns in _nsfleet._netns_names():
+        leftovers += [f"{m.name}: pid {pid} in netns {m.netns}" for pid in netns.netns_pids(m.netns)]
+        if m.netns in netns.netns_names():
             leftovers.append(f"{m.name}: netns {m.netns}")
-        if _nsfleet._link_exists(rt.veth):
+        if netns.link_exists(rt.veth):
             leftovers.append(f"{m.name}: link {rt.veth}")
-        if _nsfleet._alive(rt.nspawn_pid, rt.nspawn_start):
+        if netns.alive(rt.nspawn_pid, rt.nspawn_start):
             leftovers.append(f"{m.name}: systemd-nspawn pid {rt.nspawn_pid}")
         if self._alive(rt):
             leftovers.append(f"{m.name}: machine init pid {rt.leader_pid}")
@@ -1106,7 +1009,7 @@ class MachineFleet:
     def _write_state(self) -> None:
         with self._state_lock:
             if self._base is not None and self._base.exists():
-                _nsfleet._write_json_atomic(self._base / "machines.json", self._state_json())
+                netns.write_json_atomic(self._base / "machines.json", self._state_json())
 
     def save(self, path: Path) -> None:
         """Write what another process needs to use or stop this fleet (see :meth:`load`)."""
@@ -1114,7 +1017,7 @@ class MachineFleet:
             if self._state != "running":
                 raise MachineError("only a running machine fleet can be saved")
             path.parent.mkdir(parents=True, exist_ok=True)
-            _nsfleet._write_json_atomic(path, self._state_json())
+            netns.write_json_atomic(path, self._state_json())
 
     @classmethod
     def load(cls, path: Path) -> MachineFleet:
@@ -1140,7 +1043,7 @@ class MachineFleet:
         fleet._state = "running"
         if owner:
             fleet._owner_pid = os.getpid()
-            _register_live(fleet)
+            LIVE.register(fleet)
         return fleet
 
     def detach(self) -> None:
@@ -1152,9 +1055,9 @@ class MachineFleet:
         with self._lock:
             if self._state != "running":
                 raise MachineError("only a running machine fleet can be detached")
-            _nsfleet._write(self.base_dir / "owner.pid", _DETACHED + "\n")
+            netns.write(self.base_dir / "owner.pid", _DETACHED + "\n")
             self._owner_pid = None
-            _unregister_live(self)
+            LIVE.unregister(self)
             for rt in self._rt.values():
                 rt.proc = None
 
