@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,39 @@ from tests.harness.fleet import Fleet
 from tests.harness.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
 
 _ports = itertools.count(4100)
+
+#: The ``deployer`` program as an operator runs it (the console script's entry point, from this checkout).
+DEPLOYER = [sys.executable, "-m", "deployer.cli.program"]
+
+
+def cli_argv(app: App, task: str, *args: str) -> list[str]:
+    """argv of ``deployer <task> --env e2e --inventory-dir <app's> <args>``."""
+    return [*DEPLOYER, task, "--env", "e2e", "--inventory-dir", str(app.inventory_dir), *args]
+
+
+def cli(
+    app: App,
+    task: str,
+    *args: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``deployer <task>`` against ``app``'s inventory to completion (``env`` is added to ours)."""
+    return subprocess.run(
+        cli_argv(app, task, *args),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_popen(app: App, task: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``deployer <task>`` against ``app``'s inventory, stdout and stderr merged, for a test to interfere."""
+    return subprocess.Popen(cli_argv(app, task, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @dataclass

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ from deployer.operations import commands
 from tests.harness.examples import build_hello
 from tests.harness.fleet import Fleet
 
-from .support import App, explain, make_app, remove_app
+from .support import App, cli, explain, make_app, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("h1", "h2", "h3")
@@ -30,14 +27,6 @@ def app(session_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert done.report.ok, explain(done.report)
     yield deployment
     remove_app(deployment)
-
-
-def cli(app: App, *args: str) -> subprocess.CompletedProcess[str]:
-    task, *rest = args
-    argv = [sys.executable, "-m", "invoke", "--search-root", str(REPO), task]
-    argv += ["--env", "e2e", "--inventory-dir", str(app.inventory_dir), *rest]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180, check=False)
 
 
 def secret(app: App) -> str:

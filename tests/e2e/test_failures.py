@@ -7,10 +7,8 @@ the per-host outcome, the version every host serves, the lock, and the exit stat
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from deployer.operations import release as api
 from tests.harness.examples import build_hello
 from tests.harness.fleet import Fleet
 
-from .support import App, Recorder, explain, make_app, padded_tarball, remove_app
+from .support import App, Recorder, cli_popen, explain, make_app, padded_tarball, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 _names = itertools.count(1)
@@ -67,23 +65,6 @@ def locks(app: App) -> dict[str, bool]:
 
 def deploy(app: App, tarball: Path, events: Any = None, **options: Any) -> api.Result:
     return api.deploy(app.inventory(), inspect_tarball(tarball, "hello"), api.Options(events=events, **options))
-
-
-def cli(app: App, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [
-        sys.executable,
-        "-m",
-        "invoke",
-        "--search-root",
-        str(REPO),
-        *args,
-        "--env",
-        "e2e",
-        "--inventory-dir",
-        str(app.inventory_dir),
-    ]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def assert_untouched(app: App, version: str = "0.1.0") -> None:
@@ -138,7 +119,7 @@ def test_host_with_sshd_stopped_changes_nothing(app: App, v2: Path) -> None:
 def test_failing_migration_runs_once_and_switches_nothing(app: App, v2: Path) -> None:
     bad = build_hello("0.2.0", variant="bad_migration", migrations=3)
     before = snapshot(app)
-    proc = cli(app, "deploy", "--tarball", str(bad))
+    proc = cli_popen(app, "deploy", "--tarball", str(bad))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out
     assert "migration failed on h1" in out
@@ -279,8 +260,8 @@ def test_link_cut_during_activation_reports_what_the_host_really_runs(app: App, 
 
 
 def test_two_deploys_at_once_exactly_one_proceeds(app: App, v2: Path) -> None:
-    first = cli(app, "deploy", "--tarball", str(v2))
-    second = cli(app, "deploy", "--tarball", str(v2))
+    first = cli_popen(app, "deploy", "--tarball", str(v2))
+    second = cli_popen(app, "deploy", "--tarball", str(v2))
     outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
     codes = sorted([first.returncode, second.returncode])
     assert codes == [0, 1], outputs
@@ -307,7 +288,7 @@ def wait_for(proc: subprocess.Popen[str], *words: str, timeout: float = 120) -> 
 def test_sigint_during_upload_undoes_and_unlocks(app: App, tmp_path: Path, v2: Path) -> None:
     big = padded_tarball(v2, tmp_path / "hello-0.2.0-big.tar.gz", 48)
     before = snapshot(app)
-    proc = cli(app, "deploy", "--tarball", str(big), "--verbose")
+    proc = cli_popen(app, "deploy", "--tarball", str(big), "--verbose")
     wait_for(proc, "upload", "start")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -323,7 +304,7 @@ def test_sigint_during_upload_undoes_and_unlocks(app: App, tmp_path: Path, v2: P
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_restart_finishes_the_host_step_and_reports_mixed(app: App, v2: Path, signum: int) -> None:
-    proc = cli(app, "deploy", "--tarball", str(v2), "--verbose", "--batch-size", "1")
+    proc = cli_popen(app, "deploy", "--tarball", str(v2), "--verbose", "--batch-size", "1")
     wait_for(proc, "activate", "start")
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
@@ -341,16 +322,16 @@ def test_signal_during_restart_finishes_the_host_step_and_reports_mixed(app: App
 
 def test_sigkill_leaves_a_stale_lock_that_unlock_removes(app: App, tmp_path: Path, v2: Path) -> None:
     big = padded_tarball(v2, tmp_path / "hello-0.2.0-big.tar.gz", 48)
-    proc = cli(app, "deploy", "--tarball", str(big), "--verbose")
+    proc = cli_popen(app, "deploy", "--tarball", str(big), "--verbose")
     wait_for(proc, "upload", "start")
     proc.kill()
     proc.communicate(timeout=60)
     assert locks(app) == {h.name: True for h in app.fleet.hosts}
-    refused = cli(app, "deploy", "--tarball", str(v2))
+    refused = cli_popen(app, "deploy", "--tarball", str(v2))
     out, _ = refused.communicate(timeout=120)
     assert refused.returncode == 1
     assert "holds the deploy lock" in out and "the lock is stale" in out and "deployer unlock --env e2e" in out
-    unlocked = cli(app, "unlock")
+    unlocked = cli_popen(app, "unlock")
     out, _ = unlocked.communicate(timeout=120)
     assert unlocked.returncode == 0, out
     assert "removed lock held by" in out

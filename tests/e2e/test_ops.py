@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from deployer.remote.flavours import flavour
 from tests.harness.examples import build_hello
 from tests.harness.fleet import Fleet
 
-from .support import App, make_app, remove_app
+from .support import App, cli, cli_argv, make_app, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("h1", "h2", "h3")
@@ -43,27 +42,6 @@ def app(session_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert done.report.ok, done.report.error
     yield deployment
     remove_app(deployment)
-
-
-def cli(app: App, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ``invoke <task> --env e2e --inventory-dir ... <args>`` the way an operator would."""
-    task, *rest = args
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO), task, *inventory_args(app), *rest],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=timeout,
-        check=False,
-    )
-
-
-def inventory_args(app: App) -> list[str]:
-    return ["--env", "e2e", "--inventory-dir", str(app.inventory_dir)]
-
-
-def invoke_argv(app: App, task: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "invoke", "--search-root", str(REPO), task, *inventory_args(app), *args]
 
 
 def node_pids(app: App) -> dict[str, int]:
@@ -162,7 +140,7 @@ def test_logs_follow_streams_until_ctrl_c(app: App) -> None:
     log_dir = f"{app.deploy_to}/shared/tmp/log"
     newest = app.sh("h3", f"ls -t {log_dir}/erlang.log.* | head -n 1").strip()
     process = subprocess.Popen(
-        invoke_argv(app, "logs", "--host", "h3", "--follow", "--lines", "5"),
+        cli_argv(app, "logs", "--host", "h3", "--follow", "--lines", "5"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -281,10 +259,11 @@ def test_lifecycle_dry_run_changes_nothing(app: App) -> None:
 
 def test_console_evaluates_in_the_running_node_and_ctrl_d_leaves_it_running(app: App) -> None:
     pid = node_pids(app)["h1"]
+    argv = cli_argv(app, "console", "--host", "h1")
     child = pexpect.spawn(
-        sys.executable,
-        ["-m", "invoke", "--search-root", str(REPO), "console", *inventory_args(app), "--host", "h1"],
-        env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "dumb"},
+        argv[0],
+        argv[1:],
+        env={**os.environ, "TERM": "dumb"},
         encoding="utf-8",
         timeout=60,
         dimensions=(40, 160),
@@ -380,7 +359,7 @@ def test_observer_tunnel_when_the_local_epmd_port_is_taken(app: App) -> None:
 def test_observer_print_shows_a_command_without_the_cookie(app: App) -> None:
     cookie = app.sh("h1", f"cat {app.deploy_to}/shared/.cookie").strip()
     process = subprocess.Popen(
-        invoke_argv(app, "observer", "--host", "h1", "--print"),
+        cli_argv(app, "observer", "--host", "h1", "--print"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

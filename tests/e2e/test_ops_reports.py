@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from deployer.operations import release as api
 from tests.harness.examples import build_hello
 from tests.harness.fleet import Fleet
 
-from .support import App, make_app, remove_app
+from .support import App, cli, make_app, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("h1", "h2", "h3")
@@ -44,19 +41,6 @@ def app(session_fleet: Fleet, tmp_path: Path) -> Iterator[App]:
     deployment = make_app(session_fleet, tmp_path, f"rep{next(_names)}", keep_releases=3)
     yield deployment
     remove_app(deployment)
-
-
-def cli(app: App, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    task, *rest = args
-    common = ["--env", "e2e", "--inventory-dir", str(app.inventory_dir)]
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO), task, *common, *rest],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=timeout,
-        check=False,
-    )
 
 
 def snapshot(app: App) -> dict[str, str]:

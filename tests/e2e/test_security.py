@@ -16,7 +16,6 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import threading
 import uuid
@@ -32,7 +31,7 @@ from deployer.operations import release as api
 from tests.harness.examples import build_hello
 from tests.harness.fleet import Fleet
 
-from .support import App, make_app, remove_app
+from .support import App, cli, make_app, remove_app
 
 REPO = Path(__file__).resolve().parents[2]
 PWNED = "/tmp/pwned"
@@ -192,10 +191,11 @@ class ProcessSampler:
             return [line for sample in self.samples for line in sample.splitlines() if needle in line]
 
 
-def cli(app: App, workdir: Path, *args: str, secret: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def deploy_cli(
+    app: App, workdir: Path, *args: str, secret: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``deployer deploy`` with the secret in the environment and HOME, TMPDIR and caches under ``workdir``."""
     env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
         "HELLO_SECRET": secret,
         "HOME": str(workdir / "home"),
         "TMPDIR": str(workdir / "tmp"),
@@ -203,27 +203,7 @@ def cli(app: App, workdir: Path, *args: str, secret: str, timeout: float = 300) 
     }
     for sub in ("home", "tmp", "cache"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "invoke",
-            "--search-root",
-            str(REPO),
-            "deploy",
-            "--env",
-            "e2e",
-            "--inventory-dir",
-            str(app.inventory_dir),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-        timeout=timeout,
-        check=False,
-    )
+    return cli(app, "deploy", *args, env=env, cwd=workdir, timeout=timeout)
 
 
 def files_containing(root: Path, needle: bytes) -> list[Path]:
@@ -245,15 +225,15 @@ def test_sentinel_secret_never_leaks(app: App, hello: Path, tmp_path: Path) -> N
     workdir = tmp_path / "work"
     runs: dict[str, subprocess.CompletedProcess[str]] = {}
     with ProcessSampler(app.fleet) as sampler:
-        runs["deploy --json"] = cli(app, workdir, "--tarball", str(hello), "--json", secret=sentinel)
+        runs["deploy --json"] = deploy_cli(app, workdir, "--tarball", str(hello), "--json", secret=sentinel)
         assert runs["deploy --json"].returncode == 0, runs["deploy --json"].stderr
-        runs["deploy --dry-run --verbose"] = cli(
+        runs["deploy --dry-run --verbose"] = deploy_cli(
             app, workdir, "--tarball", str(hello), "--dry-run", "--verbose", "--json", secret=sentinel
         )
         assert runs["deploy --dry-run --verbose"].returncode == 0, runs["deploy --dry-run --verbose"].stderr
         # An unhealthy release with a short deadline: the error paths (node log tail, revert) run too.
         app.rewrite(health={**app.data["health"], "deadline": 10})
-        runs["failed deploy --verbose --json"] = cli(
+        runs["failed deploy --verbose --json"] = deploy_cli(
             app, workdir, "--tarball", str(unhealthy), "--verbose", "--json", secret=sentinel
         )
     failed = runs["failed deploy --verbose --json"]
@@ -394,7 +374,7 @@ def test_hostile_tarball_is_refused_before_anything_is_uploaded(app: App, hello:
     escape.type = tarfile.SYMTYPE
     escape.linkname = "../../../../../../etc/cron.d/evil"
     tarball = hostile_copy(hello, tmp_path / "hello-0.1.0.tar.gz", escape)
-    done = cli(app, tmp_path / "work", "--tarball", str(tarball), secret="x" * 8, timeout=120)
+    done = deploy_cli(app, tmp_path / "work", "--tarball", str(tarball), secret="x" * 8, timeout=120)
     assert done.returncode != 0
     assert "symlink 'lib/hello-0.1.0/priv/escape'" in done.stderr and "points outside the release" in done.stderr
     for host in app.fleet.hosts:
