@@ -34,7 +34,7 @@ from deployer.core import compat
 from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
-from deployer.core.plan import LIFECYCLE, Lifecycle, Plan, layout_for, plan_lifecycle
+from deployer.core.plan import LIFECYCLE, Lifecycle, Plan, layout_for, plan_lifecycle, service_for
 from deployer.engine.executor import Executor
 from deployer.engine.locks import describe_holder
 from deployer.engine.run import Options, Result, open_executor
@@ -111,10 +111,11 @@ def logs(
     lines until ``should_stop`` turns true or the caller is interrupted (Ctrl-C ends it cleanly)."""
     name = _one_host(host)
     layout = layout_for(inventory)
+    service = service_for(inventory)
     transport = connector(inventory, name)
     try:
         # Also the check that there are logs at all, with a clean error, before anything streams.
-        result = transport.run(oc.logs(layout, lines=0 if follow else lines))
+        result = transport.run(oc.logs(layout, lines=0 if follow else lines, service=service))
         if not result.ok:
             raise RemoteCommandError(name, "logs", _clean(result.stderr) or f"exit status {result.exit_status}")
         if not follow:
@@ -126,7 +127,9 @@ def logs(
             on_output(stream, text.replace("\r\n", "\n"))
 
         try:
-            status = transport.stream(oc.follow_logs(layout, lines=lines), on_output=unpty, should_stop=should_stop)
+            status = transport.stream(
+                oc.follow_logs(layout, lines=lines, service=service), on_output=unpty, should_stop=should_stop
+            )
         except KeyboardInterrupt:
             return
         if status not in (None, 0):
