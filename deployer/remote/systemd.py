@@ -143,7 +143,10 @@ class Service:
                 "case ${1:-} in\n"
                 "  start) set -- {{foreground}} ;;\n"
                 # Nothing to stop when the main process is already gone (systemd then only cleans up).
-                '  stop) if [ -z "${2:-}" ] || ! kill -0 "$2" 2>/dev/null; then exit 0; fi; set -- {{stop}} ;;\n'
+                "  stop)\n"
+                "    case ${2:-} in ''|0|*[!0-9]*) exit 0 ;; esac\n"
+                '    kill -0 "$2" 2>/dev/null || exit 0\n'
+                "    set -- {{stop}} ;;\n"
                 '  *) echo "usage: $0 start | stop MAINPID" >&2; exit 2 ;;\n'
                 "esac\n"
                 'exec env -i "PATH=$PATH" /bin/sh -c "$LAUNCHER" deployer-launch "$d" "$rid" {{mode}} '
