@@ -22,10 +22,10 @@ import yaml
 
 from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.inventory import Inventory, load_inventory
+from deployer.engine.run import Options
 from deployer.operations import node as ops
 from deployer.operations import release as api
 from deployer.operations import setup as setup_api
-from deployer.operations.node import Options
 from tests.harness.examples import build_hello
 from tests.harness.fleet_tasks import COMMON_ROOT, local_inventory, prepare_fleet_files, remove_fleet_files
 from tests.harness.machines import MachineFleet, MachinesUnavailable, check_environment
@@ -269,7 +269,7 @@ def test_a_pid_file_naming_a_live_stranger_is_never_signalled(machines: MachineF
     pid = int(stranger.strip())
     root(machines, "m1", f"echo '{pid} 1' > {D}/shared/node.pid && chown deploy: {D}/shared/node.pid")
     for operation in ("restart", "stop", "start"):
-        result = ops.lifecycle(inventory, operation, Options(hosts=["m1"]))  # type: ignore[arg-type]
+        result = ops.lifecycle(inventory, operation, Options(hosts=["m1"]))
         assert result.report.ok, explain(result.report)
         assert root(machines, "m1", f"kill -0 {pid} && echo alive").strip() == "alive", operation
     root(machines, "m1", f"kill {pid}", check=False)

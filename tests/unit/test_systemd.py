@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer.core.inventory import Inventory
 from deployer.core.paths import RemoteLayout
 from deployer.core.plan import plan_lifecycle, service_for
 from deployer.operations.setup import as_admin, deploy_user, plan_setup
@@ -285,7 +286,7 @@ def test_start_adopts_an_active_unit(tmp_path: Path, fakes: dict[str, str]) -> N
 # --- the plan and the reports -------------------------------------------------------------------------------------
 
 
-def _systemd_inventory(tmp_path: Path, **node: object) -> object:
+def _systemd_inventory(tmp_path: Path, **node: object) -> Inventory:
     data = copy.deepcopy(BASE)
     data["node"] = {"service": "systemd", **node}
     return inventory(tmp_path, data)
@@ -295,10 +296,10 @@ def test_daemon_is_the_default_and_systemd_plans_drive_the_unit(tmp_path: Path) 
     daemon = inventory(tmp_path / "a")
     assert daemon.config.node.service == "daemon" and service_for(daemon) is None
     systemd = _systemd_inventory(tmp_path / "b", limit_nofile=4096, stop_timeout=12)
-    service = service_for(systemd)  # type: ignore[arg-type]
+    service = service_for(systemd)
     assert service is not None and service.unit == "deployer-hello-test.service"
     assert "LimitNOFILE=4096\n" in service.unit_text("x") and "TimeoutStopSec=12\n" in service.unit_text("x")
-    plan = plan_lifecycle(systemd, "restart", {})  # type: ignore[arg-type]
+    plan = plan_lifecycle(systemd, "restart", {})
     assert plan.hosts == ()
     step = oc.restart(service.layout, MIX, health=HealthCheck(None, None, 5, 1), stop_timeout=12, service=service)
     rendered = step.render()
@@ -307,9 +308,9 @@ def test_daemon_is_the_default_and_systemd_plans_drive_the_unit(tmp_path: Path) 
 
 def test_setup_logs_in_as_the_admin_and_prepares_for_the_deploy_user(tmp_path: Path) -> None:
     systemd = _systemd_inventory(tmp_path)
-    admin = as_admin(systemd, "root")  # type: ignore[arg-type]
+    admin = as_admin(systemd, "root")
     assert admin.config.ssh.user == "root" and all(h.user is None for h in admin.hosts)
-    assert deploy_user(systemd, systemd.hosts[0]) == "deploy"  # type: ignore[attr-defined]
+    assert deploy_user(systemd, systemd.hosts[0]) == "deploy"
     from deployer.core.facts import parse_probe
 
     plan = plan_setup(admin, {"web1": parse_probe("")}, {"web1": "deploy"})
