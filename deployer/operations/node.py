@@ -52,6 +52,9 @@ from deployer.operations.status import (
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
+from deployer.remote.fragments import deploy_vars, script
+from deployer.remote.release import host_facts
+from deployer.remote.systemd import check_problems, host_checks
 from deployer.ssh.endpoints import endpoint
 from deployer.ssh.transport import LocalForward, OutputCallback, SSHTransport
 
@@ -464,8 +467,11 @@ def check(inventory: Inventory, options: Options | None = None, *, artifact: Art
     NIFs, and where it was built, against each host). Changes nothing."""
     options = options or Options()
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
+    layout = layout_for(inventory)
+    # The probe, and whether this login may deploy here: deploy_to's owner and modes (and sudo for the unit).
+    probe = script("probe", deploy_vars(layout), host_facts(), host_checks(service_for(inventory)))
     with open_executor(inventory, options, "check") as executor:
-        probed = executor.probe_each(names, rc.probe(layout_for(inventory)))
+        probed = executor.probe_each(names, probe)
     facts = {host: parse_probe(stdout) for host, (stdout, _) in probed.items() if stdout is not None}
     found = compat.findings(artifact.path, artifact.sha256, facts) if artifact is not None else {}
     rows: list[CheckRow] = []
@@ -474,6 +480,7 @@ def check(inventory: Inventory, options: Options | None = None, *, artifact: Art
             rows.append(CheckRow(host, False, [error or "unreachable"], None, error))
             continue
         problems = check_host(facts[host], inventory=inventory, artifact=artifact, compatibility=found.get(host, ()))
+        problems += check_problems(probed[host][0] or "")
         rows.append(CheckRow(host, True, problems, facts[host]))
     return rows
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from deployer.core.paths import RemoteLayout
 from deployer.remote.flavours import Flavour
-from deployer.remote.fragments import EXIT_UNHEALTHY, LAUNCHER, Fragment, cookie_mode, script, text
-from deployer.remote.shell import Script, template
+from deployer.remote.fragments import EXIT_UNHEALTHY, LAUNCHER, Fragment, cookie_mode, raw, script, text
+from deployer.remote.shell import Script, template, words
 
 SYSTEMCTL = "/usr/bin/systemctl"
 INSTALL = "/usr/bin/install"
@@ -392,3 +392,54 @@ def setup_changes(output: str) -> list[str]:
         elif key == "unit_enabled":
             changes.append("enabled the unit (starts on boot)")
     return changes
+
+
+# --- check: is the host ready for deploys by this login? ------------------------------------------------------
+
+
+def host_checks(service: Service | None) -> Fragment:
+    """``problem=<sentence>`` lines (read-only): ``deploy_to`` and ``shared/env`` owned by the login user and
+    not writable by others; with ``service`` also systemd as the host's init and every root command of
+    the unit allowed by ``sudo -n`` (the sudoers line to add, when not)."""
+    fragment = text(
+        "step check\n"
+        'if [ -d "$d" ]; then\n'
+        '  if [ ! -O "$d" ]; then echo "problem=deploy_to $d is owned by $(stat -c %U "$d"), not by $(id -un) who '
+        'deploys: run deployer setup (as root) or chown it"; fi\n'
+        '  if [ -n "$(find "$d" -maxdepth 0 -perm /022)" ]; then echo "problem=deploy_to $d is writable by '
+        'group or others (mode $(stat -c %a "$d")): chmod go-w $d"; fi\n'
+        "fi\n"
+        'if [ -d "$d/shared/env" ] && [ -n "$(find "$d/shared/env" -maxdepth 0 -perm /077)" ]; then\n'
+        '  echo "problem=$d/shared/env (the secrets) is readable by others than its owner: chmod 0700 $d/shared/env"\n'
+        "fi\n"
+    )
+    if service is None:
+        return fragment
+    return (
+        fragment
+        + service.prelude()
+        + text(
+            '[ -d /run/systemd/system ] || echo "problem=this host does not run systemd (node.service: systemd)"\n'
+            'if [ "$(id -u)" -ne 0 ]; then\n'
+            "  missing=\n"
+            "  for c in "
+        )
+        # One word per command, its spaces as commas (no path deployer accepts has a comma).
+        + raw(words([c.replace(" ", ",") for c in service.root_commands()]))
+        + text(
+            "; do\n"
+            "    c=$(printf '%s' \"$c\" | tr , ' ')\n"
+            "    # shellcheck disable=SC2086\n"
+            '    if ! sudo -n -l $c >/dev/null 2>&1; then missing="$missing${missing:+, }$c"; fi\n'
+            "  done\n"
+            '  if [ -n "$missing" ]; then echo "problem=sudo -n may not run: $missing; add with visudo -f {{dropin}} '
+            '(or run deployer setup as root): $svc_sudoers"; fi\n'
+            "fi\n",
+            dropin=service.dropin,
+        )
+    )
+
+
+def check_problems(output: str) -> list[str]:
+    """The ``problem=`` lines of :func:`host_checks`."""
+    return [line.partition("=")[2].strip() for line in output.splitlines() if line.startswith("problem=")]
