@@ -9,7 +9,6 @@ inside the machine), not only the reports. The tests share the machines and run 
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import threading
 import time
@@ -28,9 +27,10 @@ from deployer.operations import release as api
 from deployer.operations import setup as setup_api
 from tests.harness.examples import build_hello
 from tests.harness.fleet_tasks import COMMON_ROOT, local_inventory, prepare_fleet_files, remove_fleet_files
-from tests.harness.machines import MachineFleet, MachinesUnavailable, check_environment
+from tests.harness.machines import MachineFleet
 
 from .support import Recorder, explain
+from .test_machines import _require_machines
 
 pytestmark = pytest.mark.fleet
 
@@ -42,12 +42,7 @@ D = "/srv/hello"
 
 @pytest.fixture(scope="module")
 def machines() -> Iterator[MachineFleet]:
-    try:
-        check_environment()
-    except MachinesUnavailable as exc:
-        if os.environ.get("DEPLOYER_REQUIRE_FLEET", "") not in ("", "0"):
-            pytest.fail(f"machines must run here: {exc}")
-        pytest.skip(f"cannot run machines here: {exc}")
+    _require_machines()
     with MachineFleet(2, shared_dir=COMMON_ROOT / "{runid}") as fleet:
         prepare_fleet_files(fleet)
         try:
