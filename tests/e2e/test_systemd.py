@@ -258,8 +258,12 @@ def test_node_comes_back_on_current_after_reboot_without_deployer(
 
 def test_a_pid_file_naming_a_live_stranger_is_never_signalled(machines: MachineFleet, inventory_dir: Path) -> None:
     inventory = inv(inventory_dir)
+    # A process of deploy's that is not the node (its own session, stdio closed: nothing waits on it).
     stranger = root(
-        machines, "m1", "setsid -f su -s /bin/sh deploy -c 'exec sleep 1000' && sleep 0.5; pgrep -n -x sleep"
+        machines,
+        "m1",
+        "setsid -f su -s /bin/sh deploy -c 'exec sleep 1000' </dev/null >/dev/null 2>&1; sleep 0.5; "
+        "pgrep -n -u deploy -x sleep",
     )
     pid = int(stranger.strip())
     root(machines, "m1", f"echo '{pid} 1' > {D}/shared/node.pid && chown deploy: {D}/shared/node.pid")
