@@ -86,7 +86,7 @@ class _Recorder:
         if step == "setup" and status == "skipped":
             if detail == UNCHANGED:
                 self.changes[host] = []
-                status = "unchanged"
+                status, detail = "unchanged", "the host was ready"
             else:
                 self.changes[host] = detail.removeprefix("changed: ").split("; ")
                 status, detail = "changed", "\n".join(self.changes[host])
