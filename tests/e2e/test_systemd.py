@@ -307,7 +307,8 @@ def test_power_cut_during_activation_then_status_then_deploy_converges(
         threading.Thread(target=later, daemon=True).start()
 
     events.on(host, "activate", "start", cut)
-    interrupted = api.deploy(inventory, artifact(tarballs["0.2.0"]), Options(hosts=[host], events=events))
+    boot = root(machines, host, "cat /proc/sys/kernel/random/boot_id")
+    interrupted = api.deploy(inventory, artifact(tarballs["0.2.0"]), Options(events=events))
     # Wait until the machine is back (the power cut thread boots it again).
     deadline = time.monotonic() + 240
     while True:
@@ -317,6 +318,7 @@ def test_power_cut_during_activation_then_status_then_deploy_converges(
         except Exception:
             assert time.monotonic() < deadline
             time.sleep(2)
+    assert root(machines, host, "cat /proc/sys/kernel/random/boot_id") != boot, "the power was not cut"
     assert not interrupted.report.ok or served_version(machines, host) is not None
     # status tells the truth: the release current names, and healthy exactly when the node answers.
     deadline = time.monotonic() + 120
@@ -329,12 +331,12 @@ def test_power_cut_during_activation_then_status_then_deploy_converges(
             break
         assert time.monotonic() < deadline, (row, serving)
         time.sleep(1)
-    unlocked = api.unlock(inventory, Options(hosts=[host]), force=True)
-    assert unlocked
-    again = api.deploy(inventory, artifact(tarballs["0.1.0"]), Options(hosts=[host]))
+    api.unlock(inventory, Options(hosts=[host]), force=True)
+    again = api.deploy(inventory, artifact(tarballs["0.1.0"]))
     assert again.report.ok, explain(again.report)
-    assert served_version(machines, host) == "0.1.0"
-    node_runs_as_deploy_from_current(machines, host)
+    for name in ("m1", "m2"):
+        assert served_version(machines, name) == "0.1.0"
+        node_runs_as_deploy_from_current(machines, name)
 
 
 def test_a_release_without_erts_runs_on_the_system_erts(
