@@ -207,7 +207,7 @@ class Service:
             "  echo unit_installed=1\n"
             "fi\n"
             'if [ "$(systemctl is-enabled "$unit" 2>/dev/null || true)" != enabled ]; then\n'
-            '  as_root {{systemctl}} enable "$unit" 2>/dev/null\n'
+            '  as_root {{systemctl}} enable "$unit"\n'
             "  echo unit_enabled=1\n"
             "fi\n",
             runner_text=self.runner_text(),
