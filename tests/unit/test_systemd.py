@@ -339,3 +339,13 @@ def test_setup_changes_and_unit_state_parsing() -> None:
     assert state == {"ActiveState": "active", "MainPID": "42", "NRestarts": "3"}
     assert _unit_document(state) == {"active": "active", "sub": None, "main_pid": 42, "restarts": 3, "enabled": None}
     assert _unit_document(None) is None
+
+
+def test_a_refused_enable_is_reported_too(tmp_path: Path, fakes: dict[str, str]) -> None:
+    _, service = _deployed(tmp_path)
+    refused = f"/usr/bin/systemctl enable {service.unit}"
+    _allow(fakes, service, but=refused)
+    out = _run(script("start", deploy_vars(service.layout), service.start()), fakes)
+    assert out.returncode == EXIT_SUDO
+    assert f'deploy may not run "{refused}" as root' in out.stderr
+    assert not any(line.startswith("systemctl start") for line in _log(fakes))
