@@ -8,7 +8,8 @@ inside the machine), not only the reports. The tests share the machines and run 
 
 from __future__ import annotations
 
-import io
+import shutil
+import subprocess
 import tarfile
 import threading
 import time
@@ -73,20 +74,28 @@ def tarballs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def system_erts(source: Path, dest: Path) -> Path:
-    """The release as ``include_erts: false`` builds it: no ``erts-*``, the start script uses the PATH's erl."""
-    with tarfile.open(source, "r:gz") as src, tarfile.open(dest, "w:gz", compresslevel=1) as out:
-        for member in src:
-            if member.name.startswith(("erts-", "./erts-")):
-                continue
-            data = src.extractfile(member) if member.isfile() else None
-            if data is not None and member.name.endswith("/elixir") and "/releases/" in f"/{member.name}":
-                text = "\n".join(
-                    line for line in data.read().decode().splitlines() if not line.startswith('ERTS_BIN="$SCRIPT_PATH"')
-                )
-                body = (text + "\n").encode()
-                member.size = len(body)
-                data = io.BytesIO(body)
-            out.addfile(member, data)
+    """The release as ``include_erts: false`` builds it: no ``erts-*``, the start script runs the PATH's erl,
+    and the boot scripts load every application from ``$RELEASE_LIB`` (the release's lib/), not ``$ROOT``
+    (which is then the system's Erlang); the boot files are made again from the edited scripts."""
+    work = dest.parent / "release"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    with tarfile.open(source, "r:gz") as src:
+        src.extractall(work, filter="tar")
+    for erts in work.glob("erts-*"):
+        shutil.rmtree(erts)
+    for elixir in work.glob("releases/*/elixir"):
+        lines = elixir.read_text().splitlines()
+        elixir.write_text("\n".join(line for line in lines if not line.startswith('ERTS_BIN="$SCRIPT_PATH"')) + "\n")
+    for boot in work.glob("releases/*/*.script"):
+        boot.write_text(boot.read_text().replace('"$ROOT/lib/', '"$RELEASE_LIB/'))
+        stem = str(boot.with_suffix(""))
+        subprocess.run(
+            ["erl", "-noshell", "-eval", f'ok = systools:script2boot("{stem}"), halt().'], check=True, timeout=120
+        )
+    with tarfile.open(dest, "w:gz", compresslevel=1) as out:
+        for entry in sorted(work.iterdir()):
+            out.add(entry, arcname=entry.name)
     return dest
 
 
