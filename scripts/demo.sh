@@ -2,11 +2,20 @@
 # The main job, for real: start a local fleet of 3 real sshd hosts (network/mount/pid namespaces), build
 # the example Elixir release, deploy 0.1.0, upgrade to 0.2.0 (one new migration, run once), roll back,
 # and show what every host serves after each step. Needs root. KEEP_FLEET=1 leaves the fleet running.
+# Then, where machines can boot (root, namespaces, overlayfs; DEMO_MACHINES=0 skips, =1 insists): two booted
+# Debian machines with systemd, prepared once by `deployer setup` as root, deployed to as the user deploy
+# (node.service: systemd), one rebooted: the node comes back by itself. The machines' root filesystem is
+# built once by scripts/machines-rootfs.sh (about 4 minutes) and cached in /var/cache/deployer-machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 inv() { .venv/bin/invoke "$@"; }
-cleanup() { if [ "${KEEP_FLEET:-0}" != 1 ]; then inv fleet.down --env local || true; fi; }
+cleanup() {
+  if [ "${KEEP_FLEET:-0}" != 1 ]; then
+    inv fleet.down --env local || true
+    if [ -n "${MACHINES_UP:-}" ]; then inv fleet.down --env machines || true; fi
+  fi
+}
 inv fleet.down --env local >/dev/null 2>&1 || true
 inv fleet.up --hosts 3 --env local
 trap cleanup EXIT
@@ -32,3 +41,35 @@ inv fleet.show --env local
 banner "status and history"
 inv status --env local
 inv history --env local --hosts h1
+
+# --- production hosts: systemd machines, a non-root deploy user, a reboot ------------------------------------
+case "${DEMO_MACHINES:-auto}" in
+  0) exit 0 ;;
+  1) ;;
+  *) if ! .venv/bin/python -c 'from tests.harness.machines import check_environment; check_environment()'; then
+       echo "(machines cannot boot here: skipping the systemd part; DEMO_MACHINES=1 to insist)"; exit 0
+     fi ;;
+esac
+inv fleet.down --env machines >/dev/null 2>&1 || true
+
+banner "production hosts: 2 booted Debian machines (systemd as PID 1), node.service: systemd, ssh as deploy"
+MACHINES_UP=1
+inv fleet.up --machines --service systemd --hosts 2 --env machines
+
+banner "setup, once, as root: deploy_to for deploy, the unit, a sudoers line for that unit only"
+inv setup --env machines --user root
+banner "setup again: nothing to change"
+inv setup --env machines --user root
+
+banner "deploy 0.1.0 as deploy: systemd runs the node (User=deploy), restarts it on failure and on boot"
+HELLO_VERSION=0.1.0 HELLO_MIGRATIONS=2 inv deploy --env machines
+inv status --env machines
+
+banner "reboot m1: deployer is not running; the node comes back by itself on current"
+inv fleet.reboot --env machines --host m1
+for _ in $(seq 1 60); do
+  if inv fleet.show --env machines >/dev/null 2>&1; then break; fi
+  sleep 1
+done
+inv fleet.show --env machines
+inv status --env machines

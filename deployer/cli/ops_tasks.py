@@ -77,6 +77,7 @@ def logs(c: Context, target: Target, follow: bool = False, lines: int = 100) -> 
     """The node's logs on one host (on stdout); --follow streams new lines until Ctrl-C.
 
     Reads run_erl's shared/tmp/log/erlang.log.N (oldest file first); --follow runs tail -F over SSH.
+    With node.service: systemd, the unit's journal (journalctl -u, -f with --follow).
     """
     if lines < 0:
         raise usage_error(f"--lines {lines}: must be 0 or more")
@@ -105,7 +106,8 @@ start = _lifecycle_task(
     "start",
     """Start the nodes that are not running, then the health gate; rolling, under the deploy lock.
 
-    Starts the current release with `bin/<app> daemon` and its environment file. Batches follow the
+    Starts the current release with `bin/<app> daemon` and its environment file (with node.service: systemd,
+    `systemctl start` of its unit). Batches follow the
     strategy like deploy. Exit status 1 unless every node ends healthy.
     """,
 )

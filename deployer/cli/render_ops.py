@@ -46,6 +46,14 @@ def print_status(console: Console, document: dict[str, Any], env: str) -> None:
             escape(h["lock"] or "-"),
         )
     console.print(table)
+    for h in document["hosts"]:
+        unit = h.get("unit")
+        if unit:  # node.service: systemd: what systemd says about the node's unit
+            console.print(
+                f"{h['host']}: unit {unit['active']} ({unit['sub']}), {unit['enabled']}, main pid "
+                f"{unit['main_pid'] or '-'}, restarted by systemd {unit['restarts']} time(s)",
+                highlight=False,
+            )
     for balancer, servers in (document.get("balancer") or {}).items():
         states = ", ".join(f"{host} {escape(state)}" for host, state in servers.items())
         console.print(f"load balancer {balancer}: {states}", highlight=False)

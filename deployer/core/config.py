@@ -536,6 +536,16 @@ class NodeConfig(_Model):
     distribution: Literal["sname", "name", "none"] = Field("name", description="RELEASE_DISTRIBUTION.")
     loopback_only: bool = Field(True, description="Bind EPMD and distribution to 127.0.0.1.")
     stop_timeout: PositiveSeconds = Field(30.0, description="Seconds to wait for the old VM to exit after SIGTERM.")
+    service: Literal["daemon", "systemd"] = Field(
+        "daemon",
+        description="How the node is run: `daemon` (the release's own daemon under run_erl, found by its pid; "
+        "needs nothing on the host) or `systemd` (a unit `deployer-<app>-<env>.service` installed by deployer, "
+        "restarted on failure and on boot, logs in the journal; needs `deployer setup` once, see "
+        "docs/production.md). Explicit rather than detected, so an inventory means the same on every host.",
+    )
+    limit_nofile: int = Field(
+        65536, ge=1024, le=1048576, description="`service: systemd`: the unit's LimitNOFILE (open files)."
+    )
 
 
 def _count_input(value: object) -> object:

@@ -29,6 +29,7 @@ from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
 from deployer.remote.fragments import expand_placeholders
 from deployer.remote.shell import Script, Secret, env_file_text
+from deployer.remote.systemd import Service, unit_name
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -65,6 +66,22 @@ def health_check(inventory: Inventory, host: HostConfig | None = None) -> rc.Hea
         deadline=health.deadline,
         interval=health.interval,
         stable_for=health.stable_for,
+    )
+
+
+def service_for(inventory: Inventory, *, user: str | None = None) -> Service | None:
+    """The node's systemd unit with ``node.service: systemd``; None in daemon mode (``user``: see
+    :attr:`Service.user`)."""
+    config = inventory.config
+    if config.node.service != "systemd":
+        return None
+    return Service(
+        layout_for(inventory),
+        flavour(config.app.flavour),
+        unit_name(config.app.name, inventory.env),
+        stop_timeout=config.node.stop_timeout,
+        limit_nofile=config.node.limit_nofile,
+        user=user,
     )
 
 
@@ -424,6 +441,7 @@ def _switch_steps(
         success_record=_record(release=release, event=event, outcome="success", previous=before, **common),
         prune_releases=prune_releases,
         prune_artifacts=prune_artifacts,
+        service=service_for(inventory),
     )
     # The failed release's entry goes first (its health gate has failed); the revert's own entry is written
     # on the host only once the previous release is healthy again.
@@ -442,6 +460,7 @@ def _switch_steps(
         tmp_suffix=_tmp_suffix(),
         records=done,
         failure_records=failure,
+        service=service_for(inventory),
     )
     return HostStep("activate", activate), HostStep("revert", revert)
 
@@ -644,12 +663,18 @@ def plan_lifecycle(
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
     health = health_check(inventory)
+    service = service_for(inventory)
     if operation == "stop":
-        step = HostStep("activate", oc.stop(layout, stop_timeout=config.node.stop_timeout), _stop_notice)
+        step = HostStep(
+            "activate", oc.stop(layout, stop_timeout=config.node.stop_timeout, service=service), _stop_notice
+        )
     elif operation == "start":
-        step = HostStep("activate", oc.start(layout, spec, health=health), _start_notice)
+        step = HostStep("activate", oc.start(layout, spec, health=health, service=service), _start_notice)
     else:
-        step = HostStep("activate", oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout))
+        step = HostStep(
+            "activate",
+            oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout, service=service),
+        )
     names = [h.name for h in inventory.hosts if h.name in facts]
     if operation != "stop":
         missing = [n for n in names if facts[n].current_release is None]

@@ -34,7 +34,7 @@ from deployer.core import compat
 from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
-from deployer.core.plan import LIFECYCLE, Lifecycle, Plan, layout_for, plan_lifecycle
+from deployer.core.plan import LIFECYCLE, Lifecycle, Plan, layout_for, plan_lifecycle, service_for
 from deployer.engine.executor import Executor
 from deployer.engine.locks import describe_holder
 from deployer.engine.run import Options, Result, open_executor
@@ -52,6 +52,9 @@ from deployer.operations.status import (
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
+from deployer.remote.fragments import deploy_vars, script
+from deployer.remote.release import host_facts
+from deployer.remote.systemd import check_problems, host_checks
 from deployer.ssh.endpoints import endpoint
 from deployer.ssh.transport import LocalForward, OutputCallback, SSHTransport
 
@@ -111,10 +114,11 @@ def logs(
     lines until ``should_stop`` turns true or the caller is interrupted (Ctrl-C ends it cleanly)."""
     name = _one_host(host)
     layout = layout_for(inventory)
+    service = service_for(inventory)
     transport = connector(inventory, name)
     try:
         # Also the check that there are logs at all, with a clean error, before anything streams.
-        result = transport.run(oc.logs(layout, lines=0 if follow else lines))
+        result = transport.run(oc.logs(layout, lines=0 if follow else lines, service=service))
         if not result.ok:
             raise RemoteCommandError(name, "logs", _clean(result.stderr) or f"exit status {result.exit_status}")
         if not follow:
@@ -126,7 +130,9 @@ def logs(
             on_output(stream, text.replace("\r\n", "\n"))
 
         try:
-            status = transport.stream(oc.follow_logs(layout, lines=lines), on_output=unpty, should_stop=should_stop)
+            status = transport.stream(
+                oc.follow_logs(layout, lines=lines, service=service), on_output=unpty, should_stop=should_stop
+            )
         except KeyboardInterrupt:
             return
         if status not in (None, 0):
@@ -461,8 +467,11 @@ def check(inventory: Inventory, options: Options | None = None, *, artifact: Art
     NIFs, and where it was built, against each host). Changes nothing."""
     options = options or Options()
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
+    layout = layout_for(inventory)
+    # The probe, and whether this login may deploy here: deploy_to's owner and modes (and sudo for the unit).
+    probe = script("probe", deploy_vars(layout), host_facts(), host_checks(service_for(inventory)))
     with open_executor(inventory, options, "check") as executor:
-        probed = executor.probe_each(names, rc.probe(layout_for(inventory)))
+        probed = executor.probe_each(names, probe)
     facts = {host: parse_probe(stdout) for host, (stdout, _) in probed.items() if stdout is not None}
     found = compat.findings(artifact.path, artifact.sha256, facts) if artifact is not None else {}
     rows: list[CheckRow] = []
@@ -471,6 +480,7 @@ def check(inventory: Inventory, options: Options | None = None, *, artifact: Art
             rows.append(CheckRow(host, False, [error or "unreachable"], None, error))
             continue
         problems = check_host(facts[host], inventory=inventory, artifact=artifact, compatibility=found.get(host, ()))
+        problems += check_problems(probed[host][0] or "")
         rows.append(CheckRow(host, True, problems, facts[host]))
     return rows
 

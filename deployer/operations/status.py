@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
-from deployer.core.plan import health_check, layout_for
+from deployer.core.plan import health_check, layout_for, service_for
 from deployer.engine.locks import describe_holder, judge
 from deployer.engine.run import Options, open_executor
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
+from deployer.remote.systemd import parse_unit_state
 
 HealthState = Literal["ok", "failing", "down", "none", "unknown"]
 
@@ -64,6 +65,8 @@ class HostStatus:
     facts: HostFacts | None
     health: NodeHealth | None = None
     error: str | None = None
+    unit: dict[str, str] | None = None
+    """``node.service: systemd``: the unit's ActiveState, SubState, MainPID, NRestarts, UnitFileState."""
 
 
 def status(inventory: Inventory, options: Options | None = None, *, health: bool = True) -> list[HostStatus]:
@@ -73,7 +76,9 @@ def status(inventory: Inventory, options: Options | None = None, *, health: bool
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
     layout = layout_for(inventory)
     if health:
-        script = oc.status(layout, flavour(inventory.config.app.flavour), health_check(inventory))
+        script = oc.status(
+            layout, flavour(inventory.config.app.flavour), health_check(inventory), service=service_for(inventory)
+        )
     else:
         script = rc.probe(layout)
     rows = []
@@ -82,7 +87,10 @@ def status(inventory: Inventory, options: Options | None = None, *, health: bool
             if stdout is None:
                 rows.append(HostStatus(host, False, None, None, error))
             else:
-                rows.append(HostStatus(host, True, parse_probe(stdout), parse_health(stdout) if health else None))
+                unit = parse_unit_state(stdout) or None
+                rows.append(
+                    HostStatus(host, True, parse_probe(stdout), parse_health(stdout) if health else None, unit=unit)
+                )
     return rows
 
 
@@ -116,6 +124,7 @@ def status_document(rows: Sequence[HostStatus]) -> dict[str, Any]:
                 "health": health.state if health else None,
                 "healthy": health.healthy if health else None,
                 "health_error": health.error if health else None,
+                "unit": _unit_document(row.unit),
             }
         )
     currents = {h["current"] for h in hosts if h["reachable"]}
@@ -123,6 +132,24 @@ def status_document(rows: Sequence[HostStatus]) -> dict[str, Any]:
         "hosts": hosts,
         "mixed": len(currents) > 1,
         "healthy": all(r.reachable and (r.health is None or r.health.healthy is not False) for r in rows),
+    }
+
+
+def _unit_document(unit: dict[str, str] | None) -> dict[str, Any] | None:
+    """The unit's state as ``status --json`` shows it (None in daemon mode)."""
+    if unit is None:
+        return None
+
+    def number(key: str) -> int | None:
+        value = unit.get(key, "")
+        return int(value) if value.isdigit() else None
+
+    return {
+        "active": unit.get("ActiveState"),
+        "sub": unit.get("SubState"),
+        "main_pid": number("MainPID") or None,
+        "restarts": number("NRestarts"),
+        "enabled": unit.get("UnitFileState"),
     }
 
 

@@ -35,14 +35,29 @@ from deployer.remote.fragments import (
 )
 from deployer.remote.release import host_facts
 from deployer.remote.shell import Script, join, words
+from deployer.remote.systemd import Service
 
 # --- status ----------------------------------------------------------------------------------------------
 
 
-def status(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, *, history_lines: int = 500) -> Script:
-    """The read-only probe (:func:`release.host_facts`) plus one health check, in one SSH session."""
+def status(
+    layout: RemoteLayout,
+    flavour: Flavour,
+    health: HealthCheck,
+    *,
+    history_lines: int = 500,
+    service: Service | None = None,
+) -> Script:
+    """The read-only probe (:func:`release.host_facts`) plus one health check, in one SSH session (and the
+    unit's state, with ``service``)."""
+    unit = (service.state(),) if service is not None else ()
     return script(
-        "status", deploy_vars(layout), host_facts(history_lines), health_once(layout, flavour, health), timeout=120
+        "status",
+        deploy_vars(layout),
+        host_facts(history_lines),
+        *unit,
+        health_once(layout, flavour, health),
+        timeout=120,
     )
 
 
@@ -52,8 +67,11 @@ def status(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, *, histo
 _NO_LOGS = 'fail "no node logs in $d/shared/tmp/log (has the node been started on this host?)"'
 
 
-def logs(layout: RemoteLayout, *, lines: int) -> Script:
-    """The last ``lines`` lines of the node's run_erl logs (``erlang.log.N``, oldest file first)."""
+def logs(layout: RemoteLayout, *, lines: int, service: Service | None = None) -> Script:
+    """The last ``lines`` lines of the node's run_erl logs (``erlang.log.N``, oldest file first), or of the
+    unit's journal with ``service``."""
+    if service is not None:
+        return script("logs", service.journal(lines=lines, follow=False), timeout=120)
     body = text(
         "step logs\n"
         'files=$(ls -tr "$d"/shared/tmp/log/erlang.log.* 2>/dev/null || true)\n'
@@ -65,8 +83,9 @@ def logs(layout: RemoteLayout, *, lines: int) -> Script:
     return script("logs", deploy_vars(layout), body, timeout=120)
 
 
-def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
-    """``tail -F`` the newest log, switching when run_erl moves on to the next ``erlang.log.N``.
+def follow_logs(layout: RemoteLayout, *, lines: int, service: Service | None = None) -> Script:
+    """``tail -F`` the newest log, switching when run_erl moves on to the next ``erlang.log.N``
+    (``journalctl -f`` of the unit with ``service``).
 
     Runs until the SSH channel closes; the transport gives it a pty, so closing the channel hangs up
     the session and every process of it on the host ends.
@@ -87,6 +106,8 @@ def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
         "done\n",
         lines=max(0, lines),
     )
+    if service is not None:
+        body = service.journal(lines=lines, follow=True)
     # Passed as argv (no secrets in it) so the pty's line discipline never sees the script text.
     return script("logs-follow", deploy_vars(layout), body, stdin=False)
 
@@ -94,9 +115,11 @@ def follow_logs(layout: RemoteLayout, *, lines: int) -> Script:
 # --- node lifecycle ---------------------------------------------------------------------------------------
 
 
-def stop(layout: RemoteLayout, *, stop_timeout: float) -> Script:
-    """SIGTERM to the VM, wait until it has exited (SIGKILL after ``stop_timeout``); prints ``stopped=``."""
-    return script("stop", deploy_vars(layout), stop_node(stop_timeout), timeout=_seconds(stop_timeout) + 60)
+def stop(layout: RemoteLayout, *, stop_timeout: float, service: Service | None = None) -> Script:
+    """SIGTERM to the VM, wait until it has exited (SIGKILL after ``stop_timeout``); prints ``stopped=``.
+    With ``service``: ``systemctl stop`` of the unit."""
+    body = service.stop() if service is not None else stop_node(stop_timeout)
+    return script("stop", deploy_vars(layout), body, timeout=_seconds(stop_timeout) + 60)
 
 
 def _seconds(value: float) -> int:
@@ -111,18 +134,31 @@ def _limit(health: HealthCheck, stop_timeout: float = 0.0) -> float:
     return stop_timeout + min(health.start_grace, health.deadline) + 2 * health.deadline + health.stable_for + 60
 
 
-def start(layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck, run_id: str | None = None) -> Script:
+def start(
+    layout: RemoteLayout,
+    flavour: Flavour,
+    *,
+    health: HealthCheck,
+    run_id: str | None = None,
+    service: Service | None = None,
+) -> Script:
     """Start the current release's node as a daemon with its environment (unless it already runs),
     then the health gate. Exits 76 when the node does not become healthy. Runs detached when ``run_id``
-    is given (see :func:`deployer.remote.fragments.detach`)."""
+    is given (see :func:`deployer.remote.fragments.detach`). With ``service``: ``systemctl start``."""
+    if service is not None:
+        launch_node: tuple[Fragment, ...] = (service.start(),)
+    else:
+        launch_node = (
+            adopt_running_node(),
+            text('if [ -z "$started" ]; then\n'),
+            _start(layout, flavour, health),
+            text("fi\n"),
+        )
     worker = script(
         "start",
         deploy_vars(layout),
         current_release(),
-        adopt_running_node(),
-        text('if [ -z "$started" ]; then\n'),
-        _start(layout, flavour, health),
-        text("fi\n"),
+        *launch_node,
         health_gate(layout, flavour, health),
         timeout=_limit(health) + 60,
     )
@@ -132,16 +168,22 @@ def start(layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck, run_id
 
 
 def restart(
-    layout: RemoteLayout, flavour: Flavour, *, health: HealthCheck, stop_timeout: float, run_id: str | None = None
+    layout: RemoteLayout,
+    flavour: Flavour,
+    *,
+    health: HealthCheck,
+    stop_timeout: float,
+    run_id: str | None = None,
+    service: Service | None = None,
 ) -> Script:
     """Stop the node and wait for it to exit, start the current release again, health gate (detached with
-    ``run_id``)."""
+    ``run_id``). With ``service``: ``systemctl restart``."""
+    cycle = (service.restart(),) if service is not None else (stop_node(stop_timeout), _start(layout, flavour, health))
     worker = script(
         "restart",
         deploy_vars(layout),
         current_release(),
-        stop_node(stop_timeout),
-        _start(layout, flavour, health),
+        *cycle,
         health_gate(layout, flavour, health),
         timeout=_limit(health, stop_timeout) + 60,
     )

@@ -41,6 +41,7 @@ from deployer.remote.fragments import (
     text,
 )
 from deployer.remote.shell import Script, Secret, SecretText, join, template
+from deployer.remote.systemd import Service
 
 __all__ = [
     "EXIT_LOCKED",
@@ -324,7 +325,11 @@ def _limits(flavour: Flavour, health: HealthCheck, stop_timeout: float) -> tuple
     return remote, remote + 60
 
 
-def _restart(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, stop_timeout: float) -> tuple[Fragment, ...]:
+def _restart(
+    layout: RemoteLayout, flavour: Flavour, health: HealthCheck, stop_timeout: float, service: Service | None = None
+) -> tuple[Fragment, ...]:
+    if service is not None:  # systemd restarts the unit; the gate watches its main process
+        return service.restart(), health_gate(layout, flavour, health)
     return (
         stop_node(stop_timeout),
         start_node(layout, flavour, start_wait=health.deadline, start_grace=min(health.start_grace, health.deadline)),
@@ -344,6 +349,7 @@ def activate(
     prune_releases: Sequence[str] = (),
     prune_artifacts: Sequence[str] = (),
     run_id: str | None = None,
+    service: Service | None = None,
 ) -> Script:
     """Switch ``current`` to ``release_id``, stop the old VM and wait for it, start the new one, wait for it
     to be healthy, record success, remove old releases. Runs detached (:func:`detach`, run id
@@ -357,7 +363,7 @@ def activate(
         "activate",
         deploy_vars(layout),
         switch(release_id, tmp_suffix),
-        *_restart(layout, flavour, health, stop_timeout),
+        *_restart(layout, flavour, health, stop_timeout, service),
         record([success_record]),
         prune(paths),
     )
@@ -375,6 +381,7 @@ def revert(
     records: Sequence[str],
     failure_records: Sequence[str] = (),
     run_id: str | None = None,
+    service: Service | None = None,
 ) -> Script:
     """Put a host whose new node failed back on ``previous_id`` (switch, restart, health gate).
 
@@ -389,7 +396,7 @@ def revert(
             "revert",
             deploy_vars(layout),
             _records(failure_records),
-            stop_node(stop_timeout),
+            service.stop() if service is not None else stop_node(stop_timeout),
             text('step unlink\nrm -f "$d/current"\n'),
             _records(records),
         )
@@ -399,7 +406,7 @@ def revert(
             deploy_vars(layout),
             _records(failure_records),
             switch(previous_id, tmp_suffix),
-            *_restart(layout, flavour, health, stop_timeout),
+            *_restart(layout, flavour, health, stop_timeout, service),
             _records(records),
         )
     return detach(layout, worker, run_id=run_id or f"revert-{tmp_suffix}", limit=remote, timeout=local)

@@ -113,14 +113,23 @@ def _start_machines(hosts: int) -> Any:
         "env": "Inventory to write (default local).",
         "inventory_dir": "Where inventories live (default inventory).",
         "machines": "Boot real Debian machines (systemd, journald, user deploy) instead of bare sshd hosts.",
+        "service": "node.service of the inventory: daemon (default) or systemd (with --machines; then run "
+        "`deployer setup --user root` once).",
     }
 )
 def up(
-    c: Context, hosts: int = 3, env: str = "local", inventory_dir: str = "inventory", machines: bool = False
+    c: Context,
+    hosts: int = 3,
+    env: str = "local",
+    inventory_dir: str = "inventory",
+    machines: bool = False,
+    service: str = "daemon",
 ) -> None:
     """Start N real OpenSSH hosts (or booted machines) in namespaces and write inventory/<env>.yml for them."""
     from tests.harness.fleet import Fleet, FleetUnavailable, reap_stale_fleets
 
+    if service not in ("daemon", "systemd") or (service == "systemd" and not machines):
+        raise Exit(f"--service {service}: daemon, or systemd with --machines", 2)
     state = state_file(env)
     if state.exists():
         raise Exit(f"a fleet for '{env}' is already up ({state}); run `invoke fleet.down --env {env}` first", 1)
@@ -137,9 +146,12 @@ def up(
         prepare_fleet_files(fleet)
         inventory = Path(inventory_dir) / f"{env}.yml"
         inventory.parent.mkdir(parents=True, exist_ok=True)
+        data = local_inventory(fleet)
+        if service == "systemd":
+            data["node"]["service"] = "systemd"
         inventory.write_text(
             f"# written by `invoke fleet.up` for fleet {fleet.runid}; removed by `invoke fleet.down`\n"
-            + yaml.safe_dump(local_inventory(fleet), sort_keys=False)
+            + yaml.safe_dump(data, sort_keys=False)
         )
         fleet.save(state)
         fleet.detach()
