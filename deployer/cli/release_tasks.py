@@ -104,9 +104,10 @@ def _unlock_accepts_force() -> bool:
 
 @fleet_task(force="Also remove a lock whose holder still looks alive (only when you know that run is gone).")
 def unlock(c: Context, target: Target, force: bool = False) -> None:
-    """Remove a deploy lock left behind by a killed run (shows who held it and for how long).
+    """Remove a deploy lock: one taken by hand (`deployer lock`) or left behind by a killed run.
 
-    A lock whose holder may still be running is kept unless --force.
+    Shows who held it, why (a manual lock's message) and for how long. A lock whose run may still be
+    working is kept unless --force; a manual lock is lifted without it.
     """
     extra: dict[str, Any] = {"force": force} if _unlock_accepts_force() else {}
     options = target.options()
