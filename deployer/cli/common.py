@@ -41,6 +41,7 @@ FLAG_HELP = {
     "canary": "One host first; nothing else proceeds until it is healthy.",
     "max_fail": "Failed hosts tolerated before no further batch starts (count or %).",
     "pause": "Seconds to wait between batches.",
+    "yes": "Do not ask for confirmation in a protected environment (confirm: true); required there without a terminal.",
 }
 
 

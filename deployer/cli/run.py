@@ -31,6 +31,7 @@ from deployer.cli.common import (
     split,
     usage_error,
 )
+from deployer.cli.confirm import confirm
 from deployer.cli.render import ConsoleEvents, print_json, print_report
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Report
@@ -50,6 +51,10 @@ class Common:
     verbose: bool
     inventory_dir: str
     strategy: dict[str, Any] = field(default_factory=dict)
+    yes: bool = False
+    """``--yes``: a protected environment (``confirm: true``) is not asked."""
+    operation: str = ""
+    """The task's name, for the confirmation question."""
     human: Console = field(init=False)
     errors: Console = field(init=False)
 
@@ -69,10 +74,11 @@ class Common:
         canary: bool = False,
         max_fail: str | None = None,
         pause: str | None = None,
+        yes: bool = False,
     ) -> Common:
         """Check every flag (exit 2 on the first bad one) before the inventory is even read."""
         overrides = flags.rollout(strategy, batch_size, canary, max_fail, pause)
-        common = cls(env, split(hosts), split(roles), dry_run, json_, verbose, inventory_dir, overrides)
+        common = cls(env, split(hosts), split(roles), dry_run, json_, verbose, inventory_dir, overrides, yes)
         common.human, common.errors = consoles()
         return common
 
@@ -80,6 +86,10 @@ class Common:
         """The inventory, with ``--hosts``/``--roles`` checked against it (exit 2 before any work)."""
         inventory = load(self.env, self.inventory_dir, secrets=secrets)
         select(inventory, self.hosts, self.roles)
+        if inventory.config.confirm and not self.dry_run:
+            # Before the build and before any connection: a "no" costs nothing.
+            names = [h.name for h in inventory.select(self.hosts, self.roles)]
+            confirm(inventory.env, self.operation or "this operation", names, yes=self.yes)
         return inventory
 
     def interruptible(self) -> AbstractContextManager[threading.Event]:
@@ -137,8 +147,9 @@ STRATEGY_PARAMS = (
     inspect.Parameter("max_fail", _P, default=None),
     inspect.Parameter("pause", _P, default=None),
 )
+CONFIRM_PARAMS = (inspect.Parameter("yes", _P, default=False),)
 COMMON_NAMES = frozenset(
-    ["env", "inventory_dir", *(p.name for p in (*SELECTION_PARAMS, *OUTPUT_PARAMS, *STRATEGY_PARAMS))]
+    ["env", "inventory_dir", *(p.name for p in (*SELECTION_PARAMS, *OUTPUT_PARAMS, *STRATEGY_PARAMS, *CONFIRM_PARAMS))]
 )
 
 Body = Callable[..., None]
@@ -167,6 +178,8 @@ def rollout_task(*, selection: bool = True, strategy: bool = True, **extra_help:
     if strategy:
         params += STRATEGY_PARAMS
         names += [p.name for p in STRATEGY_PARAMS]
+    params += CONFIRM_PARAMS
+    names.append("yes")
 
     def decorate(body: Body) -> Task[Any]:
         own = list(inspect.signature(body).parameters.values())[2:]
@@ -175,7 +188,9 @@ def rollout_task(*, selection: bool = True, strategy: bool = True, **extra_help:
         def wrapper(c: Context, **kwargs: Any) -> None:
             refuse_invoke_dry(c)
             shared = {name: kwargs.pop(name) for name in list(kwargs) if name in COMMON_NAMES}
-            body(c, Common.parse(**shared), **kwargs)
+            common = Common.parse(**shared)
+            common.operation = body.__name__
+            body(c, common, **kwargs)
 
         wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [
