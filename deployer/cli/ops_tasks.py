@@ -15,6 +15,8 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
 
+from deployer import __version__
+from deployer.build.provenance import git_source
 from deployer.cli.common import load, terminate_like_ctrl_c, usage_error, write_stdout
 from deployer.cli.render import print_json, print_plan
 from deployer.cli.render_ops import print_check, print_releases, print_status
@@ -209,6 +211,10 @@ def check(c: Context, target: Target, tarball: str | None = None) -> None:
     load(target.inventory.env, str(target.inventory.path.parent), secrets=True)
     rows = ops.check(target.inventory, target.options(), artifact=artifact)
     document = ops.check_document(rows, tarball=artifact is not None)
+    # What a deploy from here would record: this checkout's commit and this deployer.
+    project = git_source(Path.cwd() / target.inventory.config.build.path)
+    document["source"] = {"commit": project.commit, "dirty": project.dirty, "describe": project.describe()}
+    document["deployer"] = __version__
     if target.json_:
         print_json(document)
     else:

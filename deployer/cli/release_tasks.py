@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,15 @@ from invoke.tasks import task
 from rich.console import Console
 from rich.markup import escape
 
+from deployer import __version__
 from deployer.build import builder as build
+from deployer.build.provenance import git_source
 from deployer.cli.common import consoles, fail, flag_help, load, write_stdout
-from deployer.cli.render import print_history, print_plan
+from deployer.cli.render import history_document, print_history, print_json, print_plan
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import Artifact, inspect_tarball, version_from_filename
 from deployer.core.inventory import Inventory
+from deployer.core.provenance import PREBUILT, Source
 from deployer.errors import DeployerError
 from deployer.operations import release as api
 
@@ -30,9 +34,11 @@ from deployer.operations import release as api
 def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Artifact:
     app = inventory.config.app.name
     expected = None
+    source = Source(note=PREBUILT)
     if tarball:
         path = Path(tarball)
     else:
+        source = git_source(Path.cwd() / inventory.config.build.path)  # where build.build builds, read before it
         what = inventory.config.build.command or "default build"
         if inventory.config.build.strategy == "docker":
             what = f"docker build -f {inventory.config.build.dockerfile}"
@@ -42,9 +48,10 @@ def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Ar
         path = build.build(inventory, log=lambda text: console.print(f"    {escape(text)}", highlight=False))
         # The build names the tarball after the version it built; the contents must agree.
         expected = version_from_filename(path, app)
-    artifact = inspect_tarball(path, app, expected_version=expected)
+    artifact = replace(inspect_tarball(path, app, expected_version=expected), source=source)
     console.print(
-        f"    release {artifact.name} {artifact.version} sha256 {artifact.short_sha} ({artifact.size / 2**20:.1f} MiB)",
+        f"    release {artifact.name} {artifact.version} sha256 {artifact.short_sha} ({artifact.size / 2**20:.1f} MiB)"
+        f", built from {source.describe()}, deployer {__version__}",
         highlight=False,
     )
     return artifact
@@ -91,10 +98,18 @@ def rollback(c: Context, run: Common, to: str | None = None) -> None:
     run.execute(lambda options: api.rollback(inventory, to, options), print_plan)
 
 
-@fleet_task()
+@fleet_task(json_=True)
 def history(c: Context, target: Target) -> None:
-    """The deploy history of each host from revisions.log: when, what, who, outcome."""
-    print_history(target.human, api.status(target.inventory, target.options()))
+    """The deploy history of each host from revisions.log: when, what, who, outcome, commit, deployer version.
+
+    Each record names the git commit the release was built from (dirty: uncommitted changes) or why there
+    is none, and the deployer version that wrote it; records from before deployer kept these say unknown.
+    """
+    rows = api.status(target.inventory, target.options())
+    if target.json_:
+        print_json(history_document(rows, target.inventory.env))
+    else:
+        print_history(target.human, rows)
 
 
 def _unlock_accepts_force() -> bool:

@@ -271,24 +271,55 @@ class ProbedHost(Protocol):
 
 
 def print_history(console: Console, rows: Sequence[ProbedHost]) -> None:
-    """Each host's revisions.log: when, what, outcome, release, who."""
+    """Each host's revisions.log: when, what, outcome, release, who, from which commit, with which deployer."""
     for row in rows:
         if row.facts is None:
             console.print(f"[bold]{row.host}[/]: unreachable: {escape(row.error or '')}", highlight=False)
             continue
         console.print(f"[bold]{row.host}[/]", highlight=False)
         for rev in row.facts.history.revisions:
+            source = rev.built_from
             console.print(
                 f"  {rev.time}  {rev.event:<9} {rev.outcome:<8} {rev.release}  by {rev.by or '?'}"
+                + f"  from {source.describe() if source else 'unknown'}"
+                + f"  deployer {rev.deployer or '?'}"
                 + (f"  ({rev.detail})" if rev.detail else ""),
                 highlight=False,
                 markup=False,
             )
 
 
+def history_document(rows: Sequence[ProbedHost], env: str) -> dict[str, Any]:
+    """``deployer history --json``: every host's records, oldest first (fields absent from old records are null)."""
+    hosts = []
+    for row in rows:
+        revisions = []
+        for rev in row.facts.history.revisions if row.facts is not None else ():
+            source = rev.built_from
+            revisions.append(
+                {
+                    "time": rev.time,
+                    "event": rev.event,
+                    "outcome": rev.outcome,
+                    "release": rev.release,
+                    "version": rev.version,
+                    "by": rev.by,
+                    "commit": source.commit if source else None,
+                    "dirty": source.dirty if source and source.commit else None,
+                    "source": source.describe() if source else None,
+                    "deployer": rev.deployer,
+                    "previous": rev.previous,
+                    "detail": rev.detail,
+                }
+            )
+        hosts.append({"host": row.host, "reachable": row.facts is not None, "error": row.error, "revisions": revisions})
+    return {"env": env, "hosts": hosts}
+
+
 __all__ = [
     "ConsoleEvents",
     "ProbedHost",
+    "history_document",
     "print_batches",
     "print_dry_run_footer",
     "print_history",

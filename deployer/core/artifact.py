@@ -26,6 +26,7 @@ from typing import NoReturn
 
 from deployer.core.config import InventoryConfig
 from deployer.core.paths import VERSION_RE
+from deployer.core.provenance import Source
 from deployer.errors import ArtifactError
 from deployer.remote.flavours import flavour
 
@@ -41,6 +42,8 @@ class Artifact:
     size: int
     unpacked_size: int = 0
     erts_version: str | None = None
+    source: Source | None = None
+    """The git commit it was built from (set by whoever built it; None: not known)."""
 
     @property
     def short_sha(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer import __version__
 from deployer.core.artifact import inspect_tarball
 from deployer.operations import release as api
 from tests.harness.examples import build_hello
@@ -86,3 +88,16 @@ def test_a_manual_lock_refuses_a_deploy_with_its_reason_until_unlock(app: App, v
     deployed = deployer(app, "deploy", "--tarball", str(v2))
     assert deployed.returncode == 0, deployed.stderr
     assert app.versions() == {h.name: "0.2.0" for h in app.fleet.hosts}
+
+    # Who deployed which commit: every host's revisions.log says where 0.2.0 came from and which deployer.
+    history = deployer(app, "history", "--json")
+    assert history.returncode == 0, history.stderr
+    for host in json.loads(history.stdout)["hosts"]:
+        last = host["revisions"][-1]
+        assert (last["version"], last["deployer"]) == ("0.2.0", __version__), last
+        assert last["commit"] is None and last["source"].startswith("prebuilt tarball"), last
+    check = deployer(app, "check", "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    report = json.loads(check.stdout)
+    assert report["deployer"] == __version__ and report["source"]["describe"]
+    assert all(h["built_from"].startswith("prebuilt tarball") for h in report["hosts"]), report
