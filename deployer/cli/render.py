@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from deployer.cli.catalogue import pointer
 from deployer.core.facts import HostFacts
 from deployer.core.outcome import Report
 from deployer.core.plan import HostPlan, Plan
@@ -240,6 +241,7 @@ def print_report(console: Console, report: Report) -> None:
         print_mixed(console, report.env)
     if report.error:
         console.print(f"[bold red]error:[/] {escape(report.error)}", highlight=False, markup=True)
+        console.print(f"  {pointer(report.error)}", highlight=False, markup=False)
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{report.operation}: {verdict} in {report.duration:.1f}s", highlight=False)
 
