@@ -21,6 +21,7 @@ from rich.markup import escape
 from deployer import __version__
 from deployer.build import builder as build
 from deployer.build.provenance import git_source
+from deployer.cli.build_progress import BuildProgress
 from deployer.cli.common import consoles, fail, flag_help, load, write_stdout
 from deployer.cli.render import history_document, print_history, print_json, print_plan
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
@@ -29,9 +30,10 @@ from deployer.core.inventory import Inventory
 from deployer.core.provenance import PREBUILT, Source
 from deployer.errors import DeployerError
 from deployer.operations import release as api
+from deployer.remote.flavours import flavour
 
 
-def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Artifact:
+def _artifact(inventory: Inventory, tarball: str | None, console: Console, *, verbose: bool = False) -> Artifact:
     app = inventory.config.app.name
     expected = None
     source = Source(note=PREBUILT)
@@ -39,13 +41,14 @@ def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Ar
         path = Path(tarball)
     else:
         source = git_source(Path.cwd() / inventory.config.build.path)  # where build.build builds, read before it
-        what = inventory.config.build.command or "default build"
-        if inventory.config.build.strategy == "docker":
-            what = f"docker build -f {inventory.config.build.dockerfile}"
-        console.print(
-            f"[bold blue]==>[/] [bold]build[/] ({inventory.config.build.strategy}) {escape(what)}", highlight=False
-        )
-        path = build.build(inventory, log=lambda text: console.print(f"    {escape(text)}", highlight=False))
+        config = inventory.config
+        what = config.build.command or flavour(config.app.flavour).default_build
+        if config.build.strategy == "docker":
+            engine = config.build.engine if config.build.engine != "auto" else "container"
+            what = f"{engine} build -f {config.build.dockerfile}"
+        console.print(f"[bold blue]==>[/] [bold]build[/] ({config.build.strategy}) {escape(what)}", highlight=False)
+        with BuildProgress(console, what, config.build.strategy, verbose=verbose) as progress:
+            path = build.build(inventory, log=progress.log, output=progress.output)
         # The build names the tarball after the version it built; the contents must agree.
         expected = version_from_filename(path, app)
     artifact = replace(inspect_tarball(path, app, expected_version=expected), source=source)
@@ -73,7 +76,7 @@ def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = Fa
     # A dry run resolves the secrets too: a secret the real deploy would miss is reported now, with its key.
     inventory = run.load(secrets=True)
     try:
-        artifact = _artifact(inventory, tarball, run.human)
+        artifact = _artifact(inventory, tarball, run.human, verbose=run.verbose)
     except DeployerError as exc:
         raise fail(run.errors, exc, run.env) from None
     run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force)
