@@ -314,4 +314,14 @@ ENTRIES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         ("", ": release name '", "' is not usable as app.name (lowercase letters, digits, _)"),
         74,
     ),
+    (
+        "docker-init-distillery",
+        ("--docker: the rendered Dockerfile builds with mix release or rebar3, not Distillery",),
+        83,
+    ),
+    (
+        "docker-init-base-image",
+        ("--base-image '", "': not an image reference (letters, digits and . _ / : @ + -, ", ")"),
+        76,
+    ),
 )
