@@ -17,7 +17,7 @@ from invoke.tasks import Task
 
 from deployer import __version__
 from deployer.build.provenance import git_source
-from deployer.cli.common import load, terminate_like_ctrl_c, usage_error, write_stdout
+from deployer.cli.common import terminate_like_ctrl_c, usage_error, write_stdout
 from deployer.cli.render import print_json, print_plan
 from deployer.cli.render_ops import print_check, print_releases, print_status
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
@@ -195,6 +195,7 @@ def observer(c: Context, target: Target, print_: bool = False, epmd_port: int = 
 
 @fleet_task(
     json_=True,
+    secrets="required",  # a deploy needs every secret: a missing value or secrets file is bad input (exit 2)
     tarball="Also check against this release tarball (disk space; ERTS arch/libc only if it bundles ERTS).",
 )
 def check(c: Context, target: Target, tarball: str | None = None) -> None:
@@ -207,8 +208,6 @@ def check(c: Context, target: Target, tarball: str | None = None) -> None:
     if tarball and not Path(tarball).is_file():
         raise usage_error(f"--tarball {tarball}: no such file")
     artifact = inspect_tarball(Path(tarball), target.inventory.config.app.name) if tarball else None
-    # A deploy needs every secret: a missing value or secrets file is bad input (exit 2), before any host.
-    load(target.inventory.env, str(target.inventory.path.parent), secrets=True)
     rows = ops.check(target.inventory, target.options(), artifact=artifact)
     document = ops.check_document(rows, tarball=artifact is not None)
     # What a deploy from here would record: this checkout's commit and this deployer.

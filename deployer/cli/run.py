@@ -33,7 +33,7 @@ from deployer.cli.common import (
 )
 from deployer.cli.confirm import confirm
 from deployer.cli.render import ConsoleEvents, print_json, print_report
-from deployer.core.inventory import Inventory
+from deployer.core.inventory import Inventory, load_inventory
 from deployer.core.outcome import Report
 from deployer.errors import DeployerError
 from deployer.operations import release as api
@@ -227,14 +227,32 @@ class Target:
         return api.Options(hosts=self.hosts, roles=self.roles)
 
 
+def load_for(env: str | None, inventory_dir: str, secrets: str | None) -> Inventory:
+    """The inventory read once: ``secrets="required"`` resolves every secret (missing ones exit 2, as for a
+    deploy); ``"mask"`` resolves them when it can, only so that their values are masked in what hosts print."""
+    if secrets == "mask" and env:
+        try:
+            return load_inventory(env, inventory_dir, resolve_secrets=True)
+        except DeployerError:
+            pass  # a secret is not available here: nothing to mask; any other problem is reported below
+    return load(env, inventory_dir, secrets=secrets == "required")
+
+
 def fleet_task(
-    *, one: str | None = None, json_: bool = False, name: str | None = None, **extra_help: str
+    *,
+    one: str | None = None,
+    json_: bool = False,
+    name: str | None = None,
+    secrets: str | None = None,
+    **extra_help: str,
 ) -> Callable[[Body], Task[Any]]:
     """A task that reads from hosts or opens a session on one: ``body(c, target, **its own flags)``.
 
     ``--env``, ``--inventory-dir`` and the selection are defined here once: ``--hosts``/``--roles``, or with
     ``one`` (what the host is for) ``--hosts`` naming exactly one host. ``--host`` stays as a hidden
-    alias of ``--hosts``. Bad flags exit 2 before any connection; an operational error exits 1.
+    alias of ``--hosts``. ``secrets`` (``"required"`` or ``"mask"``, see :func:`load_for`) resolves the
+    secrets in the same single read of the inventory. Bad flags exit 2 before any connection; an
+    operational error exits 1.
     """
     names = ["env", "inventory_dir"] + (["json_"] if json_ else [])
     params = [inspect.Parameter("env", _P, default=None), inspect.Parameter("hosts", _P, default=None)]
@@ -265,7 +283,7 @@ def fleet_task(
             selected = split(flags.either(hosts, host))
             if one is not None:
                 selected = [flags.one_host(",".join(selected), body.__name__)]
-            inventory = load(env, inventory_dir)
+            inventory = load_for(env, inventory_dir, secrets)
             select(inventory, selected, split(roles))
             human, errors = consoles()
             try:
