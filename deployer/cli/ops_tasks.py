@@ -24,7 +24,7 @@ from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import inspect_tarball
 from deployer.operations import node as ops
 from deployer.operations import release as api
-from deployer.operations.balancer import balancer_states
+from deployer.operations.status import status_with_balancer
 
 # --- status / releases -------------------------------------------------------------------------------------
 
@@ -37,9 +37,10 @@ def status(c: Context, target: Target) -> None:
     With a `load_balancer` (HAProxy), also each server's state in the balancer (UP, DRAIN, MAINT).
     Exit status 1 when a host is unreachable or a deployed node is down or unhealthy.
     """
-    document = ops.status_document(ops.status(target.inventory, target.options()))
-    # Each server's state in the load balancer (drain, ready, maint), when the inventory names HAProxy.
-    states = balancer_states(target.inventory, target.options())
+    # Each server's state in the load balancer (drain, ready, maint), when the inventory names HAProxy;
+    # asked over the status probe's own connection when the balancer is one of the hosts.
+    rows, states = status_with_balancer(target.inventory, target.options())
+    document = ops.status_document(rows)
     if states:
         document["balancer"] = states
     if target.json_:

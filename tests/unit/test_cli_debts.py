@@ -73,3 +73,30 @@ def test_check_reads_once_and_a_missing_secret_is_bad_input(
     reads.clear()
     assert deployer("check", "--env", "test") == 2
     assert "HELLO_SECRET is not set" in capsys.readouterr().err and reads == [True]
+
+
+def test_status_asks_a_balancer_that_is_an_inventory_host_over_its_status_connection(tmp_path: Path) -> None:
+    from deployer.core.config import HostConfig
+    from deployer.operations.release import Options
+    from deployer.operations.status import status_with_balancer
+    from deployer.testing import FakeFleet, FakeTransport, ok
+
+    from .helpers import inventory
+
+    data = {**BASE, "load_balancer": {"hosts": ["web3"], "backend": "app", "socket": "/run/haproxy/admin.sock"}}
+    inv = inventory(tmp_path, data)
+    fake = FakeFleet()
+    fake.responses[("web3", "balancer states of app")] = ok(
+        "server=app/web1 state=UP scur=0\nserver=app/web3 state=DRAIN scur=0\n"
+    )
+    connections: list[str] = []
+
+    def connect(host: HostConfig) -> FakeTransport:
+        connections.append(host.name)
+        return fake.connect(host)
+
+    rows, states = status_with_balancer(inv, Options(connector=connect))
+    assert [r.host for r in rows] == ["web1", "web2", "web3"] and all(r.reachable for r in rows)
+    assert states == {"web3": {"web1": "UP", "web2": "missing", "web3": "DRAIN"}}
+    assert sorted(connections) == ["web1", "web2", "web3"]  # one connection per machine, none extra for web3
+    assert fake.names("web3") == ["status", "balancer states of app"]
