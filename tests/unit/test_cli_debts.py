@@ -8,19 +8,10 @@ from typing import Any
 import pytest
 
 from deployer.cli import common, run
-from deployer.cli.program import main
 from deployer.operations import commands
 from deployer.operations import node as ops
 
-from .helpers import BASE, write_inventory
-
-
-def deployer(*args: str) -> int:
-    try:
-        main(["deployer", *args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from .helpers import BASE, deployer_cli, write_inventory
 
 
 @pytest.fixture
@@ -49,17 +40,17 @@ def test_exec_and_eval_read_once_with_the_secrets_when_available(
     reads: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HELLO_SECRET", "s3cr3t-value")
-    assert deployer("exec", "--env", "test", "--command", "true") == 0
+    assert deployer_cli("exec", "--env", "test", "--command", "true") == 0
     assert reads[0] is True and len(reads) == 2  # one read, then the operation
     assert "s3cr3t-value" in reads[1].secret_values()  # masked in what the hosts print
     reads.clear()
-    assert deployer("eval", "--env", "test", "--expression", "1") == 0
+    assert deployer_cli("eval", "--env", "test", "--expression", "1") == 0
     assert reads[0] is True and len(reads) == 2
 
 
 def test_exec_without_the_secret_still_runs(reads: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HELLO_SECRET", raising=False)
-    assert deployer("exec", "--env", "test", "--command", "true") == 0
+    assert deployer_cli("exec", "--env", "test", "--command", "true") == 0
     assert reads[:2] == [True, False]  # the secret could not be resolved: read without, nothing to mask
 
 
@@ -67,11 +58,11 @@ def test_check_reads_once_and_a_missing_secret_is_bad_input(
     reads: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HELLO_SECRET", "s3cr3t-value")
-    assert deployer("check", "--env", "test") == 0
+    assert deployer_cli("check", "--env", "test") == 0
     assert reads == [True]
     monkeypatch.delenv("HELLO_SECRET")
     reads.clear()
-    assert deployer("check", "--env", "test") == 2
+    assert deployer_cli("check", "--env", "test") == 2
     assert "HELLO_SECRET is not set" in capsys.readouterr().err and reads == [True]
 
 

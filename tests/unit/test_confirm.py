@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 from deployer.build import builder
-from deployer.cli.program import main
 from deployer.operations import node as ops
 from deployer.operations import release as api
 
-from .helpers import BASE, release_tarball, write_inventory
+from .helpers import BASE, deployer_cli, release_tarball, write_inventory
 
 
 class Terminal(io.StringIO):
@@ -27,14 +26,6 @@ class Terminal(io.StringIO):
 class Pipe(io.StringIO):
     def isatty(self) -> bool:
         return False
-
-
-def run(*args: str) -> int:
-    try:
-        main(["deployer", *args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture
@@ -63,7 +54,7 @@ def test_no_terminal_without_yes_is_refused_before_any_work(
     work: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(sys, "stdin", Pipe(""))
-    assert run("deploy", "--env", "test") == 2
+    assert deployer_cli("deploy", "--env", "test") == 2
     err = capsys.readouterr().err
     assert "test is protected (confirm: true): deploy on 3 host(s): web1, web2, web3" in err
     assert "no terminal to ask on: add --yes" in err and "nothing was done" in err
@@ -72,7 +63,7 @@ def test_no_terminal_without_yes_is_refused_before_any_work(
 
 def test_yes_skips_the_question(work: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", Pipe(""))
-    assert run("restart", "--env", "test", "--yes") == 0
+    assert deployer_cli("restart", "--env", "test", "--yes") == 0
     assert work == ["lifecycle"]
 
 
@@ -80,7 +71,7 @@ def test_the_question_names_env_operation_and_hosts_and_needs_the_env_name(
     work: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
-    assert run("rollback", "--env", "test", "--hosts", "web2") == 1
+    assert deployer_cli("rollback", "--env", "test", "--hosts", "web2") == 1
     captured = capsys.readouterr()
     assert "test is protected (confirm: true): rollback on 1 host(s): web2" in captured.err
     assert "Type 'test' to go on" in captured.err and "not confirmed" in captured.err
@@ -88,7 +79,7 @@ def test_the_question_names_env_operation_and_hosts_and_needs_the_env_name(
     assert work == []
 
     monkeypatch.setattr(sys, "stdin", Terminal("test\n"))
-    assert run("rollback", "--env", "test", "--hosts", "web2") == 0
+    assert deployer_cli("rollback", "--env", "test", "--hosts", "web2") == 0
     assert work == ["rollback"]
 
 
@@ -96,17 +87,17 @@ def test_the_question_comes_before_the_build(
     work: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(sys, "stdin", Terminal(""))  # Ctrl-D at the question
-    assert run("deploy", "--env", "test") == 1
+    assert deployer_cli("deploy", "--env", "test") == 1
     assert work == []
     monkeypatch.setattr(sys, "stdin", Terminal("test\n"))
-    assert run("deploy", "--env", "test") == 0
+    assert deployer_cli("deploy", "--env", "test") == 0
     assert work == ["build"]
 
 
 def test_a_dry_run_is_never_asked(work: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys, "stdin", Pipe(""))
     tarball = release_tarball(tmp_path / "hello-0.1.0.tar.gz")
-    assert run("deploy", "--env", "test", "--tarball", str(tarball), "--dry-run") == 0
+    assert deployer_cli("deploy", "--env", "test", "--tarball", str(tarball), "--dry-run") == 0
     assert work == ["deploy"]
 
 
@@ -115,5 +106,5 @@ def test_an_unprotected_environment_is_not_asked(
 ) -> None:
     write_inventory(tmp_path / "inventory", BASE)
     monkeypatch.setattr(sys, "stdin", Pipe(""))
-    assert run("migrate", "--env", "test") == 0
+    assert deployer_cli("migrate", "--env", "test") == 0
     assert work == ["migrate"]

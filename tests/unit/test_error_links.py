@@ -13,9 +13,8 @@ import yaml
 
 from deployer.cli import catalogue
 from deployer.cli.error_index import ENTRIES
-from deployer.cli.program import main
 
-from .helpers import BASE, write_inventory
+from .helpers import BASE, deployer_cli, write_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 ERRORS = REPO / "docs" / "errors.md"
@@ -82,14 +81,6 @@ def test_the_pointer_is_a_docs_path_offline_and_a_link_with_the_site_url(monkeyp
     assert catalogue.link("lock-held") == "https://deployer.example/manual/errors/#lock-held"
 
 
-def run(*args: str) -> int:
-    try:
-        main(["deployer", *args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_the_cli_ends_errors_with_the_pointer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,7 +90,7 @@ def test_the_cli_ends_errors_with_the_pointer(
     monkeypatch.delenv("DEPLOYER_DOCS_URL", raising=False)
     write_inventory(tmp_path / "inventory", BASE)
     monkeypatch.chdir(tmp_path)
-    assert run("rollback", "--env", "nope") == 2
+    assert deployer_cli("rollback", "--env", "nope") == 2
     err = capsys.readouterr().err
     assert "no such inventory file" in err and "see: docs/errors.md#no-such-inventory-file" in err
 
@@ -107,7 +98,7 @@ def test_the_cli_ends_errors_with_the_pointer(
     fake = FakeFleet(probe_output={"web1": "now=100\nlock=" + json.dumps(held) + "\n"})
     real = api.rollback
     monkeypatch.setattr(api, "rollback", lambda inv, to, options: real(inv, to, _with(options, fake)))
-    assert run("rollback", "--env", "test") == 1
+    assert deployer_cli("rollback", "--env", "test") == 1
     err = capsys.readouterr().err
     assert "db maintenance" in err
     # The pointer ends the error itself (the line after its `->` hint), before the verdict.

@@ -9,18 +9,10 @@ import pytest
 
 from deployer.build.dockerfile import DEFAULT_BASE_IMAGE
 from deployer.build.init import InitError, init_project
-from deployer.cli.program import main
 from deployer.core.inventory import load_inventory
 
+from .helpers import deployer_cli
 from .test_init import MIX_NEW, mix_project, rebar_project
-
-
-def run(*args: str) -> int:
-    try:
-        main(["deployer", *args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_a_mix_project_gets_a_dockerfile_and_a_docker_inventory(tmp_path: Path) -> None:
@@ -73,10 +65,12 @@ def test_distillery_is_refused_before_anything_is_written(tmp_path: Path) -> Non
 
 def test_the_task_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = mix_project(tmp_path / "demo")
-    assert run("init", "--path", str(root), "--base-image", "debian:trixie") == 2
+    assert deployer_cli("init", "--path", str(root), "--base-image", "debian:trixie") == 2
     assert "--base-image only applies with --docker" in capsys.readouterr().err
-    assert run("init", "--path", str(root), "--docker", "--base-image", "debian:trixie") == 0
+    assert deployer_cli("init", "--path", str(root), "--docker", "--base-image", "debian:trixie") == 0
     err = capsys.readouterr().err
     assert "wrote     Dockerfile" in err and "ARG BUILDER_IMAGE=debian:trixie" in (root / "Dockerfile").read_text()
-    assert run("init", "--path", str(root), "--docker") == 0  # the default image now differs: kept, not overwritten
+    assert (
+        deployer_cli("init", "--path", str(root), "--docker") == 0
+    )  # the default image now differs: kept, not overwritten
     assert "skipped   Dockerfile" in capsys.readouterr().err

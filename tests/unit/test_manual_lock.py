@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from deployer.cli.program import main
 from deployer.core.facts import LockInfo
 from deployer.core.inventory import Inventory
 from deployer.engine.locks import judge, lock_info
@@ -16,7 +15,7 @@ from deployer.errors import LockedError
 from deployer.operations import release as api
 from deployer.testing import FakeFleet
 
-from .helpers import BASE, inventory, release_tarball, write_inventory
+from .helpers import BASE, deployer_cli, inventory, release_tarball, write_inventory
 
 MESSAGE = "database maintenance until 14:00"
 
@@ -85,14 +84,6 @@ def test_unlock_lifts_a_young_manual_lock(inv: Inventory) -> None:
     assert all(fake.names(h) == ["probe", "unlock"] for h in ("web1", "web2", "web3"))
 
 
-def run(*args: str) -> int:
-    try:
-        main(["deployer", *args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_lock_task_requires_a_message_before_any_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -100,8 +91,8 @@ def test_lock_task_requires_a_message_before_any_connection(
     monkeypatch.chdir(tmp_path)
     called: list[Any] = []
     monkeypatch.setattr(api, "lock", lambda *a, **k: called.append(a) or {})
-    assert run("lock", "--env", "test") == 2
+    assert deployer_cli("lock", "--env", "test") == 2
     assert "--message is required" in capsys.readouterr().err and called == []
-    assert run("lock", "--env", "test", "--message", MESSAGE) == 0
+    assert deployer_cli("lock", "--env", "test", "--message", MESSAGE) == 0
     assert called and called[0][1] == MESSAGE
     assert "`deployer unlock --env test` lifts it" in capsys.readouterr().err
