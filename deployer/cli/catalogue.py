@@ -7,7 +7,8 @@ entry a printed message belongs to. The pointer works offline: ``see: docs/error
 page of the manual and the entry; with ``DEPLOYER_DOCS_URL`` set (the manual's site) it becomes a link,
 ``<url>/errors/#lock-held``.
 
-Regenerate after editing the catalogue: ``python -m deployer.cli.catalogue > deployer/cli/error_index.py``.
+Regenerate after editing the catalogue: ``python -m deployer.cli.catalogue --add-anchors`` (anchors for new
+entries, in place) then ``python -m deployer.cli.catalogue > deployer/cli/error_index.py``.
 """
 
 from __future__ import annotations
@@ -120,9 +121,41 @@ def render_index(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+_STOP = frozenset(["the", "a", "an", "of", "to", "is", "in", "on", "for", "and", "or", "by", "it", "its", "be", "not"])
+
+
+def add_anchors(text: str) -> str:
+    """``text`` with an anchor ``{#code}`` on every entry that has none: a code made of the first words of
+    its message (kept unique). Existing anchors are never changed: they are what printed pointers name."""
+    lines = text.splitlines()
+    used = {m.group(1) for m in re.finditer(r"\{#([a-z0-9-]+)\}", text)}
+    out = []
+    for line, after in zip(lines, [*lines[1:], ""], strict=True):
+        if line.startswith("`") and after.startswith(": ") and not _TERM.match(line):
+            spans = _SPAN.findall(line) or [line]
+            words = [
+                w for w in re.findall(r"[a-z0-9]+", " ".join(_PLACEHOLDER.split(spans[0])).lower()) if w not in _STOP
+            ]
+            base = "-".join(words[:5]) or "error"
+            code, n = base, 2
+            while code in used:
+                code, n = f"{base}-{n}", n + 1
+            used.add(code)
+            line = f"{line} {{#{code}}}"
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
 def main() -> None:
-    """Print the index for the repository's docs/errors.md."""
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+    """Print the index for the repository's docs/errors.md; ``--add-anchors`` first gives every entry
+    without one an anchor, in place (after merging new entries: then regenerate the index)."""
+    args = sys.argv[1:]
+    anchor = "--add-anchors" in args
+    args = [a for a in args if a != "--add-anchors"]
+    path = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+    if anchor:
+        path.write_text(add_anchors(path.read_text()))
+        return
     sys.stdout.write(render_index(path.read_text()))
 
 
@@ -130,4 +163,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["FALLBACK", "Entry", "code_for", "link", "parse", "pointer", "render_index"]
+__all__ = ["FALLBACK", "Entry", "add_anchors", "code_for", "link", "parse", "pointer", "render_index"]

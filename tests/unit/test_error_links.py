@@ -39,9 +39,20 @@ def test_every_catalogued_error_has_a_unique_anchor() -> None:
     terms = [line for line, after in itertools.pairwise(lines) if line.startswith("`") and after.startswith(": ")]
     assert len(terms) > 90
     missing = [t for t in terms if not re.search(r"\{#[a-z0-9-]+\}\s*$", t)]
-    assert missing == [], "give these entries an anchor ` {#short-code}` at the end of the line:\n" + "\n".join(missing)
+    assert missing == [], (
+        "give these entries an anchor (python -m deployer.cli.catalogue --add-anchors, then regenerate the index):\n"
+        + "\n".join(missing)
+    )
     codes = [re.search(r"\{#([a-z0-9-]+)\}\s*$", t).group(1) for t in terms]  # type: ignore[union-attr]
     assert len(codes) == len(set(codes)), [c for c in codes if codes.count(c) > 1]
+
+
+def test_new_entries_get_an_anchor_and_existing_anchors_stay() -> None:
+    text = "## Locks {#locks}\n\n`<host>: the lock is <state>` {#lock-state}\n: a.\n\n`a new message about <x>`\n: b.\n"
+    anchored = catalogue.add_anchors(text)
+    assert "`<host>: the lock is <state>` {#lock-state}\n" in anchored
+    assert "`a new message about <x>` {#new-message-about}\n" in anchored
+    assert catalogue.add_anchors(anchored) == anchored
 
 
 def test_the_shipped_index_is_current() -> None:
