@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -227,7 +227,11 @@ class Target:
         return api.Options(hosts=self.hosts, roles=self.roles)
 
 
-def load_for(env: str | None, inventory_dir: str, secrets: str | None) -> Inventory:
+Secrets = Literal["mask", "required"] | None
+"""How a fleet task resolves the inventory's secrets: not at all, to mask them, or all required."""
+
+
+def load_for(env: str | None, inventory_dir: str, secrets: Secrets) -> Inventory:
     """The inventory read once: ``secrets="required"`` resolves every secret (missing ones exit 2, as for a
     deploy); ``"mask"`` resolves them when it can, only so that their values are masked in what hosts print."""
     if secrets == "mask" and env:
@@ -243,7 +247,7 @@ def fleet_task(
     one: str | None = None,
     json_: bool = False,
     name: str | None = None,
-    secrets: str | None = None,
+    secrets: Secrets = None,
     **extra_help: str,
 ) -> Callable[[Body], Task[Any]]:
     """A task that reads from hosts or opens a session on one: ``body(c, target, **its own flags)``.
