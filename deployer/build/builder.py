@@ -4,7 +4,7 @@ A release bundles a native ERTS, so it must be built on a machine like the
 targets (same architecture, a libc no newer than theirs). ``build.strategy``:
 
 ``local`` (default)
-    ``build.command`` in ``build.path`` here (:func:`deployer.core.artifact.build_release`).
+    ``build.command`` in ``build.path`` here (:func:`build_locally`, its output streamed).
 ``host``
     The project's source (without ``_build``, ``deps``, ``.git`` and the output
     directory) is streamed as a tarball to a fresh directory on the build host
@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from deployer.build.dockerfile import PLATFORM_FILE
-from deployer.core.artifact import build_release, sha256_file
+from deployer.core.artifact import find_tarball, sha256_file
 from deployer.core.compat import PLATFORM_PROBE, BuildPlatform, local_platform, write_sidecar
 from deployer.core.config import HostConfig, InventoryConfig
 from deployer.core.inventory import Inventory
@@ -66,24 +66,27 @@ def _quiet(_: str) -> None:
     pass
 
 
-def build(inventory: Inventory, *, cwd: Path | None = None, log: Log | None = None) -> Path:
+def build(inventory: Inventory, *, cwd: Path | None = None, log: Log | None = None, output: Log | None = None) -> Path:
     """Build the release with the inventory's ``build.strategy``; return the local tarball.
 
-    The build machine's platform is recorded in ``<tarball>.platform.json``.
+    ``log`` gets deployer's own lines (what is being done), ``output`` (default: ``log``) each line of the
+    build command's or the container engine's output as it comes. The build machine's platform is
+    recorded in ``<tarball>.platform.json``.
     """
     from deployer.operations.hooks import run_build_hooks  # the build module is imported by operations
 
     config = inventory.config
     log = log or _quiet
+    output = output or log
     project = (cwd or Path.cwd()) / config.build.path
     strategy = config.build.strategy
     run_build_hooks(inventory, "before_build")
     if strategy == "host":
         path, platform = build_on_host(inventory, project, log=log)
     elif strategy == "docker":
-        path, platform = build_in_docker(config, project, log=log)
+        path, platform = build_in_docker(config, project, log=log, output=output)
     else:
-        path = build_release(config, cwd=cwd)
+        path = build_locally(config, project, output=output)
         platform = local_platform()
     write_sidecar(path, platform, sha256_file(path))
     run_build_hooks(inventory, "after_build", tarball=str(path))
@@ -421,12 +424,21 @@ def pick_tarball(dest: Path, app: str) -> Path:
     return found[0]
 
 
-def _run_streaming(cmd: list[str], env: dict[str, str], timeout: float, log: Log) -> tuple[int, list[str]]:
+def _run_streaming(
+    cmd: list[str], env: dict[str, str], timeout: float, log: Log, *, cwd: Path | None = None
+) -> tuple[int, list[str]]:
     """Run ``cmd`` with stdout and stderr merged, each line passed to ``log`` as it comes (a build takes
     minutes: the operator sees it progress); killed after ``timeout`` seconds."""
     lines: list[str] = []
     proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
     )
     expired = threading.Event()
 
@@ -452,6 +464,26 @@ def _run_streaming(cmd: list[str], env: dict[str, str], timeout: float, log: Log
     return status, lines
 
 
+def build_locally(config: InventoryConfig, project: Path, *, output: Log = _quiet) -> Path:
+    """``build.strategy: local``: ``build.command`` in ``project``, its output streamed line by line to
+    ``output``; a failure carries the output's last lines. Killed after ``build.timeout``."""
+    if not project.is_dir():
+        raise ArtifactError(f"build.path: {project} is not a directory")
+    spec = flavour(config.app.flavour)
+    command = config.build.command or spec.default_build
+    pattern = (config.build.tarball or spec.default_tarball).format(app=config.app.name)
+    env = {**os.environ, **config.build.env}
+    started = time.time()
+    status, lines = _run_streaming(["sh", "-c", command], env, config.build.timeout, output, cwd=project)
+    if status != 0:
+        tail = "\n".join(lines[-30:])
+        raise ArtifactError(
+            f"build failed: `{command}` in {project} exited {status}" + (f"\n{tail}" if tail else ""),
+            hint="fix the build, or deploy a prebuilt tarball with --tarball PATH",
+        )
+    return find_tarball(project, pattern, since=started - 2)
+
+
 def _docker_platform(config: InventoryConfig, out: Path) -> BuildPlatform:
     """The platform the build container reported (:data:`deployer.build.dockerfile.PLATFORM_FILE`, written
     by Dockerfiles ``deployer init --docker`` renders); else the architecture asked for by
@@ -468,9 +500,11 @@ def _docker_platform(config: InventoryConfig, out: Path) -> BuildPlatform:
     return BuildPlatform(arch=arch, strategy="docker", machine=machine)
 
 
-def build_in_docker(config: InventoryConfig, project: Path, *, log: Log = _quiet) -> tuple[Path, BuildPlatform]:
+def build_in_docker(
+    config: InventoryConfig, project: Path, *, log: Log = _quiet, output: Log | None = None
+) -> tuple[Path, BuildPlatform]:
     """``build.strategy: docker``: a multi-stage ``<engine> build`` exporting the release stage's files;
-    the engine's output goes to ``log`` line by line."""
+    the engine's output goes to ``output`` (default: ``log``) line by line."""
     if not project.is_dir():
         raise ArtifactError(f"build.path: {project} is not a directory")
     if not (project / config.build.dockerfile).is_file():
@@ -486,7 +520,7 @@ def build_in_docker(config: InventoryConfig, project: Path, *, log: Log = _quiet
     cmd = docker_command(config, project, out, engine=engine)
     log(f"{engine} build: " + shlex.join(cmd))
     env = {**os.environ, **config.build.env, "DOCKER_BUILDKIT": "1"}
-    status, lines = _run_streaming(cmd, env, config.build.timeout, log)
+    status, lines = _run_streaming(cmd, env, config.build.timeout, output or log)
     if status != 0:
         tail = "\n".join(lines[-30:])
         raise ArtifactError(
@@ -503,6 +537,7 @@ __all__ = [
     "build",
     "build_host_endpoint",
     "build_in_docker",
+    "build_locally",
     "build_on_host",
     "cached_steps",
     "docker_command",

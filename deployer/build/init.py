@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Literal
 
 from deployer import __version__
-from deployer.core.config import APP_NAME_RE
+from deployer.build.dockerfile import DEFAULT_BASE_IMAGE, project_files, render_dockerfile
+from deployer.core.config import APP_NAME_RE, DOCKER_REF_RE, DOCKER_REF_WORDS
 from deployer.errors import DeployerError
 from deployer.remote.flavours import flavour as flavour_spec
 
@@ -356,8 +357,9 @@ def _secret_names(project: Project) -> list[str]:
     return names + (["DATABASE_URL"] if project.ecto and project.phoenix else [])
 
 
-def render_defaults(project: Project) -> str:
-    """``inventory/defaults.yml``: everything the environments share, written once."""
+def render_defaults(project: Project, *, docker: bool = False) -> str:
+    """``inventory/defaults.yml``: everything the environments share, written once; with ``docker`` the
+    build is ``strategy: docker`` with the Dockerfile ``deployer init --docker`` writes."""
     rel = project.release
     out = [
         f"# What every environment of {rel} shares, written by `deployer init` (deployer {__version__}).",
@@ -374,8 +376,16 @@ def render_defaults(project: Project) -> str:
         "",
         _line("build:", f"run on this machine; `deployer deploy --tarball PATH` skips it ({project.tool} project)"),
         _line("  path: .", "the project directory, relative to where you run deployer"),
-        f"  command: {_q(project.build_command)}",
     ]
+    if docker:
+        out += [
+            _line("  strategy: docker", "build in a container (docker or podman): see docs/building.md"),
+            _line("  dockerfile: Dockerfile", "written by `deployer init --docker`; only the tarball leaves it"),
+            _line("  engine: auto", "docker or podman, whichever answers; or name one"),
+            "  # image: debian:bookworm-slim   # the build stage's base (BUILDER_IMAGE): the targets' Debian release",
+            "  # (command and tarball below are used by strategy local or host)",
+        ]
+    out.append(f"  command: {_q(project.build_command)}")
     if project.build_env:
         out.append("  env:")
         out.extend(f"    {name}: {_q(value)}" for name, value in project.build_env)
@@ -662,18 +672,54 @@ def _write(result: InitResult, path: Path, content: str, force: bool) -> None:
     result.written.append(path)
 
 
+DOCKERIGNORE = "# Written by `deployer init --docker`: keep the build context small and local builds out.\n"
+DOCKERIGNORE += "".join(f"{name}\n" for name in ("_build/", "deps/", ".git/", ".elixir_ls/", "inventory/", "*.tar.gz"))
+
+
+def project_dockerfile(project: Project, base_image: str = DEFAULT_BASE_IMAGE) -> str:
+    """The multi-stage Dockerfile of ``project`` (:func:`deployer.build.dockerfile.render_dockerfile`)."""
+    if project.flavour == "distillery":
+        raise InitError(
+            "--docker: the rendered Dockerfile builds with mix release or rebar3, not Distillery",
+            hint="write a Dockerfile of your own (docs/building.md, The Dockerfile), or drop --docker",
+        )
+    if not DOCKER_REF_RE.fullmatch(base_image):
+        raise InitError(f"--base-image {base_image!r}: not an image reference ({DOCKER_REF_WORDS})")
+    tool: Literal["mix", "rebar3"] = "rebar3" if project.tool == "rebar3" else "mix"
+    files, dirs = project_files(project.root, tool)
+    return render_dockerfile(
+        tool=tool,
+        release=project.release,
+        dependency_files=files,
+        source_dirs=dirs,
+        base_image=base_image,
+        build_args=[name for name, _ in project.build_env],
+    )
+
+
 def init_project(
-    root: Path | str = ".", *, force: bool = False, edit_mix: bool = True, tasks_py: bool = False
+    root: Path | str = ".",
+    *,
+    force: bool = False,
+    edit_mix: bool = True,
+    tasks_py: bool = False,
+    docker: bool = False,
+    base_image: str = DEFAULT_BASE_IMAGE,
 ) -> InitResult:
     """Write the inventories (shared part in defaults.yml), and what the release needs to be deployable:
     (Mix) the release-tasks module, (rebar3) a vm.args.src with deployer's node name and no cookie;
-    ``tasks_py``: a tasks.py for ``invoke`` users."""
+    ``tasks_py``: a tasks.py for ``invoke`` users; ``docker``: a multi-stage Dockerfile (builder stage
+    from ``base_image``) and ``.dockerignore``, and ``build.strategy: docker`` in the inventory."""
     project = detect_project(root)
     result = InitResult(project=project)
     base = project.root
+    dockerfile = project_dockerfile(project, base_image) if docker else None  # refused before writing anything
     if tasks_py:
         _write(result, base / "tasks.py", render_tasks_py(), force)
-    _write(result, base / "inventory" / "defaults.yml", render_defaults(project), force)
+    if dockerfile is not None:
+        _write(result, base / "Dockerfile", dockerfile, force)
+        _write(result, base / ".dockerignore", DOCKERIGNORE, force)
+    _write(result, base / "inventory" / "defaults.yml", render_defaults(project, docker=docker), force)
     for env in ENVIRONMENTS:
         _write(result, base / "inventory" / f"{env}.yml", render_inventory(project, env), force)
 

@@ -8,11 +8,14 @@ from invoke.collection import Collection
 
 from deployer.cli.exec_tasks import TASKS as EXEC_TASKS
 from deployer.cli.init_task import init
+from deployer.cli.lock_task import lock
 from deployer.cli.ops_tasks import TASKS as OPS_TASKS
 from deployer.cli.release_tasks import config, deploy, history, migrate, rollback, unlock
 from deployer.cli.setup_task import TASKS as SETUP_TASKS
 from deployer.cli.trust_tasks import trust
 
-ns = Collection(deploy, migrate, rollback, history, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS, *SETUP_TASKS)
+ns = Collection(
+    deploy, migrate, rollback, history, lock, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS, *SETUP_TASKS
+)
 
 __all__ = ["ns"]

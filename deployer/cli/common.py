@@ -20,6 +20,7 @@ from invoke.exceptions import Exit
 from rich.console import Console
 from rich.markup import escape
 
+from deployer.cli.catalogue import pointer
 from deployer.core.inventory import Inventory, load_inventory
 from deployer.errors import DeployerError
 
@@ -41,6 +42,7 @@ FLAG_HELP = {
     "canary": "One host first; nothing else proceeds until it is healthy.",
     "max_fail": "Failed hosts tolerated before no further batch starts (count or %).",
     "pause": "Seconds to wait between batches.",
+    "yes": "Do not ask for confirmation in a protected environment (confirm: true); required there without a terminal.",
 }
 
 
@@ -97,7 +99,7 @@ def load(env: str | None, inventory_dir: str, *, secrets: bool = False) -> Inven
     try:
         return load_inventory(env, inventory_dir, resolve_secrets=secrets)
     except DeployerError as exc:
-        raise usage_error(speak_deployer(str(exc), env)) from None
+        raise usage_error(with_pointer(speak_deployer(str(exc), env))) from None
 
 
 def select(inventory: Inventory, hosts: Sequence[str], roles: Sequence[str] = ()) -> None:
@@ -105,13 +107,20 @@ def select(inventory: Inventory, hosts: Sequence[str], roles: Sequence[str] = ()
     try:
         inventory.select(hosts, roles)
     except DeployerError as exc:
-        raise usage_error(speak_deployer(str(exc), inventory.env)) from None
+        raise usage_error(with_pointer(speak_deployer(str(exc), inventory.env))) from None
 
 
 def fail(console: Console, exc: DeployerError, env: str | None = None, code: int = 1) -> Exit:
     """Print an operational error (with its hint in deployer's words) and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {escape(speak_deployer(str(exc), env))}", highlight=False)
+    text = speak_deployer(str(exc), env)
+    console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+    console.print(f"  {pointer(text)}", highlight=False, markup=False)
     return Exit(code=code)
+
+
+def with_pointer(message: str) -> str:
+    """An operator error's text ending with where the catalogue explains it (``see: docs/errors.md#...``)."""
+    return f"{message}\n  {pointer(message)}"
 
 
 @contextmanager

@@ -16,17 +16,7 @@ from rich.markup import escape
 from deployer.cli.common import usage_error, write_stdout
 from deployer.cli.render import print_json
 from deployer.cli.run import Target, fleet_task
-from deployer.core.inventory import Inventory, load_inventory
-from deployer.errors import DeployerError
 from deployer.operations import commands
-
-
-def _with_secrets(inventory: Inventory) -> Inventory:
-    """The inventory with its secrets when they can be resolved: only to mask them in what the hosts print."""
-    try:
-        return load_inventory(inventory.env, inventory.path.parent, resolve_secrets=True)
-    except DeployerError:
-        return inventory
 
 
 def _print(target: Target, rows: Sequence[commands.CommandRow]) -> None:
@@ -48,7 +38,9 @@ def _print(target: Target, rows: Sequence[commands.CommandRow]) -> None:
         raise Exit(code=1)
 
 
-@fleet_task(json_=True, name="exec", command="The shell command (sh), run in `current` as the deploy user.")
+@fleet_task(
+    json_=True, name="exec", secrets="mask", command="The shell command (sh), run in `current` as the deploy user."
+)
 def exec_(c: Context, target: Target, command: str = "") -> None:
     """Run a shell command on the selected hosts, in `current`, as the deploy user; output per host.
 
@@ -56,11 +48,13 @@ def exec_(c: Context, target: Target, command: str = "") -> None:
     """
     if not command.strip():
         raise usage_error("--command is required (the shell command to run on each host)")
-    rows = commands.exec_command(_with_secrets(target.inventory), command, target.options())
+    rows = commands.exec_command(target.inventory, command, target.options())
     _print(target, rows)
 
 
-@fleet_task(json_=True, name="eval", expression="The Elixir/Erlang expression, evaluated in each running node.")
+@fleet_task(
+    json_=True, name="eval", secrets="mask", expression="The Elixir/Erlang expression, evaluated in each running node."
+)
 def eval_(c: Context, target: Target, expression: str = "") -> None:
     """Evaluate an expression inside the running node of each selected host (`bin/<app> rpc`).
 
@@ -68,7 +62,7 @@ def eval_(c: Context, target: Target, expression: str = "") -> None:
     """
     if not expression.strip():
         raise usage_error("--expression is required (the expression to evaluate in each node)")
-    rows = commands.eval_expression(_with_secrets(target.inventory), expression, target.options())
+    rows = commands.eval_expression(target.inventory, expression, target.options())
     _print(target, rows)
 
 

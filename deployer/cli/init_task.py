@@ -9,6 +9,7 @@ from typing import TextIO
 from invoke.context import Context
 from invoke.tasks import task
 
+from deployer.build.dockerfile import DEFAULT_BASE_IMAGE
 from deployer.build.init import InitResult, init_project
 from deployer.cli.common import usage_error
 from deployer.errors import DeployerError
@@ -23,9 +24,19 @@ from deployer.errors import DeployerError
         "force": "Overwrite files that already exist, keeping the old content in <file>.bak.",
         "edit_mix": "Edit mix.exs (a releases: entry with :tar) or rebar.config (vm_args_src) when needed (on).",
         "tasks_py": "Also write tasks.py (from deployer.tasks import ns) for running the tasks with invoke.",
+        "docker": "Build in a container: write a multi-stage Dockerfile and .dockerignore, build.strategy: docker.",
+        "base_image": f"With --docker: the build stage's base image (default {DEFAULT_BASE_IMAGE}).",
     },
 )
-def init(c: Context, path: str = ".", force: bool = False, edit_mix: bool = True, tasks_py: bool = False) -> None:
+def init(
+    c: Context,
+    path: str = ".",
+    force: bool = False,
+    edit_mix: bool = True,
+    tasks_py: bool = False,
+    docker: bool = False,
+    base_image: str = "",
+) -> None:
     """Adopt deployer in an existing Mix or rebar3 project: inventories, and what the release needs.
 
     Detects the app and release name, flavour, build command and tarball (and Phoenix, Ecto, the endpoint's
@@ -34,9 +45,20 @@ def init(c: Context, path: str = ".", force: bool = False, edit_mix: bool = True
     with migrate/0 and rollback/2, and a releases: entry with steps: [:assemble, :tar] in mix.exs; rebar3
     projects get config/vm.args.src with deployer's node name and no cookie. tasks.py only with --tasks-py.
     Existing files are never overwritten without --force (which keeps <file>.bak); skipped files are listed.
+    With --docker also a multi-stage Dockerfile (Debian packages of Erlang/Elixir or rebar3, dependency
+    layers before the sources, only the tarball exported) and build.strategy: docker.
     """
+    if base_image and not docker:
+        raise usage_error("--base-image only applies with --docker")
     try:
-        result = init_project(path, force=force, edit_mix=edit_mix, tasks_py=tasks_py)
+        result = init_project(
+            path,
+            force=force,
+            edit_mix=edit_mix,
+            tasks_py=tasks_py,
+            docker=docker,
+            base_image=base_image or DEFAULT_BASE_IMAGE,
+        )
     except (DeployerError, OSError) as exc:
         raise usage_error(str(exc)) from None
     print_result(result)

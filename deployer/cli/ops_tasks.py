@@ -15,14 +15,16 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
 
-from deployer.cli.common import load, terminate_like_ctrl_c, usage_error, write_stdout
+from deployer import __version__
+from deployer.build.provenance import git_source
+from deployer.cli.common import terminate_like_ctrl_c, usage_error, write_stdout
 from deployer.cli.render import print_json, print_plan
 from deployer.cli.render_ops import print_check, print_releases, print_status
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import inspect_tarball
 from deployer.operations import node as ops
 from deployer.operations import release as api
-from deployer.operations.balancer import balancer_states
+from deployer.operations.status import status_with_balancer
 
 # --- status / releases -------------------------------------------------------------------------------------
 
@@ -35,9 +37,10 @@ def status(c: Context, target: Target) -> None:
     With a `load_balancer` (HAProxy), also each server's state in the balancer (UP, DRAIN, MAINT).
     Exit status 1 when a host is unreachable or a deployed node is down or unhealthy.
     """
-    document = ops.status_document(ops.status(target.inventory, target.options()))
-    # Each server's state in the load balancer (drain, ready, maint), when the inventory names HAProxy.
-    states = balancer_states(target.inventory, target.options())
+    # Each server's state in the load balancer (drain, ready, maint), when the inventory names HAProxy;
+    # asked over the status probe's own connection when the balancer is one of the hosts.
+    rows, states = status_with_balancer(target.inventory, target.options())
+    document = ops.status_document(rows)
     if states:
         document["balancer"] = states
     if target.json_:
@@ -195,6 +198,7 @@ def observer(c: Context, target: Target, print_: bool = False, epmd_port: int = 
 
 @fleet_task(
     json_=True,
+    secrets="required",  # a deploy needs every secret: a missing value or secrets file is bad input (exit 2)
     tarball="Also check against this release tarball (disk space; ERTS arch/libc only if it bundles ERTS).",
 )
 def check(c: Context, target: Target, tarball: str | None = None) -> None:
@@ -207,10 +211,12 @@ def check(c: Context, target: Target, tarball: str | None = None) -> None:
     if tarball and not Path(tarball).is_file():
         raise usage_error(f"--tarball {tarball}: no such file")
     artifact = inspect_tarball(Path(tarball), target.inventory.config.app.name) if tarball else None
-    # A deploy needs every secret: a missing value or secrets file is bad input (exit 2), before any host.
-    load(target.inventory.env, str(target.inventory.path.parent), secrets=True)
     rows = ops.check(target.inventory, target.options(), artifact=artifact)
     document = ops.check_document(rows, tarball=artifact is not None)
+    # What a deploy from here would record: this checkout's commit and this deployer.
+    project = git_source(Path.cwd() / target.inventory.config.build.path)
+    document["source"] = {"commit": project.commit, "dirty": project.dirty, "describe": project.describe()}
+    document["deployer"] = __version__
     if target.json_:
         print_json(document)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +18,43 @@ from invoke.tasks import task
 from rich.console import Console
 from rich.markup import escape
 
+from deployer import __version__
 from deployer.build import builder as build
+from deployer.build.provenance import git_source
+from deployer.cli.build_progress import BuildProgress
 from deployer.cli.common import consoles, fail, flag_help, load, write_stdout
-from deployer.cli.render import print_history, print_plan
+from deployer.cli.render import history_document, print_history, print_json, print_plan
 from deployer.cli.run import Common, Target, fleet_task, rollout_task
 from deployer.core.artifact import Artifact, inspect_tarball, version_from_filename
 from deployer.core.inventory import Inventory
+from deployer.core.provenance import PREBUILT, Source
 from deployer.errors import DeployerError
 from deployer.operations import release as api
+from deployer.remote.flavours import flavour
 
 
-def _artifact(inventory: Inventory, tarball: str | None, console: Console) -> Artifact:
+def _artifact(inventory: Inventory, tarball: str | None, console: Console, *, verbose: bool = False) -> Artifact:
     app = inventory.config.app.name
     expected = None
+    source = Source(note=PREBUILT)
     if tarball:
         path = Path(tarball)
     else:
-        what = inventory.config.build.command or "default build"
-        if inventory.config.build.strategy == "docker":
-            what = f"docker build -f {inventory.config.build.dockerfile}"
-        console.print(
-            f"[bold blue]==>[/] [bold]build[/] ({inventory.config.build.strategy}) {escape(what)}", highlight=False
-        )
-        path = build.build(inventory, log=lambda text: console.print(f"    {escape(text)}", highlight=False))
+        source = git_source(Path.cwd() / inventory.config.build.path)  # where build.build builds, read before it
+        config = inventory.config
+        what = config.build.command or flavour(config.app.flavour).default_build
+        if config.build.strategy == "docker":
+            engine = config.build.engine if config.build.engine != "auto" else "container"
+            what = f"{engine} build -f {config.build.dockerfile}"
+        console.print(f"[bold blue]==>[/] [bold]build[/] ({config.build.strategy}) {escape(what)}", highlight=False)
+        with BuildProgress(console, what, config.build.strategy, verbose=verbose) as progress:
+            path = build.build(inventory, log=progress.log, output=progress.output)
         # The build names the tarball after the version it built; the contents must agree.
         expected = version_from_filename(path, app)
-    artifact = inspect_tarball(path, app, expected_version=expected)
+    artifact = replace(inspect_tarball(path, app, expected_version=expected), source=source)
     console.print(
-        f"    release {artifact.name} {artifact.version} sha256 {artifact.short_sha} ({artifact.size / 2**20:.1f} MiB)",
+        f"    release {artifact.name} {artifact.version} sha256 {artifact.short_sha} ({artifact.size / 2**20:.1f} MiB)"
+        f", built from {source.describe()}, deployer {__version__}",
         highlight=False,
     )
     return artifact
@@ -66,7 +76,7 @@ def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = Fa
     # A dry run resolves the secrets too: a secret the real deploy would miss is reported now, with its key.
     inventory = run.load(secrets=True)
     try:
-        artifact = _artifact(inventory, tarball, run.human)
+        artifact = _artifact(inventory, tarball, run.human, verbose=run.verbose)
     except DeployerError as exc:
         raise fail(run.errors, exc, run.env) from None
     run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force)
@@ -91,10 +101,18 @@ def rollback(c: Context, run: Common, to: str | None = None) -> None:
     run.execute(lambda options: api.rollback(inventory, to, options), print_plan)
 
 
-@fleet_task()
+@fleet_task(json_=True)
 def history(c: Context, target: Target) -> None:
-    """The deploy history of each host from revisions.log: when, what, who, outcome."""
-    print_history(target.human, api.status(target.inventory, target.options()))
+    """The deploy history of each host from revisions.log: when, what, who, outcome, commit, deployer version.
+
+    Each record names the git commit the release was built from (dirty: uncommitted changes) or why there
+    is none, and the deployer version that wrote it; records from before deployer kept these say unknown.
+    """
+    rows = api.status(target.inventory, target.options())
+    if target.json_:
+        print_json(history_document(rows, target.inventory.env))
+    else:
+        print_history(target.human, rows)
 
 
 def _unlock_accepts_force() -> bool:
@@ -104,9 +122,10 @@ def _unlock_accepts_force() -> bool:
 
 @fleet_task(force="Also remove a lock whose holder still looks alive (only when you know that run is gone).")
 def unlock(c: Context, target: Target, force: bool = False) -> None:
-    """Remove a deploy lock left behind by a killed run (shows who held it and for how long).
+    """Remove a deploy lock: one taken by hand (`deployer lock`) or left behind by a killed run.
 
-    A lock whose holder may still be running is kept unless --force.
+    Shows who held it, why (a manual lock's message) and for how long. A lock whose run may still be
+    working is kept unless --force; a manual lock is lifted without it.
     """
     extra: dict[str, Any] = {"force": force} if _unlock_accepts_force() else {}
     options = target.options()

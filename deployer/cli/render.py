@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from deployer.cli.catalogue import pointer
 from deployer.core.facts import HostFacts
 from deployer.core.outcome import Report
 from deployer.core.plan import HostPlan, Plan
@@ -240,6 +241,7 @@ def print_report(console: Console, report: Report) -> None:
         print_mixed(console, report.env)
     if report.error:
         console.print(f"[bold red]error:[/] {escape(report.error)}", highlight=False, markup=True)
+        console.print(f"  {pointer(report.error)}", highlight=False, markup=False)
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{report.operation}: {verdict} in {report.duration:.1f}s", highlight=False)
 
@@ -271,24 +273,55 @@ class ProbedHost(Protocol):
 
 
 def print_history(console: Console, rows: Sequence[ProbedHost]) -> None:
-    """Each host's revisions.log: when, what, outcome, release, who."""
+    """Each host's revisions.log: when, what, outcome, release, who, from which commit, with which deployer."""
     for row in rows:
         if row.facts is None:
             console.print(f"[bold]{row.host}[/]: unreachable: {escape(row.error or '')}", highlight=False)
             continue
         console.print(f"[bold]{row.host}[/]", highlight=False)
         for rev in row.facts.history.revisions:
+            source = rev.built_from
             console.print(
                 f"  {rev.time}  {rev.event:<9} {rev.outcome:<8} {rev.release}  by {rev.by or '?'}"
+                + f"  from {source.describe() if source else 'unknown'}"
+                + f"  deployer {rev.deployer or '?'}"
                 + (f"  ({rev.detail})" if rev.detail else ""),
                 highlight=False,
                 markup=False,
             )
 
 
+def history_document(rows: Sequence[ProbedHost], env: str) -> dict[str, Any]:
+    """``deployer history --json``: every host's records, oldest first (fields absent from old records are null)."""
+    hosts = []
+    for row in rows:
+        revisions = []
+        for rev in row.facts.history.revisions if row.facts is not None else ():
+            source = rev.built_from
+            revisions.append(
+                {
+                    "time": rev.time,
+                    "event": rev.event,
+                    "outcome": rev.outcome,
+                    "release": rev.release,
+                    "version": rev.version,
+                    "by": rev.by,
+                    "commit": source.commit if source else None,
+                    "dirty": source.dirty if source and source.commit else None,
+                    "source": source.describe() if source else None,
+                    "deployer": rev.deployer,
+                    "previous": rev.previous,
+                    "detail": rev.detail,
+                }
+            )
+        hosts.append({"host": row.host, "reachable": row.facts is not None, "error": row.error, "revisions": revisions})
+    return {"env": env, "hosts": hosts}
+
+
 __all__ = [
     "ConsoleEvents",
     "ProbedHost",
+    "history_document",
     "print_batches",
     "print_dry_run_footer",
     "print_history",

@@ -90,8 +90,15 @@ def print_check(console: Console, document: dict[str, Any]) -> None:
     """The preflight table: what each host has, and every problem found."""
     if document.get("note"):
         console.print(document["note"], highlight=False)
+    if document.get("source"):
+        console.print(
+            f"a deploy from here records: built from {document['source']['describe']}, "
+            f"deployer {document.get('deployer') or '?'}",
+            highlight=False,
+            markup=False,
+        )
     table = Table(title="check")
-    for column in ("host", "ssh", "arch", "libc", "disk free", "tools", "result"):
+    for column in ("host", "ssh", "arch", "libc", "disk free", "tools", "current (built from)", "result"):
         table.add_column(column, overflow="fold")
     for row in document["hosts"]:
         reachable = row["reachable"]
@@ -103,6 +110,7 @@ def print_check(console: Console, document: dict[str, Any]) -> None:
             escape(row.get("libc") or "?") if reachable else "-",
             f"{free // 1024} MiB" if free is not None else "-",
             " ".join(row.get("tools") or []) if reachable else "-",
+            escape(f"{row['release']} ({row.get('built_from') or 'unknown'})") if row.get("release") else "-",
             "[green]ok[/]" if row["ok"] else "[bold red]" + escape("; ".join(row["problems"])) + "[/]",
         )
     console.print(table)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -31,8 +31,9 @@ from deployer.cli.common import (
     split,
     usage_error,
 )
+from deployer.cli.confirm import confirm
 from deployer.cli.render import ConsoleEvents, print_json, print_report
-from deployer.core.inventory import Inventory
+from deployer.core.inventory import Inventory, load_inventory
 from deployer.core.outcome import Report
 from deployer.errors import DeployerError
 from deployer.operations import release as api
@@ -50,6 +51,10 @@ class Common:
     verbose: bool
     inventory_dir: str
     strategy: dict[str, Any] = field(default_factory=dict)
+    yes: bool = False
+    """``--yes``: a protected environment (``confirm: true``) is not asked."""
+    operation: str = ""
+    """The task's name, for the confirmation question."""
     human: Console = field(init=False)
     errors: Console = field(init=False)
 
@@ -69,10 +74,11 @@ class Common:
         canary: bool = False,
         max_fail: str | None = None,
         pause: str | None = None,
+        yes: bool = False,
     ) -> Common:
         """Check every flag (exit 2 on the first bad one) before the inventory is even read."""
         overrides = flags.rollout(strategy, batch_size, canary, max_fail, pause)
-        common = cls(env, split(hosts), split(roles), dry_run, json_, verbose, inventory_dir, overrides)
+        common = cls(env, split(hosts), split(roles), dry_run, json_, verbose, inventory_dir, overrides, yes)
         common.human, common.errors = consoles()
         return common
 
@@ -80,6 +86,10 @@ class Common:
         """The inventory, with ``--hosts``/``--roles`` checked against it (exit 2 before any work)."""
         inventory = load(self.env, self.inventory_dir, secrets=secrets)
         select(inventory, self.hosts, self.roles)
+        if inventory.config.confirm and not self.dry_run:
+            # Before the build and before any connection: a "no" costs nothing.
+            names = [h.name for h in inventory.select(self.hosts, self.roles)]
+            confirm(inventory.env, self.operation or "this operation", names, yes=self.yes)
         return inventory
 
     def interruptible(self) -> AbstractContextManager[threading.Event]:
@@ -137,8 +147,9 @@ STRATEGY_PARAMS = (
     inspect.Parameter("max_fail", _P, default=None),
     inspect.Parameter("pause", _P, default=None),
 )
+CONFIRM_PARAMS = (inspect.Parameter("yes", _P, default=False),)
 COMMON_NAMES = frozenset(
-    ["env", "inventory_dir", *(p.name for p in (*SELECTION_PARAMS, *OUTPUT_PARAMS, *STRATEGY_PARAMS))]
+    ["env", "inventory_dir", *(p.name for p in (*SELECTION_PARAMS, *OUTPUT_PARAMS, *STRATEGY_PARAMS, *CONFIRM_PARAMS))]
 )
 
 Body = Callable[..., None]
@@ -167,6 +178,8 @@ def rollout_task(*, selection: bool = True, strategy: bool = True, **extra_help:
     if strategy:
         params += STRATEGY_PARAMS
         names += [p.name for p in STRATEGY_PARAMS]
+    params += CONFIRM_PARAMS
+    names.append("yes")
 
     def decorate(body: Body) -> Task[Any]:
         own = list(inspect.signature(body).parameters.values())[2:]
@@ -175,7 +188,9 @@ def rollout_task(*, selection: bool = True, strategy: bool = True, **extra_help:
         def wrapper(c: Context, **kwargs: Any) -> None:
             refuse_invoke_dry(c)
             shared = {name: kwargs.pop(name) for name in list(kwargs) if name in COMMON_NAMES}
-            body(c, Common.parse(**shared), **kwargs)
+            common = Common.parse(**shared)
+            common.operation = body.__name__
+            body(c, common, **kwargs)
 
         wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [
@@ -212,14 +227,36 @@ class Target:
         return api.Options(hosts=self.hosts, roles=self.roles)
 
 
+Secrets = Literal["mask", "required"] | None
+"""How a fleet task resolves the inventory's secrets: not at all, to mask them, or all required."""
+
+
+def load_for(env: str | None, inventory_dir: str, secrets: Secrets) -> Inventory:
+    """The inventory read once: ``secrets="required"`` resolves every secret (missing ones exit 2, as for a
+    deploy); ``"mask"`` resolves them when it can, only so that their values are masked in what hosts print."""
+    if secrets == "mask" and env:
+        try:
+            return load_inventory(env, inventory_dir, resolve_secrets=True)
+        except DeployerError:
+            pass  # a secret is not available here: nothing to mask; any other problem is reported below
+    return load(env, inventory_dir, secrets=secrets == "required")
+
+
 def fleet_task(
-    *, one: str | None = None, json_: bool = False, name: str | None = None, **extra_help: str
+    *,
+    one: str | None = None,
+    json_: bool = False,
+    name: str | None = None,
+    secrets: Secrets = None,
+    **extra_help: str,
 ) -> Callable[[Body], Task[Any]]:
     """A task that reads from hosts or opens a session on one: ``body(c, target, **its own flags)``.
 
     ``--env``, ``--inventory-dir`` and the selection are defined here once: ``--hosts``/``--roles``, or with
     ``one`` (what the host is for) ``--hosts`` naming exactly one host. ``--host`` stays as a hidden
-    alias of ``--hosts``. Bad flags exit 2 before any connection; an operational error exits 1.
+    alias of ``--hosts``. ``secrets`` (``"required"`` or ``"mask"``, see :func:`load_for`) resolves the
+    secrets in the same single read of the inventory. Bad flags exit 2 before any connection; an
+    operational error exits 1.
     """
     names = ["env", "inventory_dir"] + (["json_"] if json_ else [])
     params = [inspect.Parameter("env", _P, default=None), inspect.Parameter("hosts", _P, default=None)]
@@ -250,7 +287,7 @@ def fleet_task(
             selected = split(flags.either(hosts, host))
             if one is not None:
                 selected = [flags.one_host(",".join(selected), body.__name__)]
-            inventory = load(env, inventory_dir)
+            inventory = load_for(env, inventory_dir, secrets)
             select(inventory, selected, split(roles))
             human, errors = consoles()
             try:

@@ -14,20 +14,16 @@ following every symlink created so far, so a chain such as ``a -> .``,
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import stat
-import subprocess
 import tarfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from deployer.core.config import InventoryConfig
 from deployer.core.paths import VERSION_RE
+from deployer.core.provenance import Source
 from deployer.errors import ArtifactError
-from deployer.remote.flavours import flavour
 
 
 @dataclass(frozen=True)
@@ -41,6 +37,8 @@ class Artifact:
     size: int
     unpacked_size: int = 0
     erts_version: str | None = None
+    source: Source | None = None
+    """The git commit it was built from (set by whoever built it; None: not known)."""
 
     @property
     def short_sha(self) -> str:
@@ -305,34 +303,6 @@ def version_from_filename(path: Path, app: str) -> str | None:
     """``hello-0.2.0.tar.gz`` -> ``0.2.0``: what the build reported, checked against the contents."""
     match = re.fullmatch(rf"{re.escape(app)}-(.+)\.tar\.gz", path.name)
     return match.group(1) if match else None
-
-
-def build_release(config: InventoryConfig, *, cwd: Path | None = None, echo: bool = False) -> Path:
-    """Run the configured build command and return the tarball it wrote."""
-    project = (cwd or Path.cwd()) / config.build.path
-    if not project.is_dir():
-        raise ArtifactError(f"build.path: {project} is not a directory")
-    spec = flavour(config.app.flavour)
-    command = config.build.command or spec.default_build
-    pattern = (config.build.tarball or spec.default_tarball).format(app=config.app.name)
-    env = {**os.environ, **config.build.env}
-    started = time.time()
-    proc = subprocess.run(
-        ["sh", "-c", command],
-        cwd=project,
-        env=env,
-        stdout=None if echo else subprocess.PIPE,
-        stderr=subprocess.STDOUT if not echo else None,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout or "").splitlines()[-30:])
-        raise ArtifactError(
-            f"build failed: `{command}` in {project} exited {proc.returncode}" + (f"\n{tail}" if tail else ""),
-            hint="fix the build, or deploy a prebuilt tarball with --tarball PATH",
-        )
-    return find_tarball(project, pattern, since=started - 2)
 
 
 def find_tarball(project: Path, pattern: str, *, since: float | None = None) -> Path:

@@ -624,6 +624,11 @@ class InventoryConfig(_Model):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig, description="Commands at the named phases.")
     load_balancer: LoadBalancerConfig | None = Field(None, description="Drain each host before its node stops.")
+    confirm: bool = Field(
+        False,
+        description="A protected environment: deploy, rollback, migrate, start, stop and restart ask first, "
+        "naming the environment, the operation and the hosts (--yes skips it; without a terminal --yes is required).",
+    )
 
     @model_validator(mode="after")
     def _hosts(self) -> InventoryConfig:

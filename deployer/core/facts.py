@@ -22,6 +22,13 @@ class LockInfo:
     pid: int | None = None
     local_host: str | None = None
     since: float | None = None
+    message: str | None = None
+    """The reason of a manual lock (``deployer lock --message``); None for a run's own lock."""
+
+    @property
+    def manual(self) -> bool:
+        """Taken by ``deployer lock``: held until ``deployer unlock``, not by a running process."""
+        return self.message is not None
 
     @classmethod
     def parse(cls, raw: str) -> LockInfo:
@@ -42,6 +49,7 @@ class LockInfo:
             pid=pid if isinstance(pid, int) else None,
             local_host=_str(data.get("host")),
             since=float(since) if isinstance(since, int | float) else None,
+            message=_str(data.get("message")),
         )
 
     def describe(self, now: float | None = None) -> str:
@@ -51,6 +59,8 @@ class LockInfo:
         parts = [self.who or "someone"]
         if self.local_host:
             parts[0] += f"@{self.local_host}"
+        if self.manual:
+            parts.append(f"locked it by hand: {self.message!r}")
         if self.pid is not None:
             parts.append(f"(pid {self.pid})")
         if self.operation:

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from deployer.core.provenance import Source
+
 
 @dataclass(frozen=True)
 class Revision:
@@ -28,10 +30,23 @@ class Revision:
     detail: str | None = None
     migrations: str | None = None
     """Migration records: the migration files the release ships, space-separated (when recorded)."""
+    commit: str | None = None
+    """The git commit the release was built from (records written since deployer kept it)."""
+    dirty: str | None = None
+    """``yes`` when the built worktree had uncommitted changes."""
+    source: str | None = None
+    """Why there is no commit: ``not a git checkout``, a prebuilt tarball."""
+    deployer: str | None = None
+    """The deployer version that wrote the record."""
 
     @property
     def ok(self) -> bool:
         return self.outcome == "success"
+
+    @property
+    def built_from(self) -> Source | None:
+        """The release's source as recorded; None for records older than this field."""
+        return Source.from_fields({"commit": self.commit, "dirty": self.dirty, "source": self.source})
 
 
 def parse_revisions(lines: Iterable[str]) -> list[Revision]:
@@ -59,6 +74,10 @@ def parse_revisions(lines: Iterable[str]) -> list[Revision]:
                 previous=_opt(data.get("previous")),
                 detail=_opt(data.get("detail")),
                 migrations=_opt(data.get("migrations")),
+                commit=_opt(data.get("commit")),
+                dirty=_opt(data.get("dirty")),
+                source=_opt(data.get("source")),
+                deployer=_opt(data.get("deployer")),
             )
         )
     return revisions
@@ -110,6 +129,13 @@ class History:
         for rev in reversed(self.revisions):
             if rev.release == release and rev.version:
                 return rev.version
+        return None
+
+    def built_from(self, release: str) -> Source | None:
+        """The source ``release`` was built from, from its latest record that says (None: never recorded)."""
+        for rev in reversed(self.revisions):
+            if rev.release == release and rev.built_from is not None:
+                return rev.built_from
         return None
 
     def sha256(self, release: str) -> str | None:

@@ -17,12 +17,14 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from deployer import __version__
 from deployer.core.artifact import Artifact
 from deployer.core.config import HostConfig, parse_count
 from deployer.core.facts import HostFacts
 from deployer.core.history import History
 from deployer.core.inventory import Inventory
 from deployer.core.paths import RemoteLayout, make_release_id
+from deployer.core.provenance import Source
 from deployer.errors import PlanError
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
@@ -293,7 +295,13 @@ class Plan:
 
 
 def _record(**fields: str | None) -> str:
-    return rc.revision_record(fields)
+    # Every record says which deployer wrote it (who deployed which commit: see deployer.core.provenance).
+    return rc.revision_record({**fields, "deployer": __version__})
+
+
+def _source_fields(source: Source | None) -> dict[str, str | None]:
+    """A release's commit/dirty/source record fields (none when nobody recorded them)."""
+    return source.fields() if source is not None else {}
 
 
 def _tmp_suffix() -> str:
@@ -338,7 +346,7 @@ def plan_deploy(
         )
         kept_shas = {fact.history.sha256(r) for r in on_disk_after if r not in prune} | {artifact.sha256}
         prune_artifacts = sorted(a for a in fact.artifacts if a not in kept_shas)
-        common = dict(version=artifact.version, sha256=artifact.sha256, by=who)
+        common = dict(version=artifact.version, sha256=artifact.sha256, by=who, **_source_fields(artifact.source))
         host_plans.append(
             HostPlan(
                 host=host.name,
@@ -384,6 +392,7 @@ def plan_deploy(
                 version=artifact.version,
                 by=who,
                 migrations=" ".join(migrations) if migrations else None,
+                **_source_fields(artifact.source),
             ),
         )
     names = [h.name for h in selected]
@@ -449,7 +458,14 @@ def _switch_steps(
     done = []
     if before is not None:
         done.append(
-            _record(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
+            _record(
+                release=before,
+                event="revert",
+                outcome="success",
+                version=fact.history.version(before),
+                by=who,
+                **_source_fields(fact.history.built_from(before)),
+            )
         )
     revert = rc.revert(
         layout,
@@ -501,7 +517,7 @@ def plan_rollback(
             problems.append(f"{host.name}: {target} is already the current release")
             continue
         version = fact.history.version(target)
-        common = dict(version=version, by=who)
+        common = dict(version=version, by=who, **_source_fields(fact.history.built_from(target)))
         host_plans.append(
             HostPlan(
                 host=host.name,

@@ -35,7 +35,7 @@ from deployer.core.outcome import Events, HostResult, NullEvents, Outcome, Repor
 from deployer.core.plan import LOCAL, HostPlan, HostStep, Plan, layout_for
 from deployer.engine import recovery
 from deployer.engine.local import LocalTransport
-from deployer.engine.locks import describe_holder, judge, lock_info
+from deployer.engine.locks import describe_holder, judge, lock_info, locked_hint
 from deployer.engine.masking import Masker
 from deployer.errors import ConnectError, DeployerError, LockedError, RemoteCommandError
 from deployer.remote import release as rc
@@ -142,6 +142,8 @@ class Executor:
         self.lock_token = secrets.token_hex(16)
         self.locked: list[str] = []
         self.lock_left: dict[str, str] = {}
+        self.lock_message: str | None = None
+        """Set by :meth:`hold_lock`: the lock taken is a manual one with this reason."""
         self.results: dict[str, HostResult] = {}
         self.facts: dict[str, HostFacts] = {}
         self._hosts = {h.name: h for h in inventory.hosts}
@@ -310,7 +312,7 @@ class Executor:
         on a host, so the other hosts' connections open while the first one is being locked: a fleet
         waits for one round of SSH handshakes, not two in a row.
         """
-        info = lock_info(self.lock_token, self.operation, release) if lock else None
+        info = lock_info(self.lock_token, self.operation, release, self.lock_message) if lock else None
         script = rc.probe(self.layout, lock_info=info)
         self.events.phase("preflight", f"{'locking and ' if lock else ''}probing {len(hosts)} host(s)")
 
@@ -371,10 +373,20 @@ class Executor:
                     self.result(host).outcome = "untouched"
                 raise LockedError(
                     f"another operation holds the deploy lock:\n  {holders}",
-                    hint="wait for it to finish; if its process is gone, `deployer unlock --env "
-                    f"{self.inventory.env}` removes the lock",
+                    hint=locked_hint([f.lock for f in held.values()], self.inventory.env),
                 )
         return {h: self.facts[h] for h in order}
+
+    def hold_lock(self, hosts: Sequence[str], message: str) -> dict[str, HostFacts]:
+        """Take a manual lock (``deployer lock``) on every host or none, and keep it after this run.
+
+        The lock is the deploy lock every operation takes, with ``message`` in its info: whoever is
+        refused sees the reason, the holder and the age; ``deployer unlock`` lifts it.
+        """
+        self.lock_message = message
+        facts = self.preflight(hosts, lock=True)
+        self.locked = []  # held on purpose: close() must not release it
+        return facts
 
     def release_locks(self) -> None:
         """Remove our lock from every host we locked; remember where that failed."""

@@ -27,21 +27,33 @@ def current_user() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def lock_info(token: str, operation: str, release: str | None) -> str:
-    """The JSON written into ``.lock/info`` when this run takes the lock."""
+def lock_info(token: str, operation: str, release: str | None, message: str | None = None) -> str:
+    """The JSON written into ``.lock/info`` when this run takes the lock.
+
+    A manual lock (``message``: why, from ``deployer lock``) outlives this process, so it records no pid:
+    its holder is a person, judged by the message and the age, never called stale.
+    """
     user, _, local_host = current_user().partition("@")
-    return json.dumps(
-        {
-            "token": token,
-            "who": user,
-            "host": local_host,
-            "pid": os.getpid(),
-            "operation": operation,
-            "release": release,
-            "since": round(time.time()),
-        },
-        sort_keys=True,
-    )
+    info: dict[str, object] = {
+        "token": token,
+        "who": user,
+        "host": local_host,
+        "pid": os.getpid(),
+        "operation": operation,
+        "release": release,
+        "since": round(time.time()),
+    }
+    if message is not None:
+        del info["pid"]
+        info["message"] = message
+    return json.dumps(info, sort_keys=True)
+
+
+def locked_hint(holders: list[LockInfo | None], env: str) -> str:
+    """What to do about a lock held elsewhere: a manual lock is lifted by ``unlock``, a run's lock ends with it."""
+    if any(info is not None and info.manual for info in holders):
+        return f"the environment was locked by hand (see the message); `deployer unlock --env {env}` lifts the lock"
+    return f"wait for it to finish; if its process is gone, `deployer unlock --env {env}` removes the lock"
 
 
 def holder_alive(info: LockInfo | None) -> bool | None:
@@ -77,6 +89,8 @@ class LockState:
         A live holder on this machine is refused; a holder that cannot be checked from here is
         refused while its lock is younger than the command timeout (its run may still be working).
         """
+        if self.info is not None and self.info.manual:
+            return None  # `deployer lock` is lifted by `deployer unlock`: that is what it is for
         if self.alive is True:
             return "its process is still running on this machine"
         if self.alive is None and self.age is not None and self.age < timeout:

@@ -10,7 +10,7 @@ back (its node runs as healthy as before) or says in the report that it was left
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from deployer.core.hooks import balancer_hosts
 from deployer.core.inventory import Inventory
@@ -18,7 +18,9 @@ from deployer.core.outcome import HostResult, Report
 from deployer.engine.run import Options
 from deployer.errors import DeployerError
 from deployer.remote import balancer as haproxy
+from deployer.remote.shell import Script
 from deployer.ssh.endpoints import ssh_connector
+from deployer.ssh.transport import CommandResult
 
 DRAINED = ("DRAIN", "MAINT")
 
@@ -26,10 +28,20 @@ DRAINED = ("DRAIN", "MAINT")
 _SERVING = ("success", "reverted", "aborted")
 
 
-def balancer_states(inventory: Inventory, options: Options | None = None) -> dict[str, dict[str, str]]:
+RunOn = Callable[[str, Script], CommandResult]
+"""Run a script on an inventory host over the caller's already open connection (e.g. ``Executor.run``)."""
+
+
+def balancer_states(
+    inventory: Inventory, options: Options | None = None, *, run_on: RunOn | None = None
+) -> dict[str, dict[str, str]]:
     """``{balancer host: {inventory host: state}}`` for HAProxy (``UP``, ``DRAIN``, ``MAINT``, ``DOWN``,
     ...; ``missing`` when the backend has no such server, ``unknown: <why>`` when the balancer could not
-    be asked). Empty without an HAProxy ``load_balancer``. ``status`` shows it."""
+    be asked). Empty without an HAProxy ``load_balancer``. ``status`` shows it.
+
+    With ``run_on``, a balancer that is itself an inventory host is asked over the caller's connection to
+    that host (``status`` has one open already) instead of a second SSH connection.
+    """
     lb = inventory.config.load_balancer
     if lb is None or lb.generic or lb.backend is None:
         return {}
@@ -38,12 +50,16 @@ def balancer_states(inventory: Inventory, options: Options | None = None) -> dic
     out: dict[str, dict[str, str]] = {}
     for machine in balancer_hosts(inventory):
         row: dict[str, str] = {}
+        script = haproxy.states(lb.socket, lb.backend, sudo=lb.sudo)
         try:
-            transport = connector(machine)
-            try:
-                result = transport.run(haproxy.states(lb.socket, lb.backend, sudo=lb.sudo))
-            finally:
-                transport.close()
+            if run_on is not None and any(machine is host for host in inventory.hosts):
+                result = run_on(machine.name, script)
+            else:
+                transport = connector(machine)
+                try:
+                    result = transport.run(script)
+                finally:
+                    transport.close()
             if not result.ok:
                 raise DeployerError(result.stderr.strip() or f"exit status {result.exit_status}")
             servers = haproxy.parse_states(result.stdout)

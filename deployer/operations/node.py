@@ -485,6 +485,15 @@ def check(inventory: Inventory, options: Options | None = None, *, artifact: Art
     return rows
 
 
+def _built_from(facts: HostFacts | None) -> str | None:
+    """The commit (or why none) of the host's current release, as its revisions.log records it."""
+    release = facts.current_release if facts else None
+    if facts is None or release is None:
+        return None
+    source = facts.history.built_from(release)
+    return source.describe() if source else "unknown"
+
+
 def check_document(rows: Sequence[CheckRow], *, tarball: bool = False) -> dict[str, Any]:
     """``deployer check --json``: per host what was found and every problem; without a tarball a note
     that architecture and libc are checked against the release at deploy."""
@@ -502,6 +511,8 @@ def check_document(rows: Sequence[CheckRow], *, tarball: bool = False) -> dict[s
                 "disk_free_kb": r.facts.disk_free_kb if r.facts else None,
                 "tools": sorted(r.facts.tools) if r.facts else [],
                 "writable": r.facts.writable if r.facts else None,
+                "release": r.facts.current_release if r.facts else None,
+                "built_from": _built_from(r.facts),
             }
             for r in rows
         ],

@@ -127,6 +127,18 @@ def status(inventory: Inventory, options: Options | None = None) -> list[HostSta
     return probe_status(inventory, options, health=False)
 
 
+def lock(inventory: Inventory, message: str, options: Options | None = None) -> dict[str, HostFacts]:
+    """Lock every selected host by hand with ``message`` (all or none) until :func:`unlock`.
+
+    Deploys, rollbacks, migrations and restarts are then refused with the message, who took the lock
+    and when. Raises :class:`~deployer.errors.LockedError` (nothing locked) when a host is already locked.
+    """
+    options = options or Options()
+    names = [h.name for h in inventory.select(options.hosts, options.roles)]
+    with open_executor(inventory, options, "lock") as executor:
+        return executor.hold_lock(names, message)
+
+
 def unlock(inventory: Inventory, options: Options | None = None, *, force: bool = False) -> dict[str, LockInfo | None]:
     """Remove the deploy lock from the selected hosts; returns what each lock said (holder, age).
 
@@ -140,4 +152,4 @@ def unlock(inventory: Inventory, options: Options | None = None, *, force: bool 
         return executor.force_unlock(names, force=force)
 
 
-__all__ = ["HostResult", "HostStatus", "Options", "Result", "deploy", "migrate", "rollback", "status", "unlock"]
+__all__ = ["HostResult", "HostStatus", "Options", "Result", "deploy", "lock", "migrate", "rollback", "status", "unlock"]

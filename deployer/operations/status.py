@@ -10,11 +10,13 @@ from typing import Any, Literal
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.plan import health_check, layout_for, service_for
+from deployer.engine.executor import Executor
 from deployer.engine.locks import describe_holder, judge
 from deployer.engine.run import Options, open_executor
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
+from deployer.remote.shell import Script
 from deployer.remote.systemd import parse_unit_state
 
 HealthState = Literal["ok", "failing", "down", "none", "unknown"]
@@ -74,24 +76,49 @@ def status(inventory: Inventory, options: Options | None = None, *, health: bool
     waiting) in one SSH session per host; changes nothing."""
     options = options or Options()
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
-    layout = layout_for(inventory)
-    if health:
-        script = oc.status(
-            layout, flavour(inventory.config.app.flavour), health_check(inventory), service=service_for(inventory)
-        )
-    else:
-        script = rc.probe(layout)
-    rows = []
+    script = _status_script(inventory) if health else rc.probe(layout_for(inventory))
     with open_executor(inventory, options, "status") as executor:
-        for host, (stdout, error) in executor.probe_each(names, script).items():
-            if stdout is None:
-                rows.append(HostStatus(host, False, None, None, error))
-            else:
-                unit = parse_unit_state(stdout) or None
-                rows.append(
-                    HostStatus(host, True, parse_probe(stdout), parse_health(stdout) if health else None, unit=unit)
-                )
+        return _probe_rows(executor, names, script, health=health)
+
+
+def _status_script(inventory: Inventory) -> Script:
+    """The read-only probe with one try of the health check (and the unit's state under systemd)."""
+    return oc.status(
+        layout_for(inventory),
+        flavour(inventory.config.app.flavour),
+        health_check(inventory),
+        service=service_for(inventory),
+    )
+
+
+def _probe_rows(executor: Executor, names: Sequence[str], script: Script, *, health: bool) -> list[HostStatus]:
+    rows = []
+    for host, (stdout, error) in executor.probe_each(names, script).items():
+        if stdout is None:
+            rows.append(HostStatus(host, False, None, None, error))
+        else:
+            unit = parse_unit_state(stdout) or None
+            rows.append(
+                HostStatus(host, True, parse_probe(stdout), parse_health(stdout) if health else None, unit=unit)
+            )
     return rows
+
+
+def status_with_balancer(
+    inventory: Inventory, options: Options | None = None
+) -> tuple[list[HostStatus], dict[str, dict[str, str]]]:
+    """:func:`status` (with health) and each server's state in the load balancer, in one run: a balancer
+    that is an inventory host is asked over the connection its status probe opened (one SSH connection
+    per machine, not two)."""
+    from deployer.operations.balancer import balancer_states  # balancer imports the engine as status does
+
+    options = options or Options()
+    names = [h.name for h in inventory.select(options.hosts, options.roles)]
+    script = _status_script(inventory)
+    with open_executor(inventory, options, "status") as executor:
+        rows = _probe_rows(executor, names, script, health=True)
+        states = balancer_states(inventory, options, run_on=lambda host, s: executor.run(host, s, check=False))
+    return rows, states
 
 
 def status_document(rows: Sequence[HostStatus]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+import deployer
 from deployer.core.inventory import load_inventory
 from deployer.operations import release as api
 from tests.harness.fleet import Fleet
@@ -99,6 +100,13 @@ def test_init_a_mix_new_project_and_deploy_it(session_fleet: Fleet, tmp_path: Pa
     again = deployer_cmd(project, "init")
     assert again.returncode == 0 and "unchanged inventory/staging.yml" in again.stderr
 
+    # --- a git checkout with an uncommitted change: the deploy records who deployed which commit --------
+    git = ["git", "-C", str(project), "-c", "user.name=e2e", "-c", "user.email=e2e@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "adopt deployer"]):
+        subprocess.run([*git, *args], check=True, capture_output=True, timeout=60)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    (project / "README.md").write_text((project / "README.md").read_text() + "\nedited, not committed\n")
+
     # --- deploy the generated staging environment, pointed at the fleet --------------------------------
     deploy_to = f"{fleet.deploy_root}/init-{fleet.runid}"
     point_at_fleet(project / "inventory" / "staging.yml", fleet, deploy_to)
@@ -106,6 +114,12 @@ def test_init_a_mix_new_project_and_deploy_it(session_fleet: Fleet, tmp_path: Pa
         deployed = deployer_cmd(project, "deploy", "--env", "staging", "--verbose", timeout=900)
         assert deployed.returncode == 0, deployed.stdout[-6000:] + deployed.stderr[-3000:]
         assert "no Ecto repos configured, nothing to migrate" in deployed.stderr  # the generated migrate/0 ran
+        assert f"built from {head[:12]} (dirty)" in deployed.stderr
+        assert "built in" in deployed.stderr  # the live build line's end (the output streamed with --verbose)
+        history = deployer_cmd(project, "history", "--env", "staging", "--json", timeout=300)
+        for host in json.loads(history.stdout)["hosts"]:
+            last = host["revisions"][-1]
+            assert (last["commit"], last["dirty"], last["deployer"]) == (head, True, deployer.__version__), last
 
         # Every host runs the node of the new release: a live VM whose health check (rpc) passes.
         inventory = load_inventory("staging", project / "inventory", resolve_secrets=False)

@@ -66,3 +66,14 @@ def release_tarball(
         for member in extra or []:
             tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
     return path
+
+
+def deployer_cli(*args: str) -> int:
+    """``deployer ARGS`` in this process (as the console script runs it); its exit status."""
+    from deployer.cli.program import main
+
+    try:
+        main(["deployer", *args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
