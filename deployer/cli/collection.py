@@ -11,7 +11,8 @@ from deployer.cli.init_task import init
 from deployer.cli.ops_tasks import TASKS as OPS_TASKS
 from deployer.cli.release_tasks import config, deploy, history, migrate, rollback, unlock
 from deployer.cli.trust_tasks import trust
+from deployer.cli.upgrade_task import upgrade
 
-ns = Collection(deploy, migrate, rollback, history, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS)
+ns = Collection(deploy, migrate, rollback, history, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS, upgrade)
 
 __all__ = ["ns"]

@@ -50,9 +50,9 @@ code_change(OldVsn, {counts, Counts}, _Extra) ->
            converted_from => vsn_text(OldVsn)}};
 code_change(_OldVsn, State, _Extra) ->
     {ok, State}.
--endif.
 
 vsn_text(Vsn) -> iolist_to_binary(io_lib:format("~p", [Vsn])).
+-endif.
 -else.
 generation() -> 1.
 
