@@ -234,6 +234,9 @@ def hot_activate(
             '    hot= why="the tarball or $rd/RELEASES is missing"\n'
             "  else\n"
             '    cp -p "$rd/RELEASES" "$rd/RELEASES"{{backup}}\n'
+            # The applications the root has now: a revert removes the ones the unpack adds (a failed
+            # upgrade's code must not stay there, where the next unpack would keep it).
+            '    ls -1 {{root}}/lib > "$rd/lib"{{backup}}\n'
             '    if [ -f "$rd/start_erl.data" ]; then cp -p "$rd/start_erl.data" "$rd/start_erl.data"{{backup}}; fi\n'
             '    mkdir -p "$rd/"{{vsn}}\n'
             '    cp "$a" "$rd/"{{vsn}}/{{name}}.tar.gz.tmp\n'
@@ -295,7 +298,7 @@ def hot_activate(
         + _rpc(layout, flavour, release_id, _expr_permanent(version), limit=rpc)
         + text(
             _answered() + ' || fail "release_handler:make_permanent failed: $out"\n'
-            "rm -f {{releases}}/RELEASES{{backup}} {{releases}}/start_erl.data{{backup}}\n",
+            "rm -f {{releases}}/RELEASES{{backup}} {{releases}}/start_erl.data{{backup}} {{releases}}/lib{{backup}}\n",
             releases=releases_dir,
             backup=BACKUP,
         )
@@ -316,15 +319,23 @@ def hot_activate(
 
 def _restore_root(root: str, version: str) -> Fragment:
     """Put the node's root back as it was before the upgrade: its ``RELEASES`` and ``start_erl.data``, and
-    without the unpacked ``releases/<version>`` (so a later upgrade unpacks afresh)."""
+    without the unpacked ``releases/<version>`` and the application directories the unpack added (so a
+    later upgrade unpacks afresh)."""
     releases_dir = f"{root.rstrip('/')}/releases"
     return text(
         "step restore-root\n"
         "rd={{releases}}\n"
+        'if [ -f "$rd/lib"{{backup}} ]; then\n'
+        "  for l in {{lib}}/*; do\n"
+        '    if [ -e "$l" ] && ! grep -qxF "${l##*/}" "$rd/lib"{{backup}}; then rm -rf "$l"; fi\n'
+        "  done\n"
+        '  rm -f "$rd/lib"{{backup}}\n'
+        "fi\n"
         'if [ -f "$rd/RELEASES"{{backup}} ]; then mv -f "$rd/RELEASES"{{backup}} "$rd/RELEASES"; fi\n'
         'if [ -f "$rd/start_erl.data"{{backup}} ]; then mv -f "$rd/start_erl.data"{{backup}} "$rd/start_erl.data"; fi\n'
         'rm -rf "$rd/"{{vsn}}\n',
         releases=releases_dir,
+        lib=f"{root.rstrip('/')}/lib",
         backup=BACKUP,
         vsn=version,
     )

@@ -235,6 +235,12 @@ def test_hot_revert_restores_the_root_then_restarts_the_previous_release() -> No
     assert (
         "step restore-root\n"
         "rd=/srv/app/releases/r1/releases\n"
+        'if [ -f "$rd/lib".deployer-hot ]; then\n'
+        "  for l in /srv/app/releases/r1/lib/*; do\n"
+        '    if [ -e "$l" ] && ! grep -qxF "${l##*/}" "$rd/lib".deployer-hot; then rm -rf "$l"; fi\n'
+        "  done\n"
+        '  rm -f "$rd/lib".deployer-hot\n'
+        "fi\n"
         'if [ -f "$rd/RELEASES".deployer-hot ]; then mv -f "$rd/RELEASES".deployer-hot "$rd/RELEASES"; fi\n'
         'if [ -f "$rd/start_erl.data".deployer-hot ]; then mv -f "$rd/start_erl.data".deployer-hot '
         '"$rd/start_erl.data"; fi\n'
