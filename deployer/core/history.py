@@ -28,6 +28,8 @@ class Revision:
     detail: str | None = None
     migrations: str | None = None
     """Migration records: the migration files the release ships, space-separated (when recorded)."""
+    root: str | None = None
+    """Hot upgrades: the release directory the upgraded node runs from (its root, an older release)."""
 
     @property
     def ok(self) -> bool:
@@ -59,6 +61,7 @@ def parse_revisions(lines: Iterable[str]) -> list[Revision]:
                 previous=_opt(data.get("previous")),
                 detail=_opt(data.get("detail")),
                 migrations=_opt(data.get("migrations")),
+                root=_opt(data.get("root")),
             )
         )
     return revisions

@@ -241,9 +241,8 @@ def hot_rollback(executor: Executor, inventory: Inventory, plan: Plan, facts: Ma
     candidates = [
         p.host
         for p in plan.hosts
-        if facts[p.host].current_release is not None
-        and any(
-            r.event == HOT_EVENT and r.release == facts[p.host].current_release and r.ok
+        if any(
+            r.event == HOT_EVENT and r.ok and (r.release == facts[p.host].current_release or r.root == p.target)
             for r in facts[p.host].history.revisions
         )
     ]
@@ -268,6 +267,11 @@ def hot_rollback(executor: Executor, inventory: Inventory, plan: Plan, facts: Ma
             or version not in node.down_to
             or not any(v == version for v, _ in node.releases)
         ):
+            if target is not None and any(r.event == HOT_EVENT and r.root == target for r in fact.history.revisions):
+                # A restart on a release whose directory a hot upgrade changed: put it back as extracted first,
+                # or its RELEASES would still name the newer version.
+                restore = HostStep("before_stop", hot.restore_root(layout, target))
+                host_plan = replace(host_plan, steps=(restore, *host_plan.steps))
             host_plans.append(host_plan)
             continue
         host = next(h for h in inventory.hosts if h.name == host_plan.host)

@@ -45,6 +45,7 @@ __all__ = [
     "hot_revert",
     "node_release",
     "node_release_expression",
+    "restore_root",
 ]
 
 RPC_TIMEOUT = 120.0
@@ -57,6 +58,9 @@ HOT_KEY = "hot_upgraded"
 
 BACKUP = ".deployer-hot"
 """Suffix of the copies of ``RELEASES`` and ``start_erl.data`` kept in the node's root during an upgrade."""
+PRISTINE = ".deployer-pristine"
+"""Suffix of the copies of the root's ``RELEASES``, ``start_erl.data`` and application list as extracted,
+written by its first hot upgrade: a restart on that release restores them (:func:`restore_root`)."""
 
 
 def erl_string(value: str) -> str:
@@ -234,6 +238,12 @@ def hot_activate(
             '    hot= why="the tarball or $rd/RELEASES is missing"\n'
             "  else\n"
             '    cp -p "$rd/RELEASES" "$rd/RELEASES"{{backup}}\n'
+            # The root as extracted, kept across upgrades: a restart on this release restores it.
+            '    if [ ! -f "$rd/RELEASES"{{pristine}} ]; then\n'
+            '      cp -p "$rd/RELEASES" "$rd/RELEASES"{{pristine}}\n'
+            '      cp -p "$rd/start_erl.data" "$rd/start_erl.data"{{pristine}}\n'
+            '      ls -1 {{root}}/lib > "$rd/lib"{{pristine}}\n'
+            "    fi\n"
             # The applications the root has now: a revert removes the ones the unpack adds (a failed
             # upgrade's code must not stay there, where the next unpack would keep it).
             '    ls -1 {{root}}/lib > "$rd/lib"{{backup}}\n'
@@ -251,6 +261,7 @@ def hot_activate(
             vsn=version,
             name=name,
             backup=BACKUP,
+            pristine=PRISTINE,
             **{"from": from_version},
         )
         + _rpc(layout, flavour, release_id, _expr_unpack(name, version), limit=rpc)
@@ -425,3 +436,36 @@ def downgrade(
     )
     remote, local = _limits(health, 0.0, rpc)
     return detach(layout, worker, run_id=f"hot-down-{tmp_suffix}", limit=remote, timeout=local)
+
+
+def restore_root(layout: RemoteLayout, release_id: str) -> Script:
+    """Make release ``release_id``'s directory, the root of a node that was hot-upgraded, what it was when
+    extracted, before a restart on it (a restart rollback): ``RELEASES`` and ``start_erl.data`` from their
+    pristine copies, the applications and release versions the upgrades unpacked removed. Without those
+    copies (never hot-upgraded) it changes nothing. Idempotent: it may run again before a revert."""
+    root = layout.release(release_id)
+    return script(
+        "restore-root",
+        text(
+            "step restore-root\n"
+            "root={{root}}\n"
+            'rd="$root/releases"\n'
+            'if [ -f "$rd/RELEASES"{{pristine}} ] && [ -f "$rd/start_erl.data"{{pristine}} ]; then\n'
+            '  cp -p "$rd/RELEASES"{{pristine}} "$rd/RELEASES"\n'
+            '  cp -p "$rd/start_erl.data"{{pristine}} "$rd/start_erl.data"\n'
+            '  read -r _erts vsn < "$rd/start_erl.data"\n'
+            '  for r in "$rd"/*/; do r=${r%/}; if [ "${r##*/}" != "$vsn" ]; then rm -rf "$r"; fi; done\n'
+            '  if [ -f "$rd/lib"{{pristine}} ]; then\n'
+            '    for l in "$root"/lib/*; do\n'
+            '      if [ -e "$l" ] && ! grep -qxF "${l##*/}" "$rd/lib"{{pristine}}; then rm -rf "$l"; fi\n'
+            "    done\n"
+            "  fi\n"
+            '  rm -f "$rd"/*{{pristine}} "$rd"/*{{backup}}\n'
+            "  echo restored=1\n"
+            "fi\n",
+            root=root,
+            pristine=PRISTINE,
+            backup=BACKUP,
+        ),
+        timeout=120,
+    )

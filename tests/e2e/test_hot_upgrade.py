@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from deployer import api as public
 from deployer.core.artifact import inspect_tarball
 from deployer.operations import release as api
 from deployer.operations import upgrade as hot
@@ -243,3 +244,44 @@ def test_a_failing_install_is_reverted_and_stops_the_rollout(app: App, tarballs:
     assert good.ok, explain(good)
     assert pids(app)["h2"] == before["h2"]
     assert all(get(app, h, "/health")["version"] == "1.1.0" for h in hosts(app))
+
+
+def test_a_restart_boots_the_new_version_and_a_restart_rollback_restores_the_old_root(
+    app: App, tarballs: dict[str, Path]
+) -> None:
+    first = deploy(app, tarballs["v1"])
+    assert first.report.ok, explain(first.report)
+    v1 = first.report.release
+    upgraded = upgrade(app, tarballs["v2"])
+    assert upgraded.report.ok, explain(upgraded.report)
+    v2 = upgraded.report.release
+    hot_pids = pids(app)
+
+    # A restart boots what `current` names: the new version, from its own clean directory.
+    restarted = public.restart(app.inventory())
+    assert restarted.report.ok, explain(restarted.report)
+    fresh = pids(app)
+    for host in hosts(app):
+        assert fresh[host] != hot_pids[host]
+        assert get(app, host, "/health")["version"] == "1.1.0"
+        exe = app.sh(host, f"ls -l /proc/{fresh[host]}/exe")
+        assert f"releases/{v2}/erts-" in exe, exe
+
+    # The node no longer runs in v1's directory: the rollback restarts on v1, whose directory (changed by the
+    # hot upgrade) is first put back as extracted, so it boots 1.0.0 as its only, permanent release.
+    back = api.rollback(app.inventory())
+    assert back.report.ok, explain(back.report)
+    for host in hosts(app):
+        assert get(app, host, "/health")["version"] == "1.0.0"
+        assert app.current(host) == f"releases/{v1}"
+        root = f"{app.deploy_to}/releases/{v1}"
+        assert app.sh(host, f"cat {root}/releases/start_erl.data").split()[1] == "1.0.0"
+        assert app.sh(host, f"ls {root}/releases").split() == ["1.0.0", "RELEASES", "hello_relup.rel", "start_erl.data"]
+        assert app.sh(host, f"ls {root}/lib | grep hello_relup").split() == ["hello_relup-1.0.0"]
+
+    # ... and the hot upgrade works again from there.
+    before = pids(app)
+    again = upgrade(app, tarballs["v2"])
+    assert again.report.ok, explain(again.report)
+    assert pids(app) == before
+    assert all(get(app, h, "/state")["state"]["format"] == 2 for h in hosts(app))

@@ -276,3 +276,36 @@ def test_downgrade_installs_the_older_version_in_the_same_node() -> None:
     assert '{["1.0.0"], "4242"} -> deployer_ok' in text
     assert text.index("step switch\nrid=r1") < text.index("step install") < text.index("step health")
     assert text.index("step health") < text.index("step permanent") < text.index("step record")
+
+
+def test_restore_root_puts_a_hot_upgraded_root_back_as_extracted() -> None:
+    text = hot.restore_root(LAYOUT, "r1").render()
+    assert (
+        "step restore-root\n"
+        "root=/srv/app/releases/r1\n"
+        'rd="$root/releases"\n'
+        'if [ -f "$rd/RELEASES".deployer-pristine ] && [ -f "$rd/start_erl.data".deployer-pristine ]; then\n'
+        '  cp -p "$rd/RELEASES".deployer-pristine "$rd/RELEASES"\n'
+        '  cp -p "$rd/start_erl.data".deployer-pristine "$rd/start_erl.data"\n'
+        '  read -r _erts vsn < "$rd/start_erl.data"\n'
+        '  for r in "$rd"/*/; do r=${r%/}; if [ "${r##*/}" != "$vsn" ]; then rm -rf "$r"; fi; done\n'
+        '  if [ -f "$rd/lib".deployer-pristine ]; then\n'
+        '    for l in "$root"/lib/*; do\n'
+        '      if [ -e "$l" ] && ! grep -qxF "${l##*/}" "$rd/lib".deployer-pristine; then rm -rf "$l"; fi\n'
+        "    done\n"
+        "  fi\n"
+        '  rm -f "$rd"/*.deployer-pristine "$rd"/*.deployer-hot\n'
+        "  echo restored=1\n"
+        "fi\n"
+    ) in text
+
+
+def test_hot_activate_keeps_the_pristine_root_only_once() -> None:
+    text = _activate()
+    assert (
+        '    if [ ! -f "$rd/RELEASES".deployer-pristine ]; then\n'
+        '      cp -p "$rd/RELEASES" "$rd/RELEASES".deployer-pristine\n'
+        '      cp -p "$rd/start_erl.data" "$rd/start_erl.data".deployer-pristine\n'
+        '      ls -1 /srv/app/releases/r1/lib > "$rd/lib".deployer-pristine\n'
+        "    fi\n"
+    ) in text
