@@ -326,20 +326,17 @@ def hello_erl_build_env(version: str, migrations: int, base_dir: Path) -> dict[s
     return env
 
 
-def _run_rebar3_tar(version: str, migrations: int) -> Path:
+def _rebar3(args: list[str], env: dict[str, str], what: str, project: Path) -> None:
+    """``rebar3 as prod ARGS`` in ``project``; RuntimeError with the output's tail when it fails."""
     rebar3 = shutil.which("rebar3")
     if rebar3 is None:
-        raise RuntimeError("cannot build examples/hello_erl: `rebar3` is not on PATH")
-    # One build directory per (version, migrations): rebar3 does not track the environment.
-    base = HELLO_ERL_PROJECT_DIR / "_build" / f"{version}-{migrations}"
-    built = base / "prod" / "rel" / "hello_erl" / f"hello_erl-{version}.tar.gz"
-    built.unlink(missing_ok=True)
-    cmd = [rebar3, "as", "prod", "tar"]
+        raise RuntimeError(f"cannot build {project.name}: `rebar3` is not on PATH")
+    cmd = [rebar3, "as", "prod", *args]
     try:
         proc = subprocess.run(
             cmd,
-            cwd=HELLO_ERL_PROJECT_DIR,
-            env=hello_erl_build_env(version, migrations, base),
+            cwd=project,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -350,13 +347,23 @@ def _run_rebar3_tar(version: str, migrations: int) -> Path:
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        raise RuntimeError(f"building hello_erl {version} timed out; output tail:\n{_tail(out)}") from exc
-    if proc.returncode != 0 or not built.is_file():
-        reason = f"exit status {proc.returncode}" if proc.returncode else f"no tarball at {built}"
+        raise RuntimeError(f"building {what} timed out; output tail:\n{_tail(out)}") from exc
+    if proc.returncode != 0:
         raise RuntimeError(
-            f"building hello_erl {version} migrations={migrations} failed ({reason}): "
-            f"{' '.join(cmd)} in {HELLO_ERL_PROJECT_DIR}; output tail:\n{_tail(proc.stdout)}"
+            f"building {what} failed (exit status {proc.returncode}): {' '.join(cmd)} in "
+            f"{project}; output tail:\n{_tail(proc.stdout)}"
         )
+
+
+def _run_rebar3_tar(version: str, migrations: int) -> Path:
+    # One build directory per (version, migrations): rebar3 does not track the environment.
+    base = HELLO_ERL_PROJECT_DIR / "_build" / f"{version}-{migrations}"
+    built = base / "prod" / "rel" / "hello_erl" / f"hello_erl-{version}.tar.gz"
+    built.unlink(missing_ok=True)
+    what = f"hello_erl {version} migrations={migrations}"
+    _rebar3(["tar"], hello_erl_build_env(version, migrations, base), what, HELLO_ERL_PROJECT_DIR)
+    if not built.is_file():
+        raise RuntimeError(f"building {what} failed: no tarball at {built}")
     with tarfile.open(built, "r:gz") as tar:
         names = set(tar.getnames())
     for required in ("bin/hello_erl", f"releases/{version}/start.boot", "releases/start_erl.data"):
@@ -416,34 +423,6 @@ def hello_relup_source_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _rebar3(args: list[str], env: dict[str, str], what: str) -> None:
-    rebar3 = shutil.which("rebar3")
-    if rebar3 is None:
-        raise RuntimeError(f"cannot build {what}: `rebar3` is not on PATH")
-    cmd = [rebar3, "as", "prod", *args]
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=HELLO_RELUP_PROJECT_DIR,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=BUILD_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        raise RuntimeError(f"building {what} timed out; output tail:\n{_tail(out)}") from exc
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"building {what} failed (exit status {proc.returncode}): {' '.join(cmd)} in "
-            f"{HELLO_RELUP_PROJECT_DIR}; output tail:\n{_tail(proc.stdout)}"
-        )
-
-
 def _run_relup_build(version: str, variant: str, relup_from: str | None) -> Path:
     """``rebar3 as prod tar`` of ``version``; with ``relup_from``, first the release of that version in the
     same build directory, then ``rebar3 relup`` from it, so the tarball carries ``releases/<vsn>/relup``."""
@@ -462,14 +441,19 @@ def _run_relup_build(version: str, variant: str, relup_from: str | None) -> Path
     built = base / "prod" / "rel" / "hello_relup" / f"hello_relup-{version}.tar.gz"
     shutil.rmtree(base, ignore_errors=True)  # the relup must see exactly the two releases built here
     if relup_from is not None:
-        _rebar3(["release"], env(relup_from, ""), what)
+        _rebar3(["release"], env(relup_from, ""), what, HELLO_RELUP_PROJECT_DIR)
         # rebar3 tracks neither the environment nor the macros it selects: compile the application afresh.
         shutil.rmtree(base / "prod" / "lib" / "hello_relup", ignore_errors=True)
-        _rebar3(["release"], env(version, variant), what)
-        _rebar3(["relup", "-n", "hello_relup", "-v", version, "-u", relup_from], env(version, variant), what)
-        _rebar3(["tar", "-n", "hello_relup", "-v", version], env(version, variant), what)
+        _rebar3(["release"], env(version, variant), what, HELLO_RELUP_PROJECT_DIR)
+        _rebar3(
+            ["relup", "-n", "hello_relup", "-v", version, "-u", relup_from],
+            env(version, variant),
+            what,
+            HELLO_RELUP_PROJECT_DIR,
+        )
+        _rebar3(["tar", "-n", "hello_relup", "-v", version], env(version, variant), what, HELLO_RELUP_PROJECT_DIR)
     else:
-        _rebar3(["tar"], env(version, variant), what)
+        _rebar3(["tar"], env(version, variant), what, HELLO_RELUP_PROJECT_DIR)
     if not built.is_file():
         raise RuntimeError(f"building {what}: no tarball at {built}")
     with tarfile.open(built, "r:gz") as tar:
