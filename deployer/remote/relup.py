@@ -453,7 +453,8 @@ def restore_root(layout: RemoteLayout, release_id: str) -> Script:
             'if [ -f "$rd/RELEASES"{{pristine}} ] && [ -f "$rd/start_erl.data"{{pristine}} ]; then\n'
             '  cp -p "$rd/RELEASES"{{pristine}} "$rd/RELEASES"\n'
             '  cp -p "$rd/start_erl.data"{{pristine}} "$rd/start_erl.data"\n'
-            '  read -r _erts vsn < "$rd/start_erl.data"\n'
+            # relx writes start_erl.data without a final newline: read then fails, having read the line.
+            '  vsn=; read -r _erts vsn < "$rd/start_erl.data" || [ -n "$vsn" ]\n'
             '  for r in "$rd"/*/; do r=${r%/}; if [ "${r##*/}" != "$vsn" ]; then rm -rf "$r"; fi; done\n'
             '  if [ -f "$rd/lib"{{pristine}} ]; then\n'
             '    for l in "$root"/lib/*; do\n'

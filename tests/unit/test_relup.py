@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -287,7 +288,7 @@ def test_restore_root_puts_a_hot_upgraded_root_back_as_extracted() -> None:
         'if [ -f "$rd/RELEASES".deployer-pristine ] && [ -f "$rd/start_erl.data".deployer-pristine ]; then\n'
         '  cp -p "$rd/RELEASES".deployer-pristine "$rd/RELEASES"\n'
         '  cp -p "$rd/start_erl.data".deployer-pristine "$rd/start_erl.data"\n'
-        '  read -r _erts vsn < "$rd/start_erl.data"\n'
+        '  vsn=; read -r _erts vsn < "$rd/start_erl.data" || [ -n "$vsn" ]\n'
         '  for r in "$rd"/*/; do r=${r%/}; if [ "${r##*/}" != "$vsn" ]; then rm -rf "$r"; fi; done\n'
         '  if [ -f "$rd/lib".deployer-pristine ]; then\n'
         '    for l in "$root"/lib/*; do\n'
@@ -309,3 +310,29 @@ def test_hot_activate_keeps_the_pristine_root_only_once() -> None:
         '      ls -1 /srv/app/releases/r1/lib > "$rd/lib".deployer-pristine\n'
         "    fi\n"
     ) in text
+
+
+def test_restore_root_runs_on_a_hot_upgraded_root(tmp_path: Path) -> None:
+    """The script, run by sh on a root as a hot upgrade leaves it (relx's start_erl.data has no newline)."""
+    root = tmp_path / "releases" / "r1"
+    rd = root / "releases"
+    for directory in (rd / "1.0.0", rd / "1.1.0", root / "lib" / "app-1.0.0", root / "lib" / "app-1.1.0"):
+        directory.mkdir(parents=True)
+    (rd / "RELEASES").write_text("1.1.0 permanent, 1.0.0 old")
+    (rd / "start_erl.data").write_text("13.1.5 1.1.0")
+    (rd / "RELEASES.deployer-pristine").write_text("1.0.0 permanent")
+    (rd / "start_erl.data.deployer-pristine").write_text("13.1.5 1.0.0")
+    (rd / "lib.deployer-pristine").write_text("app-1.0.0\n")
+    (rd / "RELEASES.deployer-hot").write_text("stale")
+    script_ = hot.restore_root(RemoteLayout(str(tmp_path), "app"), "r1")
+    run = subprocess.run(["sh", "-s"], input=script_.render(), capture_output=True, text=True, timeout=30, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "restored=1\n"
+    assert (rd / "RELEASES").read_text() == "1.0.0 permanent"
+    assert (rd / "start_erl.data").read_text() == "13.1.5 1.0.0"
+    assert sorted(p.name for p in rd.iterdir()) == ["1.0.0", "RELEASES", "start_erl.data"]
+    assert sorted(p.name for p in (root / "lib").iterdir()) == ["app-1.0.0"]
+    again = subprocess.run(
+        ["sh", "-s"], input=script_.render(), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert again.returncode == 0 and again.stdout == "", "a second run (before a revert) must change nothing"
