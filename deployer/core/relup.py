@@ -15,11 +15,14 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployer.core.history import History
+
 __all__ = [
     "NodeRelease",
     "Relup",
     "TermError",
     "hot_refusal",
+    "hot_root",
     "parse_node_release",
     "parse_term",
     "read_relup",
@@ -255,4 +258,17 @@ def hot_refusal(
         )
     if node.permanent != running:
         return f"the node runs {running}, installed but not made permanent: finish or undo that upgrade first"
+    return None
+
+
+def hot_root(history: History, current: str | None) -> str | None:
+    """The release directory a hot-upgraded node of ``current`` runs from, when the host's last recorded
+    change is a successful hot upgrade to ``current`` in an older root; None otherwise. (A restart is not
+    recorded: after one the node runs from ``current`` itself, whatever this says.)"""
+    changes = [r for r in history.revisions if r.event != "migrate"]
+    if not changes or current is None:
+        return None
+    last = changes[-1]
+    if last.event == "hot-upgrade" and last.ok and last.release == current and last.root and last.root != current:
+        return last.root
     return None

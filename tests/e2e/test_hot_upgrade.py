@@ -22,6 +22,7 @@ from deployer import api as public
 from deployer.core.artifact import inspect_tarball
 from deployer.operations import release as api
 from deployer.operations import upgrade as hot
+from deployer.operations.status import status_document
 from tests.harness.examples import HELLO_RELUP_PROJECT_DIR, build_hello_relup
 from tests.harness.fleet import Fleet
 
@@ -154,6 +155,10 @@ def test_hot_upgrade_keeps_the_node_and_converts_its_state_then_rolls_back_in_pl
         assert f"releases/{v1}/erts-" in root, root
         last = revisions(app, host)[-1]
         assert (last["event"], last["outcome"], last["release"], last["root"]) == ("hot-upgrade", "success", v2, v1)
+
+    # status knows: current is v2, the node runs from v1's directory.
+    document = status_document(api.status(app.inventory()))
+    assert {h["host"]: (h["current"], h["hot_root"]) for h in document["hosts"]} == {h: (v2, v1) for h in hosts(app)}
 
     # Rollback goes back in place through the relup's down instructions: same pid, state in format 1.
     back = api.rollback(app.inventory())

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from deployer.core.history import History
 from deployer.core.paths import RemoteLayout
 from deployer.core.relup import (
     NodeRelease,
     Relup,
     TermError,
     hot_refusal,
+    hot_root,
     parse_node_release,
     parse_relup,
     parse_term,
@@ -336,3 +338,15 @@ def test_restore_root_runs_on_a_hot_upgraded_root(tmp_path: Path) -> None:
         ["sh", "-s"], input=script_.render(), capture_output=True, text=True, timeout=30, check=False
     )
     assert again.returncode == 0 and again.stdout == "", "a second run (before a revert) must change nothing"
+
+
+def test_hot_root_names_the_older_root_until_the_next_recorded_change() -> None:
+    hot_line = '2026-11-29T21:00:00Z\t{"event":"hot-upgrade","outcome":"success","release":"r2","root":"r1"}'
+    deploy_line = '2026-11-29T20:00:00Z\t{"event":"deploy","outcome":"success","release":"r1"}'
+    migrate_line = '2026-11-29T21:01:00Z\t{"event":"migrate","outcome":"success","release":"r2"}'
+    history = History.from_lines([deploy_line, hot_line, migrate_line])
+    assert hot_root(history, "r2") == "r1"
+    assert hot_root(history, "r1") is None
+    later = History.from_lines([deploy_line, hot_line, '2026-11-29T22:00:00Z\t{"event":"rollback","release":"r1"}'])
+    assert hot_root(later, "r1") is None
+    assert hot_root(History.from_lines([deploy_line]), "r1") is None
