@@ -93,22 +93,27 @@ def _validate(version: str, variant: str, migrations: int) -> None:
         raise ValueError(f"migrations must be a non-negative int, got {migrations!r}")
 
 
+def _source_fingerprint(project: Path, globs: tuple[str, ...]) -> str:
+    """A short SHA-256 over the files of ``project`` matching ``globs`` (names and contents)."""
+    digest = hashlib.sha256()
+    files: set[Path] = set()
+    for pattern in globs:
+        files.update(p for p in project.glob(pattern) if p.is_file())
+    for path in sorted(files):
+        digest.update(path.relative_to(project).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def hello_source_fingerprint() -> str:
     """Return a short SHA-256 over the example's source files (names and contents).
 
     It is part of the cache key, so editing the example invalidates cached
     tarballs.
     """
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _SOURCE_GLOBS:
-        files.update(p for p in HELLO_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_PROJECT_DIR, _SOURCE_GLOBS)
 
 
 def _built_tarball(version: str, variant: str, migrations: int) -> Path:
@@ -295,16 +300,7 @@ _SCRUBBED_REBAR_ENV: Final[tuple[str, ...]] = (
 
 def hello_erl_source_fingerprint() -> str:
     """A short SHA-256 over the Erlang example's sources (part of its cache key)."""
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _ERL_SOURCE_GLOBS:
-        files.update(p for p in HELLO_ERL_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_ERL_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_ERL_PROJECT_DIR, _ERL_SOURCE_GLOBS)
 
 
 def hello_erl_build_env(version: str, migrations: int, base_dir: Path) -> dict[str, str]:
@@ -411,16 +407,7 @@ _RELUP_SOURCE_GLOBS: Final[tuple[str, ...]] = (*_ERL_SOURCE_GLOBS, "ebin/*.appup
 
 def hello_relup_source_fingerprint() -> str:
     """A short SHA-256 over the hot-upgrade example's sources (part of its cache key)."""
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _RELUP_SOURCE_GLOBS:
-        files.update(p for p in HELLO_RELUP_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_RELUP_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_RELUP_PROJECT_DIR, _RELUP_SOURCE_GLOBS)
 
 
 def _run_relup_build(version: str, variant: str, relup_from: str | None) -> Path:
@@ -516,16 +503,7 @@ _PG_DRIVER_APP: Final[str] = "p1_pgsql"
 
 def hello_pg_source_fingerprint() -> str:
     """A short SHA-256 over hello_pg's sources (part of its cache key)."""
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _SOURCE_GLOBS:
-        files.update(p for p in HELLO_PG_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_PG_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_PG_PROJECT_DIR, _SOURCE_GLOBS)
 
 
 def _run_hello_pg_release(version: str, variant: str, migrations: int) -> Path:
