@@ -13,9 +13,22 @@ from deployer.cli.ops_tasks import TASKS as OPS_TASKS
 from deployer.cli.release_tasks import config, deploy, history, migrate, rollback, unlock
 from deployer.cli.setup_task import TASKS as SETUP_TASKS
 from deployer.cli.trust_tasks import trust
+from deployer.cli.upgrade_task import upgrade
 
 ns = Collection(
-    deploy, migrate, rollback, history, lock, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS, *SETUP_TASKS
+    deploy,
+    upgrade,
+    migrate,
+    rollback,
+    history,
+    lock,
+    unlock,
+    config,
+    trust,
+    init,
+    *OPS_TASKS,
+    *EXEC_TASKS,
+    *SETUP_TASKS,
 )
 
 __all__ = ["ns"]

@@ -33,7 +33,8 @@ from deployer.operations import release as api
 from deployer.remote.flavours import flavour
 
 
-def _artifact(inventory: Inventory, tarball: str | None, console: Console, *, verbose: bool = False) -> Artifact:
+def release_artifact(inventory: Inventory, tarball: str | None, console: Console, *, verbose: bool = False) -> Artifact:
+    """The release to roll out: ``tarball`` inspected and checked against the app, or a fresh build."""
     app = inventory.config.app.name
     expected = None
     source = Source(note=PREBUILT)
@@ -76,7 +77,7 @@ def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = Fa
     # A dry run resolves the secrets too: a secret the real deploy would miss is reported now, with its key.
     inventory = run.load(secrets=True)
     try:
-        artifact = _artifact(inventory, tarball, run.human, verbose=run.verbose)
+        artifact = release_artifact(inventory, tarball, run.human, verbose=run.verbose)
     except DeployerError as exc:
         raise fail(run.errors, exc, run.env) from None
     run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force)

@@ -38,7 +38,7 @@ def print_status(console: Console, document: dict[str, Any], env: str) -> None:
         table.add_row(
             h["host"],
             "yes" if h["reachable"] else f"[red]NO[/] {escape(h['error'] or '')}",
-            h["current"] or "-",
+            (h["current"] or "-") + (f" (hot-upgraded; node runs from {h['hot_root']})" if h.get("hot_root") else ""),
             h["version"] or "-",
             " ".join(map(str, h["node_pids"])) or "not running",
             healthy,

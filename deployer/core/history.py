@@ -38,6 +38,8 @@ class Revision:
     """Why there is no commit: ``not a git checkout``, a prebuilt tarball."""
     deployer: str | None = None
     """The deployer version that wrote the record."""
+    root: str | None = None
+    """Hot upgrades: the release directory the upgraded node runs from (its root, an older release)."""
 
     @property
     def ok(self) -> bool:
@@ -78,6 +80,7 @@ def parse_revisions(lines: Iterable[str]) -> list[Revision]:
                 dirty=_opt(data.get("dirty")),
                 source=_opt(data.get("source")),
                 deployer=_opt(data.get("deployer")),
+                root=_opt(data.get("root")),
             )
         )
     return revisions

@@ -68,32 +68,40 @@ def release_migrations(tarball: Path) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def deploy_plan(
+    executor: Executor, inventory: Inventory, artifact: Artifact, facts: dict[str, HostFacts], options: Options
+) -> Plan:
+    """The plan of a restart deploy of ``artifact`` (disk and compatibility preflight, the environment's
+    cookie, migrations); the hot upgrade (:mod:`deployer.operations.upgrade`) starts from it too."""
+    check_disk(artifact, facts)
+    forced = compat.preflight(artifact.path, artifact.sha256, facts, force=options.force)
+    cookie: SecretStr | None = None
+    if options.dry_run:
+        cookie = SecretStr("(generated on first deploy)")
+    elif not all(f.has_cookie for f in facts.values()):
+        # One cookie per environment: read it from any host of the environment, selected or not.
+        existing = executor.read_cookie(facts)
+        cookie = SecretStr(existing) if existing else generate_cookie()
+        executor.masker.add(cookie.get_secret_value())
+    plan = plan_deploy(
+        inventory,
+        artifact,
+        facts,
+        who=current_user(),
+        cookie=cookie,
+        strategy=options.strategy,
+        migrations=release_migrations(artifact.path) if inventory.config.migrate is not None else None,
+    )
+    return plan.with_warnings(forced)
+
+
 def deploy(inventory: Inventory, artifact: Artifact, options: Options | None = None) -> Result:
     """Ship ``artifact`` to the selected hosts: prepare all, migrate once, switch in batches."""
     options = options or Options()
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
 
     def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
-        check_disk(artifact, facts)
-        forced = compat.preflight(artifact.path, artifact.sha256, facts, force=options.force)
-        cookie: SecretStr | None = None
-        if options.dry_run:
-            cookie = SecretStr("(generated on first deploy)")
-        elif not all(f.has_cookie for f in facts.values()):
-            # One cookie per environment: read it from any host of the environment, selected or not.
-            existing = executor.read_cookie(facts)
-            cookie = SecretStr(existing) if existing else generate_cookie()
-            executor.masker.add(cookie.get_secret_value())
-        plan = plan_deploy(
-            inventory,
-            artifact,
-            facts,
-            who=current_user(),
-            cookie=cookie,
-            strategy=options.strategy,
-            migrations=release_migrations(artifact.path) if inventory.config.migrate is not None else None,
-        )
-        return plan.with_warnings(forced)
+        return deploy_plan(executor, inventory, artifact, facts, options)
 
     return run_with_hooks(
         inventory, options, "deploy", names, plan_for, release=artifact.version, version=artifact.version
@@ -106,7 +114,11 @@ def rollback(inventory: Inventory, to: str | None = None, options: Options | Non
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
 
     def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
-        return plan_rollback(inventory, facts, who=current_user(), to=to, strategy=options.strategy)
+        plan = plan_rollback(inventory, facts, who=current_user(), to=to, strategy=options.strategy)
+        from deployer.operations.upgrade import hot_rollback  # upgrade builds on this module's deploy_plan
+
+        # A node upgraded in place goes back in place too, when its relup has down instructions.
+        return hot_rollback(executor, inventory, plan, facts)
 
     return run_with_hooks(inventory, options, "rollback", names, plan_for, release=to)
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.plan import health_check, layout_for, service_for
+from deployer.core.relup import hot_root
 from deployer.engine.executor import Executor
 from deployer.engine.locks import describe_holder, judge
 from deployer.engine.run import Options, open_executor
@@ -137,6 +138,8 @@ def status_document(rows: Sequence[HostStatus]) -> dict[str, Any]:
                 "current": f.current_release if f else None,
                 "version": f.current_version if f else None,
                 "node_pids": list(f.node_pids) if f else [],
+                # A hot upgrade leaves the node in its older release directory until it restarts.
+                "hot_root": hot_root(f.history, f.current_release) if f else None,
                 "running": bool(f and f.node_pids),
                 "releases": [
                     {"release": r, "version": f.history.version(r), "status": f.history.status(r) or "unknown"}

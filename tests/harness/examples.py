@@ -36,6 +36,7 @@ __all__ = [
     "build_hello",
     "build_hello_erl",
     "build_hello_pg",
+    "build_hello_relup",
     "hello_source_fingerprint",
 ]
 
@@ -92,22 +93,27 @@ def _validate(version: str, variant: str, migrations: int) -> None:
         raise ValueError(f"migrations must be a non-negative int, got {migrations!r}")
 
 
+def _source_fingerprint(project: Path, globs: tuple[str, ...]) -> str:
+    """A short SHA-256 over the files of ``project`` matching ``globs`` (names and contents)."""
+    digest = hashlib.sha256()
+    files: set[Path] = set()
+    for pattern in globs:
+        files.update(p for p in project.glob(pattern) if p.is_file())
+    for path in sorted(files):
+        digest.update(path.relative_to(project).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def hello_source_fingerprint() -> str:
     """Return a short SHA-256 over the example's source files (names and contents).
 
     It is part of the cache key, so editing the example invalidates cached
     tarballs.
     """
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _SOURCE_GLOBS:
-        files.update(p for p in HELLO_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_PROJECT_DIR, _SOURCE_GLOBS)
 
 
 def _built_tarball(version: str, variant: str, migrations: int) -> Path:
@@ -294,16 +300,7 @@ _SCRUBBED_REBAR_ENV: Final[tuple[str, ...]] = (
 
 def hello_erl_source_fingerprint() -> str:
     """A short SHA-256 over the Erlang example's sources (part of its cache key)."""
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _ERL_SOURCE_GLOBS:
-        files.update(p for p in HELLO_ERL_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_ERL_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_ERL_PROJECT_DIR, _ERL_SOURCE_GLOBS)
 
 
 def hello_erl_build_env(version: str, migrations: int, base_dir: Path) -> dict[str, str]:
@@ -325,20 +322,17 @@ def hello_erl_build_env(version: str, migrations: int, base_dir: Path) -> dict[s
     return env
 
 
-def _run_rebar3_tar(version: str, migrations: int) -> Path:
+def _rebar3(args: list[str], env: dict[str, str], what: str, project: Path) -> None:
+    """``rebar3 as prod ARGS`` in ``project``; RuntimeError with the output's tail when it fails."""
     rebar3 = shutil.which("rebar3")
     if rebar3 is None:
-        raise RuntimeError("cannot build examples/hello_erl: `rebar3` is not on PATH")
-    # One build directory per (version, migrations): rebar3 does not track the environment.
-    base = HELLO_ERL_PROJECT_DIR / "_build" / f"{version}-{migrations}"
-    built = base / "prod" / "rel" / "hello_erl" / f"hello_erl-{version}.tar.gz"
-    built.unlink(missing_ok=True)
-    cmd = [rebar3, "as", "prod", "tar"]
+        raise RuntimeError(f"cannot build {project.name}: `rebar3` is not on PATH")
+    cmd = [rebar3, "as", "prod", *args]
     try:
         proc = subprocess.run(
             cmd,
-            cwd=HELLO_ERL_PROJECT_DIR,
-            env=hello_erl_build_env(version, migrations, base),
+            cwd=project,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -349,13 +343,23 @@ def _run_rebar3_tar(version: str, migrations: int) -> Path:
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        raise RuntimeError(f"building hello_erl {version} timed out; output tail:\n{_tail(out)}") from exc
-    if proc.returncode != 0 or not built.is_file():
-        reason = f"exit status {proc.returncode}" if proc.returncode else f"no tarball at {built}"
+        raise RuntimeError(f"building {what} timed out; output tail:\n{_tail(out)}") from exc
+    if proc.returncode != 0:
         raise RuntimeError(
-            f"building hello_erl {version} migrations={migrations} failed ({reason}): "
-            f"{' '.join(cmd)} in {HELLO_ERL_PROJECT_DIR}; output tail:\n{_tail(proc.stdout)}"
+            f"building {what} failed (exit status {proc.returncode}): {' '.join(cmd)} in "
+            f"{project}; output tail:\n{_tail(proc.stdout)}"
         )
+
+
+def _run_rebar3_tar(version: str, migrations: int) -> Path:
+    # One build directory per (version, migrations): rebar3 does not track the environment.
+    base = HELLO_ERL_PROJECT_DIR / "_build" / f"{version}-{migrations}"
+    built = base / "prod" / "rel" / "hello_erl" / f"hello_erl-{version}.tar.gz"
+    built.unlink(missing_ok=True)
+    what = f"hello_erl {version} migrations={migrations}"
+    _rebar3(["tar"], hello_erl_build_env(version, migrations, base), what, HELLO_ERL_PROJECT_DIR)
+    if not built.is_file():
+        raise RuntimeError(f"building {what} failed: no tarball at {built}")
     with tarfile.open(built, "r:gz") as tar:
         names = set(tar.getnames())
     for required in ("bin/hello_erl", f"releases/{version}/start.boot", "releases/start_erl.data"):
@@ -390,6 +394,98 @@ def build_hello_erl(version: str = "0.1.0", migrations: int = 2, *, cache_dir: P
     )
 
 
+# --- the hot-upgrade example (rebar3 / relx, with a relup) -------------------------------------------------
+
+HELLO_RELUP_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello_relup"
+"""The rebar3 (relx) project of the hot-upgrade example: two code generations and a hand-written appup."""
+
+HELLO_RELUP_VARIANTS: Final[tuple[str, ...]] = ("", "bad_code_change")
+"""Build variants of hello_relup: normal, or generation 2's ``code_change/3`` fails (an install that fails)."""
+
+_RELUP_SOURCE_GLOBS: Final[tuple[str, ...]] = (*_ERL_SOURCE_GLOBS, "ebin/*.appup")
+
+
+def hello_relup_source_fingerprint() -> str:
+    """A short SHA-256 over the hot-upgrade example's sources (part of its cache key)."""
+    return _source_fingerprint(HELLO_RELUP_PROJECT_DIR, _RELUP_SOURCE_GLOBS)
+
+
+def _run_relup_build(version: str, variant: str, relup_from: str | None) -> Path:
+    """``rebar3 as prod tar`` of ``version``; with ``relup_from``, first the release of that version in the
+    same build directory, then ``rebar3 relup`` from it, so the tarball carries ``releases/<vsn>/relup``."""
+    base = HELLO_RELUP_PROJECT_DIR / "_build" / f"{version}-{_variant_tag(variant)}-from-{relup_from or 'none'}"
+    what = f"hello_relup {version} variant={variant!r} relup from {relup_from or 'nothing'}"
+
+    def env(vsn: str, variant: str) -> dict[str, str]:
+        values = hello_erl_build_env(vsn, 0, base)
+        values.pop("HELLO_ERL_VERSION", None)
+        values.pop("HELLO_ERL_MIGRATIONS", None)
+        values["REBAR_CACHE_DIR"] = str(HELLO_RELUP_PROJECT_DIR / "_build" / "rebar3-cache")
+        values["HELLO_RELUP_VERSION"] = vsn
+        values["HELLO_RELUP_VARIANT"] = variant
+        return values
+
+    built = base / "prod" / "rel" / "hello_relup" / f"hello_relup-{version}.tar.gz"
+    shutil.rmtree(base, ignore_errors=True)  # the relup must see exactly the two releases built here
+    if relup_from is not None:
+        _rebar3(["release"], env(relup_from, ""), what, HELLO_RELUP_PROJECT_DIR)
+        # rebar3 tracks neither the environment nor the macros it selects: compile the application afresh.
+        shutil.rmtree(base / "prod" / "lib" / "hello_relup", ignore_errors=True)
+        _rebar3(["release"], env(version, variant), what, HELLO_RELUP_PROJECT_DIR)
+        _rebar3(
+            ["relup", "-n", "hello_relup", "-v", version, "-u", relup_from],
+            env(version, variant),
+            what,
+            HELLO_RELUP_PROJECT_DIR,
+        )
+        _rebar3(["tar", "-n", "hello_relup", "-v", version], env(version, variant), what, HELLO_RELUP_PROJECT_DIR)
+    else:
+        _rebar3(["tar"], env(version, variant), what, HELLO_RELUP_PROJECT_DIR)
+    if not built.is_file():
+        raise RuntimeError(f"building {what}: no tarball at {built}")
+    with tarfile.open(built, "r:gz") as tar:
+        names = set(tar.getnames())
+    required = ["bin/hello_relup", f"releases/{version}/start.boot", "releases/RELEASES"]
+    if relup_from is not None:
+        required.append(f"releases/{version}/relup")
+    for name in required:
+        if name not in names:
+            raise RuntimeError(f"{built} is not a hello_relup {version} release: {name} missing")
+    return built
+
+
+def build_hello_relup(
+    version: str = "1.0.0", variant: str = "", *, relup_from: str | None = None, cache_dir: Path | None = None
+) -> Path:
+    """Build (or fetch from the cache) the hot-upgrade example release (``examples/hello_relup``).
+
+    Args:
+        version: Release and application version; 1.1.0 and later run code generation 2.
+        variant: ``""`` or ``"bad_code_change"`` (generation 2's ``code_change/3`` fails).
+        relup_from: Build a relup from this version into the tarball (``releases/<version>/relup``);
+            None for a tarball without one.
+        cache_dir: Where tarballs are cached; default ``<repo>/.cache/examples``.
+
+    Returns:
+        Absolute path of ``hello_relup-<version>-<variant>-from-<relup_from or none>.tar.gz`` (read-only).
+
+    Cached and serialised like :func:`build_hello`.
+    """
+    _validate(version, "", 0)
+    if relup_from is not None:
+        _validate(relup_from, "", 0)
+    if variant not in HELLO_RELUP_VARIANTS:
+        raise ValueError(f"variant must be one of {HELLO_RELUP_VARIANTS!r}, got {variant!r}")
+    cache = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve()
+    target = cache / f"hello_relup-{version}-{_variant_tag(variant)}-from-{relup_from or 'none'}.tar.gz"
+    return _cached_build(
+        target,
+        hello_relup_source_fingerprint(),
+        HELLO_RELUP_PROJECT_DIR,
+        lambda: _run_relup_build(version, variant, relup_from),
+    )
+
+
 # --- the PostgreSQL-backed example (Mix, Debian's erlang-p1-pgsql) ------------------------------------------
 
 HELLO_PG_PROJECT_DIR: Final[Path] = REPO_ROOT / "examples" / "hello_pg"
@@ -407,16 +503,7 @@ _PG_DRIVER_APP: Final[str] = "p1_pgsql"
 
 def hello_pg_source_fingerprint() -> str:
     """A short SHA-256 over hello_pg's sources (part of its cache key)."""
-    digest = hashlib.sha256()
-    files: set[Path] = set()
-    for pattern in _SOURCE_GLOBS:
-        files.update(p for p in HELLO_PG_PROJECT_DIR.glob(pattern) if p.is_file())
-    for path in sorted(files):
-        digest.update(path.relative_to(HELLO_PG_PROJECT_DIR).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return _source_fingerprint(HELLO_PG_PROJECT_DIR, _SOURCE_GLOBS)
 
 
 def _run_hello_pg_release(version: str, variant: str, migrations: int) -> Path:
