@@ -8,6 +8,7 @@ Invalid input (inventory, artifact, filters) raises a :class:`DeployerError` bef
 
 from __future__ import annotations
 
+import secrets
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts, LockInfo
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import HostResult
-from deployer.core.plan import Plan, generate_cookie, plan_deploy, plan_migrate, plan_rollback
+from deployer.core.plan import Plan, generate_cookie, plan_deploy, plan_migrate, plan_rollback, running_probe
 from deployer.engine.executor import Executor
 from deployer.engine.locks import current_user
 from deployer.engine.run import Options, Result, open_executor, run_operation
@@ -92,11 +93,23 @@ def deploy(inventory: Inventory, artifact: Artifact, options: Options | None = N
             cookie=cookie,
             strategy=options.strategy,
             migrations=release_migrations(artifact.path) if inventory.config.migrate is not None else None,
+            env_nonce=nonce,
+            restart=options.restart,
         )
         return plan.with_warnings(forced)
 
+    # One random nonce per run for the env file digests the probe prints (see rc.running_state).
+    nonce = secrets.token_hex(16)
+    hosts = {h.name: h for h in inventory.hosts}
     return run_with_hooks(
-        inventory, options, "deploy", names, plan_for, release=artifact.version, version=artifact.version
+        inventory,
+        options,
+        "deploy",
+        names,
+        plan_for,
+        release=artifact.version,
+        version=artifact.version,
+        probe=None if options.restart else (lambda host: running_probe(inventory, hosts[host], nonce)),
     )
 
 
