@@ -266,10 +266,11 @@ def prepare(
         'p="$d/releases/.partial-"{{id}}\n'
         'mkdir -p "$d/releases"\n'
         'mkdir "$p"\n'
-        'tar -xzf "$a" -C "$p" --no-same-owner --no-same-permissions\n'
+        # --no-same-permissions applies the umask to every extracted mode: nothing group/other-writable,
+        # without a second walk over the tree (chmod -R).
+        '(umask 022; tar -xzf "$a" -C "$p" --no-same-owner --no-same-permissions)\n'
         '[ -x "$p/bin/$app" ] || fail "the release has no executable bin/$app"\n'
         'rm -f "$p/releases/COOKIE"\n'
-        'chmod -R go-w "$p"\n'
         'mv "$p" "$r"\n'
         "step write-env\n"
         'mkdir -p "$d/shared/tmp"\n'
