@@ -411,11 +411,16 @@ def plan_deploy(
         )
     migrator = inventory.migrator()
     migrate_script = None
-    if all(p.unchanged for p in host_plans) and host_plans:
+    unchanged = {p.host for p in host_plans if p.unchanged}
+    if host_plans and len(unchanged) == len(host_plans):
         # Nothing new anywhere: the release every host runs was migrated when it was deployed.
         ids = {p.target for p in host_plans if p.target is not None}
         if len(ids) == 1:
             release_id = ids.pop()
+    elif migrator is not None and migrator.name in unchanged:
+        # The migrator already runs this very artifact: its migrations ran before it was switched to it (a
+        # failed migration switches no host), and the new release is not extracted there to run them again.
+        pass
     elif migrator is not None and config.migrate is not None:
         if migrator.name not in facts:
             raise PlanError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,13 @@ from deployer.core.facts import parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.paths import RemoteLayout
 from deployer.core.plan import env_digest, node_env, plan_deploy, unchanged_on
+from deployer.operations import release as api
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
 from deployer.remote.fragments import body_text
-from deployer.remote.shell import env_file_text
+from deployer.remote.shell import Script, env_file_text
+from deployer.ssh.transport import CommandResult
+from deployer.testing import FakeFleet, ok
 
 from .helpers import inventory, release_tarball
 
@@ -147,3 +152,56 @@ def test_the_probe_parses_running_state() -> None:
     facts = parse_probe("health=ok\nenv_sha256=" + "a" * 64 + "\n")
     assert facts.health == "ok" and facts.env_sha256 == "a" * 64
     assert parse_probe("env_sha256=\n").env_sha256 is None
+
+
+def test_an_unchanged_migrator_does_not_migrate_again(tmp_path: Path) -> None:
+    inv, artifact = _setup(tmp_path)
+    facts = {h.name: parse_probe(_probe(inv, artifact, h.name)) for h in inv.hosts}
+    facts["web3"] = parse_probe(_probe(inv, artifact, "web3", health="down"))
+    plan = plan_deploy(inv, artifact, facts, who="t", cookie=None, env_nonce=NONCE)
+    assert plan.host("web1").unchanged and plan.host("web2").unchanged and not plan.host("web3").unchanged
+    # web1 runs this artifact: its migrations ran before it was switched to it.
+    assert plan.migrate is None and plan.migrator is None
+    assert plan.host("web3").prepare is not None and plan.release_id != R1
+
+
+def _fake_probe(inv: Inventory, artifact: Artifact, host: str, **kwargs: str) -> Callable[[Script], CommandResult]:
+    """The probe of a host running ``artifact``, answering with the digest of the nonce this run sent."""
+
+    def respond(script: Script) -> CommandResult:
+        match = re.search(r"printf '%s' (\w+); cat", script.render())
+        assert match is not None, "the probe carries the running-state check"
+        config = next(h for h in inv.hosts if h.name == host)
+        digest = env_digest(inv, config, R1, match.group(1))
+        return ok(_probe(inv, artifact, host, env=kwargs.pop("env", digest), **kwargs) + "lock_acquired=1\n")
+
+    return respond
+
+
+def test_the_executor_leaves_unchanged_hosts_alone(tmp_path: Path) -> None:
+    inv, artifact = _setup(tmp_path)
+    fleet = FakeFleet()
+    for host in ("web1", "web2", "web3"):
+        fleet.responses[(host, "lock+probe")] = _fake_probe(inv, artifact, host)
+    report = api.deploy(inv, artifact, api.Options(connector=fleet.connect)).report
+    assert report.ok, report.error
+    assert [h.outcome for h in report.hosts] == ["unchanged"] * 3
+    assert all(h.before == h.after == R1 and h.healthy for h in report.hosts)
+    assert report.release == R1 and report.migrated_on is None
+    assert fleet.names("web1") == ["lock+probe", "unlock"]  # nothing else ran on any host
+    assert fleet.names("web3") == ["lock+probe", "unlock"]
+
+
+def test_restart_deploys_every_host_and_skips_the_running_state_check(tmp_path: Path) -> None:
+    inv, artifact = _setup(tmp_path)
+    fleet = FakeFleet()
+    for host in ("web1", "web2", "web3"):
+        fleet.responses[(host, "lock+probe")] = lambda script, h=host: ok(  # type: ignore[misc]
+            _probe(inv, artifact, h) + "lock_acquired=1\n"
+        )
+    report = api.deploy(inv, artifact, api.Options(connector=fleet.connect, restart=True)).report
+    assert report.ok, report.error
+    assert [h.outcome for h in report.hosts] == ["success"] * 3
+    assert fleet.names("web2") == ["lock+probe", "prepare", "activate", "unlock"]
+    probe = next(s for h, n, s in fleet.calls if n == "lock+probe")
+    assert "env_sha256" not in probe
