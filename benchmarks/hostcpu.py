@@ -23,12 +23,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import signal
 import struct
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _AHZ = 100  # acct(5): times in the records are in AHZ ticks
@@ -136,6 +140,21 @@ class ProcessAccounting:
             err = ctypes.get_errno()
             raise OSError(err, f"acct({self.path}): {os.strerror(err)}")
         self.on = True
+        # Accounting outlives this process unless turned off: also on the signals that end a benchmark
+        # (the fleet's own handlers then tear it down and re-raise).
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                previous = signal.getsignal(sig)
+
+                def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                    self._libc.acct(None)
+                    if callable(previous):
+                        previous(signum, frame)
+                    else:
+                        signal.signal(signum, signal.SIG_DFL)
+                        os.kill(os.getpid(), signum)
+
+                signal.signal(sig, handler)
         return self
 
     def close(self) -> None:
