@@ -29,7 +29,7 @@ from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
 from deployer.remote.fragments import Fragment, expand_placeholders
-from deployer.remote.shell import Script, Secret, env_file_text
+from deployer.remote.shell import Script, Secret, SecretText, env_file_text
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -297,10 +297,15 @@ def running_probe(inventory: Inventory, host: HostConfig, nonce: str) -> Fragmen
     return rc.running_state(layout_for(inventory), flavour(inventory.config.app.flavour), health, nonce)
 
 
+def env_file_for(inventory: Inventory, host: HostConfig, release_id: str) -> SecretText:
+    """The env file a deploy of ``release_id`` writes on ``host`` (and what a re-deploy compares with)."""
+    return env_file_text(node_env(inventory, host, release_id))
+
+
 def env_digest(inventory: Inventory, host: HostConfig, release_id: str, nonce: str) -> str:
     """What :func:`~deployer.remote.release.running_state` prints for an env file as deployer would write it
     for ``release_id`` on ``host``."""
-    rendered = env_file_text(node_env(inventory, host, release_id)).render(reveal=True)
+    rendered = env_file_for(inventory, host, release_id).render(reveal=True)
     return hashlib.sha256(nonce.encode() + rendered.encode()).hexdigest()
 
 
@@ -395,7 +400,7 @@ def plan_deploy(
                     layout,
                     release_id=release_id,
                     sha256=artifact.sha256,
-                    env_file=env_file_text(node_env(inventory, host, release_id)),
+                    env_file=env_file_for(inventory, host, release_id),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
                 steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, health, prune, prune_artifacts),
