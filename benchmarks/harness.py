@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import platform
 import queue
@@ -46,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.hostcpu import HostCpu, ProcessAccounting
 from deployer.core.inventory import Inventory, load_inventory
 from deployer.core.plan import node_env
 from deployer.remote.shell import Secret
@@ -382,7 +384,7 @@ def run_deployer(deployment: Deployment, tarball: Path, timeout: float = 900) ->
         summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         raise RuntimeError(f"deployer worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}") from None
-    if not summary["ok"]:
+    if not summary.get("ok"):
         failed = [h for h in summary["hosts"] if h["outcome"] != "success"]
         raise RuntimeError(f"deployer run failed: {summary['error']}; {failed[:3]}")
     hosts = summary["hosts"]
@@ -395,6 +397,7 @@ def run_deployer(deployment: Deployment, tarball: Path, timeout: float = 900) ->
         # in its timings["upload"]
         upload_phase=summary.get("upload_phase"),
         sessions={h["host"]: h["sessions"] for h in hosts},
+        outcomes={o: sum(1 for h in hosts if h["outcome"] == o) for o in sorted({h["outcome"] for h in hosts})},
     )
     return summary
 
@@ -405,7 +408,7 @@ BASELINE_SCRIPT = r"""set -eu
 d={d}; rid={rid}; sha={sha}; app={app}
 in="$d/incoming"; a="$d/artifacts/$sha.tar.gz"; r="$d/releases/$rid"
 load_env() {{ set -a; . "$d/shared/env/$rid.env"; set +a; }}
-actual=$(sha256sum "$in/$sha.tar.gz" | cut -d ' ' -f 1)
+actual=$(openssl dgst -sha256 -r "$in/$sha.tar.gz" | cut -d ' ' -f 1)
 [ "$actual" = "$sha" ] || {{ echo "checksum mismatch: $actual" >&2; exit 1; }}
 mkdir -p "$d/artifacts" "$d/releases" "$d/shared/tmp"
 (umask 077; mkdir -p "$d/shared/env")
@@ -423,10 +426,7 @@ fi
 [ "$cmd" = go ] || {{ rm -rf "$r"; echo "aborted" >&2; exit 3; }}
 ln -sfn "releases/$rid" "$d/current.tmp"
 mv -T "$d/current.tmp" "$d/current"
-old=
-for p in /proc/[0-9]*; do
-  case "$(readlink "$p/exe" 2>/dev/null || true)" in "$d"/releases/*/bin/beam.smp) old="$old ${{p#/proc/}}";; esac
-done
+old=$(pgrep -f "^$d/releases/[^ ]*/beam.smp" || true)
 if [ -n "$old" ]; then
   kill -TERM $old 2>/dev/null || true
   for p in $old; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
@@ -436,6 +436,12 @@ end=$(( $(date +%s) + {deadline} ))
 until curl -fsS -o /dev/null --max-time 5 {url} 2>/dev/null; do
   [ "$(date +%s)" -lt "$end" ] || {{ echo "not healthy after {deadline}s" >&2; exit 4; }}
   sleep {interval}
+done
+n=0
+while [ "$n" -lt {stable_polls} ]; do
+  sleep {interval}
+  curl -fsS -o /dev/null --max-time 5 {url} 2>/dev/null || {{ echo "unhealthy during stable_for" >&2; exit 4; }}
+  n=$((n + 1))
 done
 ls -1dt "$d"/releases/*/ | tail -n +3 | xargs -r rm -rf
 ls -1t "$d"/artifacts/*.tar.gz | tail -n +3 | xargs -r rm -f
@@ -476,6 +482,10 @@ def run_baseline(
 
     ``mark`` (for profiling) is called with ``prepared``, ``migrated`` and ``done`` as the run gets there.
     """
+    # Timed from here: what a script does before its first connection (read its configuration, write the
+    # env file) counts, as deployer's inventory load and artifact checks count on its side.
+    started_at = time.time()
+    started = time.monotonic()
     mark = mark or _quiet
     inventory = deployment.inventory()
     health = inventory.config.health
@@ -502,6 +512,8 @@ def run_baseline(
         deadline=int(health.deadline),
         url=shlex.quote(str(health.http)),
         interval=f"{health.interval:g}",
+        # deployer's health.stable_for, the same wait on this side: that long of checks at the same interval
+        stable_polls=math.ceil(max(0.0, health.stable_for) / health.interval - 1e-9),
     )
     remote = "sh -c " + shlex.quote(script)
     events: queue.Queue[tuple[str, str]] = queue.Queue()
@@ -566,9 +578,7 @@ def run_baseline(
                 run = runs[name]
                 raise RuntimeError(f"baseline failed on {name}: {run.error or run.stderr.strip()[-500:]}")
 
-    started_at = time.time()
-    started = time.monotonic()
-    deadline = started + timeout
+    deadline = time.monotonic() + timeout
     threads = [threading.Thread(target=host_thread, args=(run,), daemon=True) for run in runs.values()]
     for thread in threads:
         thread.start()
@@ -614,6 +624,15 @@ def run_baseline(
     }
 
 
+def node_records(deployment: Deployment) -> dict[str, str]:
+    """Each host's ``shared/node.pid`` (pid and start time of its node): a restarted node changes it."""
+    out = {}
+    for host in deployment.hosts:
+        with contextlib.suppress(OSError):
+            out[host.name] = (deployment.local_dir(host) / "shared" / "node.pid").read_text().strip()
+    return out
+
+
 def _trace(stderr: str, since: float) -> dict[str, float]:
     """``@t <stage> <epoch>`` lines a traced baseline script prints, as seconds since the start."""
     marks = (line.split() for line in stderr.splitlines() if line.startswith("@t "))
@@ -634,6 +653,8 @@ class Scenario:
     pad_bytes: int = 64
     redeploy: bool = True
     label: str = ""
+    idle_procs: int = 0
+    """Each host sees at least this many processes (idle ones added), as a production server does."""
 
 
 def median(values: Sequence[float | None]) -> float | None:
@@ -659,6 +680,9 @@ class Bench:
         self.meter = CpuMeter(fleet)
         self.maker = VariantMaker(base_tarball, workdir / "artifacts")
         self.pairs: dict[int, tuple[Deployment, Deployment]] = {}
+        self.idle: dict[str, list[int]] = {}  # host -> pids (in its pid namespace) of the idle processes added
+        self.accounting = ProcessAccounting(workdir / "acct").start()
+        self.host_cpu = HostCpu(self.accounting, self.meter.inodes)
 
     def __enter__(self) -> Bench:
         return self
@@ -669,6 +693,27 @@ class Bench:
     def close(self) -> None:
         for hosts in list(self.pairs):
             self.release(hosts)
+        self.accounting.close()
+        for name, pids in self.idle.items():
+            with contextlib.suppress(Exception):
+                self.fleet.exec(name, "kill " + " ".join(map(str, pids)) + " 2>/dev/null; true", check=False)
+        self.idle.clear()
+
+    def populate(self, hosts: Sequence[FleetHost], count: int) -> dict[str, int]:
+        """Idle processes on each host until it sees at least ``count`` (in its /proc); returns the counts."""
+        seen: dict[str, int] = {}
+        spawn = (
+            "n=$(( {count} - $(ls -d /proc/[0-9]* | wc -l) ))\n"
+            'while [ "$n" -gt 0 ]; do sleep 100000000 </dev/null >/dev/null 2>&1 & echo $!; n=$((n - 1)); done\n'
+        )
+
+        def one(host: FleetHost) -> None:
+            done = self.fleet.exec(host.name, spawn.format(count=count + 2), timeout=300)
+            self.idle.setdefault(host.name, []).extend(int(p) for p in done.stdout.split())
+            seen[host.name] = int(self.fleet.exec(host.name, "ls -d /proc/[0-9]* | wc -l").stdout)
+
+        _in_parallel(one, hosts)
+        return seen
         with contextlib.suppress(OSError):  # the fleet's shared 'database' directory, unless others use it
             common_dir(self.fleet.runid).rmdir()
 
@@ -696,12 +741,17 @@ class Bench:
             os.sync()
         waited = self.meter.settle() if self.settle else 0.0
         load = os.getloadavg()[0]
+        nodes_before = node_records(deployment)
+        kinds = self.host_cpu.snapshot()
         before = self.meter.snapshot()
         if side == "deployer":
             outcome = run_deployer(deployment, variant)
         else:
             outcome = run_baseline(deployment, variant, sha, self.workdir)
         outcome["cpu"] = self.meter.since(before)
+        outcome["host_cpu"] = self.host_cpu.since(kinds)
+        after = node_records(deployment)
+        outcome["nodes_restarted"] = sum(1 for h, rec in after.items() if rec != nodes_before.get(h))
         outcome["settled_s"] = waited
         outcome["loadavg_1m"] = round(load, 2)
         return outcome
@@ -726,6 +776,10 @@ class Bench:
             "artifact_bytes": variants[0].stat().st_size,
             "repeats": scenario.repeats,
         }
+        if scenario.idle_procs:
+            seen = self.populate(self.fleet.hosts[: scenario.hosts], scenario.idle_procs)
+            result["processes_per_host"] = min(seen.values())
+            log(f"[{name}] every host sees at least {min(seen.values())} processes")
         network = Network(self.fleet, self.fleet.hosts[: scenario.hosts], self.workdir, scenario.delay_ms / 1000)
         try:
             (ours, theirs), fresh = self._pair(scenario.hosts, network)
@@ -756,7 +810,10 @@ class Bench:
                     runs[side].append(outcome)
                     log(
                         f"[{name}] repeat {index + 1}/{scenario.repeats} {side:<8} "
-                        f"{outcome['seconds']:7.2f}s  upload phase {outcome['upload_phase'] or 0:6.2f}s  "
+                        f"{outcome.get('process_seconds', outcome['seconds']):7.2f}s (whole command)  "
+                        f"host non-BEAM cpu {outcome['host_cpu']['non_beam']:.2f}s {outcome['host_cpu']['by_kind']}  "
+                        f"load {outcome['loadavg_1m']:.2f}  "
+                        f"upload phase {outcome['upload_phase'] or 0:6.2f}s  "
                         f"cpu {outcome['cpu']['total']:6.2f}s (hosts {outcome['cpu']['hosts']:.2f})  "
                         f"other work {outcome['cpu']['others_cores']:.2f} cores"
                     )
@@ -764,8 +821,9 @@ class Bench:
                 again = self._measure("deployer", ours, variants[-1], shas[variants[-1]])
                 result["redeploy"] = _brief(again)
                 log(
-                    f"[{name}] re-deploy of an artifact the hosts have: {again['seconds']:.2f}s, "
-                    f"{again['bytes_uploaded']} bytes uploaded"
+                    f"[{name}] re-deploy of the running release: {again['process_seconds']:.2f}s (whole command), "
+                    f"{again['bytes_uploaded']} bytes uploaded, {again['nodes_restarted']} nodes restarted, "
+                    f"outcomes {again.get('outcomes')}"
                 )
         finally:
             network.close()
@@ -799,6 +857,9 @@ def _brief(run: dict[str, Any]) -> dict[str, Any]:
         "ciphers",
         "migrated_on",
         "cpu",
+        "host_cpu",
+        "nodes_restarted",
+        "outcomes",
         "loadavg_1m",
     )
     out = {k: run[k] for k in keys if k in run}
@@ -845,9 +906,27 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "baseline_cpu_seconds": median([r["cpu"]["total"] for r in theirs]),
         "baseline_client_cpu_seconds": median([r["cpu"]["client"] for r in theirs]),
         "cpu_ratio": ratio(median([r["cpu"]["total"] for r in ours]), median([r["cpu"]["total"] for r in theirs])),
+        # whole commands: deployer's process (interpreter start to exit) against the baseline from reading
+        # its configuration to its last ssh exiting
+        "ratio_whole": ratio(process_seconds, baseline_seconds),
+        "reported_seconds": median([r.get("reported_seconds") for r in ours]),
+        "host_cpu_deployer": _kind_medians(ours),
+        "host_cpu_baseline": _kind_medians(theirs),
+        "loadavg_1m": median([r.get("loadavg_1m") for r in ours + theirs]),
         "phase_medians": _phase_medians(ours),
         "other_work_cores": median([r["cpu"].get("others_cores") for r in ours + theirs]),
     }
+
+
+def _kind_medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Median over runs of the hosts' CPU seconds of each kind of process (benchmarks.hostcpu)."""
+    kinds = [r["host_cpu"] for r in runs if "host_cpu" in r]
+    if not kinds:
+        return {}
+    out = {k: median([h["by_kind"][k] for h in kinds]) for k in kinds[0]["by_kind"]}
+    out["non_beam"] = median([h["non_beam"] for h in kinds])
+    out["total"] = median([h["total"] for h in kinds])
+    return out
 
 
 def _phase_medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:

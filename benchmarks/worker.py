@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from deployer.core.config import HostConfig
     from deployer.core.inventory import load_inventory
     from deployer.core.outcome import NullEvents
+    from deployer.engine.clock import process_started
     from deployer.operations import release as api
     from deployer.ssh.endpoints import endpoint
     from deployer.ssh.transport import SSHTransport, Transport
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         ciphers[host.name] = f"{raw.local_cipher} / {raw.local_mac}"
         return transport
 
-    result = api.deploy(inventory, artifact, api.Options(connector=connect, events=uploads))
+    result = api.deploy(inventory, artifact, api.Options(connector=connect, events=uploads, started=process_started()))
     finished = time.monotonic()
     report = result.report
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "release": report.release,
         "migrated_on": report.migrated_on,
         "api_seconds": round(finished - inspected, 4),
+        "reported_seconds": round(report.duration, 4),
         "inspect_seconds": round(inspected - started, 4),
         "startup_seconds": round(imported - STARTED, 4),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),

@@ -64,13 +64,16 @@ def release_artifact(inventory: Inventory, tarball: str | None, console: Console
 @rollout_task(
     tarball="Deploy this prebuilt release tarball instead of building.",
     force="Deploy even to hosts the release cannot run on (architecture, libc or OpenSSL mismatch).",
+    restart="Restart hosts that already run this release, healthy, with the same environment (default: unchanged).",
 )
-def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = False) -> None:
+def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = False, restart: bool = False) -> None:
     """Build the release and ship it: upload, extract, migrate once, switch atomically, restart, health-check.
 
     Every host is locked first. Anything failing before a switch leaves every host on its old release;
     a host whose new node is unhealthy is reverted on its own and the rollout stops.
-    Exit status 0 only when every host ended healthy on the new release.
+    Exit status 0 only when every host ended healthy on the new release. A host that already runs this
+    release, healthy, with the same environment file is left alone and reported "unchanged" (--restart
+    restarts it anyway).
     """
     if tarball and not Path(tarball).is_file():
         raise fail(run.errors, DeployerError(f"--tarball {tarball}: no such file"), run.env, code=2)
@@ -80,7 +83,7 @@ def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = Fa
         artifact = release_artifact(inventory, tarball, run.human, verbose=run.verbose)
     except DeployerError as exc:
         raise fail(run.errors, exc, run.env) from None
-    run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force)
+    run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force, restart=restart)
 
 
 @rollout_task(selection=False, strategy=False)

@@ -33,6 +33,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "start": "dim",
     "success": "green",
+    "unchanged": "green",
     "reverted": "yellow",
     "aborted": "yellow",
     "untouched": "dim",

@@ -35,6 +35,7 @@ from deployer.cli.confirm import confirm
 from deployer.cli.render import ConsoleEvents, print_json, print_report
 from deployer.core.inventory import Inventory, load_inventory
 from deployer.core.outcome import Report
+from deployer.engine.clock import process_started
 from deployer.errors import DeployerError
 from deployer.operations import release as api
 
@@ -105,6 +106,7 @@ class Common:
             strategy=self.strategy or None,
             events=ConsoleEvents(self.human, verbose=self.verbose),
             cancel=cancel,
+            started=process_started(),
             **extra,
         )
 

@@ -109,6 +109,10 @@ class HostFacts:
     lock: LockInfo | None = None
     lock_acquired: bool = False
     history: History = field(default_factory=lambda: History(()))
+    health: str | None = None
+    """One try of the health check, when the probe ran it (``running_state``): ok, failing, down or none."""
+    env_sha256: str | None = None
+    """sha256 of the run's nonce and the current release's environment file (``running_state``)."""
 
     @property
     def current_release(self) -> str | None:
@@ -176,6 +180,8 @@ def parse_probe(output: str) -> HostFacts:
         lock=LockInfo.parse(values["lock"]) if values.get("lock") else None,
         lock_acquired=values.get("lock_acquired") == "1",
         history=history,
+        health=values.get("health") or None,
+        env_sha256=values["env_sha256"] if len(values.get("env_sha256", "")) == 64 else None,
     )
 
 

@@ -6,6 +6,8 @@ One vocabulary for every operation (deploy, rollback, migrate, start, stop, rest
 never says ``pending``:
 
 * ``success``: the host did what was asked (on the target release, healthy unless it was a stop);
+* ``unchanged``: a deploy of what the host already ran, healthy, with the same environment: nothing was
+  done there (no upload, no new release, no restart);
 * ``reverted``: the target failed; the host is back on its previous release;
 * ``failed``: the step failed and the host could not be put back (its row says what it runs now);
 * ``aborted``: the operation started on this host (a prepared release, a before-stop step) but
@@ -23,6 +25,7 @@ from typing import Any, Literal, Protocol
 Outcome = Literal[
     "pending",  # while the run goes on only: nothing attempted yet
     "success",
+    "unchanged",
     "reverted",
     "failed",
     "aborted",
@@ -53,7 +56,7 @@ class HostResult:
     @property
     def succeeded(self) -> bool:
         """Success with nothing left to report (a failed after-healthy step is an error on a healthy host)."""
-        return self.outcome == "success" and self.error is None
+        return self.outcome in ("success", "unchanged") and self.error is None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

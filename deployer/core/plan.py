@@ -7,6 +7,7 @@ object (secrets masked) and stops.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets as random_secrets
 import string
@@ -29,8 +30,8 @@ from deployer.errors import PlanError
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
-from deployer.remote.fragments import expand_placeholders
-from deployer.remote.shell import Script, Secret, env_file_text
+from deployer.remote.fragments import Fragment, expand_placeholders
+from deployer.remote.shell import Script, Secret, SecretText, env_file_text
 from deployer.remote.systemd import Service, unit_name
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
@@ -207,6 +208,8 @@ class HostPlan:
     version: str | None = None
     """The version the host runs now (node operations show it)."""
     node_pids: tuple[int, ...] = ()
+    unchanged: bool = False
+    """A re-deploy of what the host already runs, healthy, with the same environment: nothing to do there."""
 
     def scripts(self, role: StepRole) -> tuple[HostStep, ...]:
         return tuple(step for step in self.steps if step.role == role)
@@ -308,6 +311,45 @@ def _tmp_suffix() -> str:
     return random_secrets.token_hex(4)
 
 
+RUNNING_CHECK_LIMIT = 5.0
+"""Seconds the probe's one health check of a running node may take (a re-deploy's \"unchanged\" test)."""
+
+
+def running_probe(inventory: Inventory, host: HostConfig, nonce: str) -> Fragment:
+    """The probe's extra facts for a deploy: is the current node healthy, and its env file's digest."""
+    health = health_check(inventory, host)
+    health = replace(health, deadline=min(health.deadline, RUNNING_CHECK_LIMIT))
+    return rc.running_state(layout_for(inventory), flavour(inventory.config.app.flavour), health, nonce)
+
+
+def env_file_for(inventory: Inventory, host: HostConfig, release_id: str) -> SecretText:
+    """The env file a deploy of ``release_id`` writes on ``host`` (and what a re-deploy compares with)."""
+    return env_file_text(node_env(inventory, host, release_id))
+
+
+def env_digest(inventory: Inventory, host: HostConfig, release_id: str, nonce: str) -> str:
+    """What :func:`~deployer.remote.release.running_state` prints for an env file as deployer would write it
+    for ``release_id`` on ``host``."""
+    rendered = env_file_for(inventory, host, release_id).render(reveal=True)
+    return hashlib.sha256(nonce.encode() + rendered.encode()).hexdigest()
+
+
+def unchanged_on(fact: HostFacts, artifact: Artifact, env_sha256: str | None) -> bool:
+    """Whether a deploy of ``artifact`` may leave this host alone: it runs a release made from that very
+    artifact (revisions.log's sha256), its node is healthy right now, and its environment file is the one this
+    deploy would write (``env_sha256``: :func:`env_digest`, None when unknown)."""
+    current = fact.current_release
+    return (
+        current is not None
+        and current in fact.releases
+        and fact.history.sha256(current) == artifact.sha256
+        and fact.health == "ok"
+        and bool(fact.node_pids)
+        and env_sha256 is not None
+        and fact.env_sha256 == env_sha256
+    )
+
+
 def plan_deploy(
     inventory: Inventory,
     artifact: Artifact,
@@ -318,11 +360,17 @@ def plan_deploy(
     now: datetime | None = None,
     strategy: Mapping[str, object] | None = None,
     migrations: Sequence[str] | None = None,
+    env_nonce: str | None = None,
+    restart: bool = False,
 ) -> Plan:
     """Plan a deploy of ``artifact`` to every host in ``facts`` (which are the selected hosts, in order).
 
     ``migrations`` (the migration files the release ships) is recorded with the migration, so a later
     rollback can tell whether its target lacks migrations that were applied.
+
+    A host that already runs this artifact, healthy, with the same environment file (the probe ran
+    :func:`running_probe` with ``env_nonce``), is left alone: its plan is *unchanged* (no upload, no new
+    release, no restart), unless ``restart``. When every host is unchanged there is no migration either.
     """
     config = inventory.config
     layout = layout_for(inventory)
@@ -335,6 +383,26 @@ def plan_deploy(
     uploads: dict[str, Script] = {}
     for host in selected:
         fact = facts[host.name]
+        current = fact.current_release
+        if (
+            not restart
+            and env_nonce is not None
+            and current is not None
+            and unchanged_on(fact, artifact, env_digest(inventory, host, current, env_nonce))
+        ):
+            host_plans.append(
+                HostPlan(
+                    host=host.name,
+                    before=current,
+                    target=current,
+                    steps=(),
+                    notes=(f"unchanged: already runs {current} (this artifact), healthy, same environment",),
+                    version=fact.current_version,
+                    node_pids=fact.node_pids,
+                    unchanged=True,
+                )
+            )
+            continue
         health = health_check(inventory, host)
         before = fact.current_release
         upload = artifact.sha256 not in fact.artifacts
@@ -357,7 +425,7 @@ def plan_deploy(
                     layout,
                     release_id=release_id,
                     sha256=artifact.sha256,
-                    env_file=env_file_text(node_env(inventory, host, release_id)),
+                    env_file=env_file_for(inventory, host, release_id),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
                 steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, health, prune, prune_artifacts),
@@ -373,7 +441,17 @@ def plan_deploy(
         )
     migrator = inventory.migrator()
     migrate_script = None
-    if migrator is not None and config.migrate is not None:
+    unchanged = {p.host for p in host_plans if p.unchanged}
+    if host_plans and len(unchanged) == len(host_plans):
+        # Nothing new anywhere: the release every host runs was migrated when it was deployed.
+        ids = {p.target for p in host_plans if p.target is not None}
+        if len(ids) == 1:
+            release_id = ids.pop()
+    elif migrator is not None and migrator.name in unchanged:
+        # The migrator already runs this very artifact: its migrations ran before it was switched to it (a
+        # failed migration switches no host), and the new release is not extracted there to run them again.
+        pass
+    elif migrator is not None and config.migrate is not None:
         if migrator.name not in facts:
             raise PlanError(
                 f"the migrator host {migrator.name} is not among the selected hosts",

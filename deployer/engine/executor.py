@@ -39,6 +39,7 @@ from deployer.engine.locks import describe_holder, judge, lock_info, locked_hint
 from deployer.engine.masking import Masker
 from deployer.errors import ConnectError, DeployerError, LockedError, RemoteCommandError
 from deployer.remote import release as rc
+from deployer.remote.fragments import Fragment
 from deployer.remote.shell import Script
 from deployer.ssh.endpoints import Connector
 from deployer.ssh.transport import CommandResult, ConnectionPool, Transport, UploadStopped
@@ -304,16 +305,28 @@ class Executor:
 
     # --- starting: preflight and lock -------------------------------------------------------------------
 
-    def preflight(self, hosts: Sequence[str], *, lock: bool, release: str | None = None) -> dict[str, HostFacts]:
+    def preflight(
+        self,
+        hosts: Sequence[str],
+        *,
+        lock: bool,
+        release: str | None = None,
+        extra: Callable[[str], Fragment] | None = None,
+    ) -> dict[str, HostFacts]:
         """Connect to every host and probe it; with ``lock`` take the deploy lock on all of them or none.
 
         The first host (inventory order) is locked alone: of two concurrent deploys exactly one gets it,
         and the loser stops there without running anything on any other host. Connecting changes nothing
         on a host, so the other hosts' connections open while the first one is being locked: a fleet
-        waits for one round of SSH handshakes, not two in a row.
+        waits for one round of SSH handshakes, not two in a row. ``extra(host)`` adds facts to that host's
+        probe, in the same session.
         """
         info = lock_info(self.lock_token, self.operation, release, self.lock_message) if lock else None
-        script = rc.probe(self.layout, lock_info=info)
+        plain = rc.probe(self.layout, lock_info=info)
+
+        def script_for(host: str) -> Script:
+            return plain if extra is None else rc.probe(self.layout, lock_info=info, extra=extra(host))
+
         self.events.phase("preflight", f"{'locking and ' if lock else ''}probing {len(hosts)} host(s)")
 
         connecting: dict[str, Future[Transport]] = {}
@@ -323,7 +336,7 @@ class Executor:
             try:
                 if host in connecting:
                     connecting[host].result()  # raises its ConnectError
-                output = self.run(host, script)
+                output = self.run(host, script_for(host))
             except ConnectError as exc:
                 self.result(host).outcome = "unreachable"
                 self.result(host).error = exc.message
@@ -517,7 +530,7 @@ class Executor:
             assert host_plan.prepare is not None
             self.run(host, host_plan.prepare)
 
-        errors = self.parallel([p.host for p in plan.hosts], prepare)
+        errors = self.parallel([p.host for p in plan.hosts if not p.unchanged], prepare)
         if errors:
             for host, exc in errors.items():
                 result = self.result(host)
@@ -621,6 +634,11 @@ class Executor:
         host_plan = plan.host(host)
         result = self.result(host)
         result.target = host_plan.target
+        if host_plan.unchanged:
+            # Already runs this release, healthy, same environment (the probe said so): nothing is touched.
+            result.after, result.outcome, result.healthy = host_plan.before, "unchanged", True
+            self.events.step(host, "activate", "skipped", host_plan.notes[0] if host_plan.notes else "unchanged")
+            return
         try:
             self._steps(host, host_plan.scripts("before_stop"))
         except DeployerError as exc:

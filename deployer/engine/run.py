@@ -20,6 +20,7 @@ from deployer.core.plan import HostStep, Plan
 from deployer.engine.executor import Executor, fill_sessions
 from deployer.engine.masking import Masker
 from deployer.errors import DeployerError
+from deployer.remote.fragments import Fragment
 from deployer.ssh.endpoints import Connector, ssh_connector
 
 
@@ -39,6 +40,12 @@ class Options:
     steps: Sequence[HostStep] = ()
     """Extra per-host steps, run at their roles' seams on every host of the operation
     (before its node stops, after it is healthy, on revert)."""
+    restart: bool = False
+    """Deploy: restart hosts that already run the artifact, healthy, with the same environment (default:
+    leave them unchanged)."""
+    started: float | None = None
+    """``time.monotonic()`` when the command started (the CLI: its process start, see
+    :func:`deployer.engine.clock.process_started`); the report's duration counts from there. Default: the call."""
 
 
 @dataclass
@@ -94,17 +101,20 @@ def run_operation(
     *,
     release: str | None = None,
     version: str | None = None,
+    probe: Callable[[str], Fragment] | None = None,
 ) -> Result:
     """Probe and lock ``names``, plan with ``plan_for``, execute (unless dry run), release the lock.
+
+    ``probe(host)`` adds facts to the host's probe (see :meth:`Executor.preflight`).
 
     ``release`` goes into the lock's info (what this run is about); ``version`` into a report of a run
     that stopped before its plan ran.
     """
-    started = time.monotonic()
+    started = options.started if options.started is not None else time.monotonic()
     with open_executor(inventory, options, operation) as executor:
         plan: Plan | None = None
         try:
-            facts = executor.preflight(names, lock=not options.dry_run, release=release)
+            facts = executor.preflight(names, lock=not options.dry_run, release=release, extra=probe)
             plan = plan_for(executor, facts).with_steps(options.steps)
             if options.dry_run:
                 report = failed_report(operation, inventory, executor, names if plan.kind != "migrate" else [], None)
@@ -114,5 +124,7 @@ def run_operation(
         except DeployerError as exc:
             report = failed_report(operation, inventory, executor, names, str(exc))
             report.version, report.dry_run = version, options.dry_run
-            report.duration = time.monotonic() - started
-        return Result(finish(executor, report), plan)
+        result = Result(finish(executor, report), plan)
+        # The whole command, lock to unlock included (the executor's own figure covers its phases only).
+        report.duration = time.monotonic() - started
+        return result

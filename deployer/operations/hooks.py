@@ -14,7 +14,7 @@ Around :func:`deployer.engine.run.run_operation` (no second orchestration loop):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from deployer.core.facts import HostFacts
@@ -28,6 +28,7 @@ from deployer.engine.masking import Masker
 from deployer.engine.run import Options, PlanFor, Result, open_executor, run_operation
 from deployer.errors import DeployerError
 from deployer.operations import balancer
+from deployer.remote.fragments import Fragment
 
 
 def run_phase(
@@ -102,11 +103,14 @@ def run_with_hooks(
     *,
     release: str | None = None,
     version: str | None = None,
+    probe: Callable[[str], Fragment] | None = None,
 ) -> Result:
     """:func:`run_operation` with the inventory's hooks and load balancer at their phases."""
     config = inventory.config
     if config.hooks.empty and config.load_balancer is None:
-        return run_operation(inventory, options, operation, names, plan_for, release=release, version=version)
+        return run_operation(
+            inventory, options, operation, names, plan_for, release=release, version=version, probe=probe
+        )
 
     def planned(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
         plan = _notes(with_hooks(plan_for(executor, facts), inventory), inventory)
@@ -122,7 +126,7 @@ def run_with_hooks(
                 )
         return plan
 
-    result = run_operation(inventory, options, operation, names, planned, release=release, version=version)
+    result = run_operation(inventory, options, operation, names, planned, release=release, version=version, probe=probe)
     if options.dry_run:
         return result
     report = result.report

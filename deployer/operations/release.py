@@ -8,6 +8,7 @@ Invalid input (inventory, artifact, filters) raises a :class:`DeployerError` bef
 
 from __future__ import annotations
 
+import secrets
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts, LockInfo
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import HostResult
-from deployer.core.plan import Plan, generate_cookie, plan_deploy, plan_migrate, plan_rollback
+from deployer.core.plan import Plan, generate_cookie, plan_deploy, plan_migrate, plan_rollback, running_probe
 from deployer.engine.executor import Executor
 from deployer.engine.locks import current_user
 from deployer.engine.run import Options, Result, open_executor, run_operation
@@ -69,10 +70,19 @@ def release_migrations(tarball: Path) -> tuple[str, ...]:
 
 
 def deploy_plan(
-    executor: Executor, inventory: Inventory, artifact: Artifact, facts: dict[str, HostFacts], options: Options
+    executor: Executor,
+    inventory: Inventory,
+    artifact: Artifact,
+    facts: dict[str, HostFacts],
+    options: Options,
+    *,
+    env_nonce: str | None = None,
 ) -> Plan:
     """The plan of a restart deploy of ``artifact`` (disk and compatibility preflight, the environment's
-    cookie, migrations); the hot upgrade (:mod:`deployer.operations.upgrade`) starts from it too."""
+    cookie, migrations); the hot upgrade (:mod:`deployer.operations.upgrade`) starts from it too.
+
+    With ``env_nonce`` (the nonce of the env file digests the probe printed), hosts that already run
+    this release, healthy, with the same env file are left ``unchanged`` unless ``options.restart``."""
     check_disk(artifact, facts)
     forced = compat.preflight(artifact.path, artifact.sha256, facts, force=options.force)
     cookie: SecretStr | None = None
@@ -91,6 +101,8 @@ def deploy_plan(
         cookie=cookie,
         strategy=options.strategy,
         migrations=release_migrations(artifact.path) if inventory.config.migrate is not None else None,
+        env_nonce=env_nonce,
+        restart=options.restart,
     )
     return plan.with_warnings(forced)
 
@@ -101,10 +113,20 @@ def deploy(inventory: Inventory, artifact: Artifact, options: Options | None = N
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
 
     def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
-        return deploy_plan(executor, inventory, artifact, facts, options)
+        return deploy_plan(executor, inventory, artifact, facts, options, env_nonce=nonce)
 
+    # One random nonce per run for the env file digests the probe prints (see rc.running_state).
+    nonce = secrets.token_hex(16)
+    hosts = {h.name: h for h in inventory.hosts}
     return run_with_hooks(
-        inventory, options, "deploy", names, plan_for, release=artifact.version, version=artifact.version
+        inventory,
+        options,
+        "deploy",
+        names,
+        plan_for,
+        release=artifact.version,
+        version=artifact.version,
+        probe=None if options.restart else (lambda host: running_probe(inventory, hosts[host], nonce)),
     )
 
 

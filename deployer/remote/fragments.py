@@ -831,7 +831,9 @@ def detach(layout: RemoteLayout, worker: Script, *, run_id: str, limit: float, t
             (
                 "sup=$!\n"
                 # GNU tail follows the log until the supervisor has gone (and then prints what is left).
-                "if tail --version 2>/dev/null | grep -q coreutils; then\n"
+                "gnu_tail=\n"
+                "case $(tail --version 2>/dev/null || true) in *coreutils*) gnu_tail=1 ;; esac\n"
+                'if [ -n "$gnu_tail" ]; then\n'
                 '  tail -n +1 -s 0.2 -f --pid="$sup" "$r/log" >&2 || true\n'
                 "fi\n"
                 'while [ ! -f "$r/outcome" ]; do\n'
@@ -840,7 +842,7 @@ def detach(layout: RemoteLayout, worker: Script, *, run_id: str, limit: float, t
                 "  fi\n"
                 "  sleep 0.2\n"
                 "done\n"
-                'if ! tail --version 2>/dev/null | grep -q coreutils; then cat "$r/log" >&2; fi\n'
+                'if [ -z "$gnu_tail" ]; then cat "$r/log" >&2; fi\n'
                 'cat "$r/out"\n'
                 "status=1\n"
                 "while IFS='=' read -r key value; do\n"

@@ -29,6 +29,7 @@ from deployer.remote.fragments import (
     deploy_vars,
     detach,
     health_gate,
+    health_once,
     helper_block,
     launch,
     node_pids,
@@ -61,6 +62,7 @@ __all__ = [
     "receive_artifact",
     "revert",
     "revision_record",
+    "running_state",
     "take_lock",
     "unlock",
 ]
@@ -114,11 +116,51 @@ def host_facts(history_lines: int = 500) -> Fragment:
     )
 
 
-def probe(layout: RemoteLayout, *, lock_info: str | None = None, history_lines: int = 500) -> Script:
-    """Read-only facts about the host (``key=value`` lines); with ``lock_info`` also take the lock."""
+def probe(
+    layout: RemoteLayout, *, lock_info: str | None = None, history_lines: int = 500, extra: Fragment | None = None
+) -> Script:
+    """Read-only facts about the host (``key=value`` lines); with ``lock_info`` also take the lock.
+
+    ``extra`` adds facts only some operations need, in the same session (e.g. :func:`running_state`).
+    """
     lock = take_lock(lock_info) if lock_info is not None else Fragment(())
     name = "probe" if lock_info is None else "lock+probe"
-    return script(name, deploy_vars(layout), lock, host_facts(history_lines))
+    return script(name, deploy_vars(layout), lock, host_facts(history_lines), extra or Fragment(()))
+
+
+def env_file_path(layout: RemoteLayout) -> Fragment:
+    """``e``: the environment file of release ``$rid``, from :meth:`RemoteLayout.env_file` (whatever its
+    layout: per release or one per environment), never from a path spelled out here."""
+    marker = "\x00"
+    path = layout.env_file(marker)
+    if marker not in path:
+        return text("e={{path}}\n", path=path)
+    head, _, tail = path.partition(marker)
+    return text('e={{head}}"$rid"{{tail}}\n', head=head, tail=tail)
+
+
+def running_state(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, nonce: str) -> Fragment:
+    """What a re-deploy needs to know to leave a host alone: one try of the health check (``health=``) and
+    ``env_sha256=``, the sha256 of ``nonce`` followed by the current release's environment file.
+
+    The nonce (random, one per run) keeps the printed digest from being a fixed fingerprint of the secrets
+    in that file; the client compares it with the same digest of the file it would write.
+    """
+    return (
+        health_once(layout, flavour, health)
+        + text('if [ -n "$cur" ]; then\n')
+        + env_file_path(layout)
+        + text(
+            '  if [ -r "$e" ]; then\n'
+            "    if command -v openssl >/dev/null 2>&1; then h=$( { printf '%s' {{nonce}}; cat \"$e\"; } "
+            "| openssl dgst -sha256 -r) || h=\n"
+            "    else h=$( { printf '%s' {{nonce}}; cat \"$e\"; } | sha256sum) || h=; fi\n"
+            '    echo "env_sha256=${h%% *}"\n'
+            "  fi\n"
+            "fi\n",
+            nonce=nonce,
+        )
+    )
 
 
 def unlock(layout: RemoteLayout, token: str | None) -> Script:
@@ -225,10 +267,11 @@ def prepare(
         'p="$d/releases/.partial-"{{id}}\n'
         'mkdir -p "$d/releases"\n'
         'mkdir "$p"\n'
-        'tar -xzf "$a" -C "$p" --no-same-owner --no-same-permissions\n'
+        # --no-same-permissions applies the umask to every extracted mode: nothing group/other-writable,
+        # without a second walk over the tree (chmod -R).
+        '(umask 022; tar -xzf "$a" -C "$p" --no-same-owner --no-same-permissions)\n'
         '[ -x "$p/bin/$app" ] || fail "the release has no executable bin/$app"\n'
         'rm -f "$p/releases/COOKIE"\n'
-        'chmod -R go-w "$p"\n'
         'mv "$p" "$r"\n'
         "step write-env\n"
         'mkdir -p "$d/shared/tmp"\n'

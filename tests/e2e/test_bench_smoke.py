@@ -33,14 +33,20 @@ def test_benchmark_scenario_on_one_host(make_fleet: Callable[..., Fleet], tmp_pa
     assert set(upgrade["timings"]["h1"]) >= {"lock+probe", "upload", "prepare", "migrate", "activate", "unlock"}
     assert upgrade["peak_rss_kb"] > upgrade["rss_before_deploy_kb"] > 0
     assert upgrade["cpu"]["total"] > 0
+    # The hosts' CPU by kind: the new node booted (BEAM), the upload and scripts ran (sshd, shells, tar).
+    kinds = upgrade["host_cpu"]["by_kind"]
+    assert kinds["beam"] > 0 and kinds["sshd"] > 0 and kinds["tar"] > 0
+    assert upgrade["host_cpu"]["exited_processes"]["shell"] > 0
+    assert upgrade["nodes_restarted"] == 1 and runs["baseline"][0]["host_cpu"]["by_kind"]["tar"] > 0
 
     again = result["redeploy"]
     assert again["bytes_uploaded"] == 0  # every host has that artifact
     assert again["sessions"]["h1"] <= SESSIONS  # no upload session
     assert "upload" not in again["timings"]["h1"]
+    assert again["outcomes"] == {"unchanged": 1} and again["nodes_restarted"] == 0  # the running release
 
     summary = result["upgrade"]
-    for key in ("deployer_seconds", "baseline_seconds", "ratio", "upload_ratio", "peak_rss_mb"):
+    for key in ("deployer_seconds", "baseline_seconds", "ratio", "ratio_whole", "upload_ratio", "peak_rss_mb"):
         assert summary[key] > 0, key
     assert summary["bytes_uploaded_per_host"] == result["artifact_bytes"]
 
