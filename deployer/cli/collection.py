@@ -6,12 +6,13 @@ registered by the repository's root ``tasks.py``, never shipped to users.
 
 from invoke.collection import Collection
 
+from deployer.cli.env_tasks import TASKS as ENV_TASKS
 from deployer.cli.exec_tasks import TASKS as EXEC_TASKS
 from deployer.cli.init_task import init
 from deployer.cli.ops_tasks import TASKS as OPS_TASKS
 from deployer.cli.release_tasks import config, deploy, history, migrate, rollback, unlock
 from deployer.cli.trust_tasks import trust
 
-ns = Collection(deploy, migrate, rollback, history, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS)
+ns = Collection(deploy, migrate, rollback, history, unlock, config, trust, init, *OPS_TASKS, *EXEC_TASKS, *ENV_TASKS)
 
 __all__ = ["ns"]

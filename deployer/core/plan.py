@@ -7,6 +7,7 @@ object (secrets masked) and stops.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets as random_secrets
 import string
@@ -28,7 +29,7 @@ from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
 from deployer.remote.fragments import expand_placeholders
-from deployer.remote.shell import Script, Secret, env_file_text
+from deployer.remote.shell import Script, Secret, SecretText, env_file_text
 
 COOKIE_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -68,8 +69,12 @@ def health_check(inventory: Inventory, host: HostConfig | None = None) -> rc.Hea
     )
 
 
-def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[str, str | Secret]:
-    """The node's environment on ``host``: inventory values, secrets, and what deployer owns."""
+def node_env(inventory: Inventory, host: HostConfig) -> dict[str, str | Secret]:
+    """The node's environment on ``host``: inventory values, secrets, and what deployer owns.
+
+    The same for every release (the launcher adds ``DEPLOYER_RELEASE_ID``): the file lives with the
+    environment, so a restart or a rollback runs with today's values.
+    """
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
@@ -86,7 +91,6 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
     env["RELEASE_TMP"] = layout.release_tmp
     env["RELEASE_NODE"] = config.node_name
     env["RELEASE_DISTRIBUTION"] = config.node.distribution
-    env["DEPLOYER_RELEASE_ID"] = release_id
     env["DEPLOYER_SHARED_DIR"] = layout.shared
     if config.node.loopback_only:
         # EPMD and the distribution port must not face the network; observe through an SSH tunnel.
@@ -95,6 +99,17 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
         flags = "-kernel inet_dist_use_interface {127,0,0,1}"
         env["ERL_AFLAGS"] = f"{previous} {flags}" if isinstance(previous, str) and previous else flags
     return env
+
+
+def node_env_file(inventory: Inventory, host: HostConfig) -> SecretText:
+    """The text of ``host``'s environment file (secrets kept as masked parts)."""
+    return env_file_text(node_env(inventory, host))
+
+
+def env_file_sha256(inventory: Inventory, host: HostConfig) -> str:
+    """The sha256 of ``host``'s environment file as deployer would write it: equal to the sha256 of
+    :attr:`RemoteLayout.env_file` on the host exactly when that file is up to date."""
+    return hashlib.sha256(node_env_file(inventory, host).render(reveal=True).encode()).hexdigest()
 
 
 def batches(
@@ -332,7 +347,7 @@ def plan_deploy(
                     layout,
                     release_id=release_id,
                     sha256=artifact.sha256,
-                    env_file=env_file_text(node_env(inventory, host, release_id)),
+                    env_file=node_env_file(inventory, host),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
                 steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, health, prune, prune_artifacts),

@@ -18,6 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from deployer.core.paths import RemoteLayout
+from deployer.remote import envfile
 from deployer.remote.flavours import CLEAN_BOOT_EVAL, Flavour
 from deployer.remote.fragments import (
     EXIT_UNHEALTHY,
@@ -184,7 +185,8 @@ def prepare(
     cookie: Secret | None,
     verify: bool = False,
 ) -> Script:
-    """Extract the artifact into a new ``releases/<id>``, write the env file (0600), the cookie.
+    """Extract the artifact into a new ``releases/<id>``, stage the environment file (0600, see
+    :mod:`deployer.remote.envfile`), write the cookie.
 
     The artifact was hashed when it arrived (:func:`receive_artifact`); ``verify`` hashes it again (an
     artifact left by an older deployer, or to rule out a damaged disk). Extraction goes to
@@ -229,19 +231,12 @@ def prepare(
         'rm -f "$p/releases/COOKIE"\n'
         'chmod -R go-w "$p"\n'
         'mv "$p" "$r"\n'
-        "step write-env\n"
-        'mkdir -p "$d/shared/tmp"\n'
-        '(umask 077; mkdir -p "$d/shared/env")\n'
-        'chmod 0700 "$d/shared/env"\n'
-        'e="$d/shared/env/"{{id}}.env\n'
-        "(umask 077; printf '%s' {{env}} > \"$e.tmp\")\n"
-        'chmod 0600 "$e.tmp"\n'
-        'mv -f "$e.tmp" "$e"\n',
+        'mkdir -p "$d/shared/tmp"\n',
         sha=sha256,
         id=release_id,
-        env=env_file,
     )
-    return script("prepare", deploy_vars(layout), cleanup, check, body, cookie_part)
+    env = envfile.discard_staged_env(layout) + envfile.write_env(layout, env_file, release_id=release_id)
+    return script("prepare", deploy_vars(layout), cleanup, check, body, env, cookie_part)
 
 
 def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
@@ -250,10 +245,10 @@ def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
         "step remove-new-release\n"
         'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
         '[ "$cur" != "releases/"{{id}} ] || fail "refusing to remove the current release"\n'
-        'rm -rf "$d/releases/"{{id}} "$d/releases/.partial-"{{id}} "$d/shared/env/"{{id}}.env\n'
-        "echo removed=1\n",
+        'rm -rf "$d/releases/"{{id}} "$d/releases/.partial-"{{id}}\n',
         id=release_id,
     )
+    body += envfile.discard_staged_env(layout, release_id) + text("echo removed=1\n")
     return script("abort", deploy_vars(layout), body, timeout=120)
 
 
@@ -345,20 +340,22 @@ def activate(
     prune_artifacts: Sequence[str] = (),
     run_id: str | None = None,
 ) -> Script:
-    """Switch ``current`` to ``release_id``, stop the old VM and wait for it, start the new one, wait for it
-    to be healthy, record success, remove old releases. Runs detached (:func:`detach`, run id
-    ``activate-<tmp_suffix>`` unless ``run_id``). Exits 76 when the node is not healthy; the executor
-    then runs :func:`revert`.
+    """Switch ``current`` to ``release_id`` and put its staged environment (if any) into place, stop the old
+    VM and wait for it, start the new one, wait for it to be healthy, record success, remove old releases.
+    Runs detached (:func:`detach`, run id ``activate-<tmp_suffix>`` unless ``run_id``). Exits 76 when the
+    node is not healthy; the executor then runs :func:`revert`.
     """
-    paths = [layout.release(r) for r in prune_releases] + [layout.env_file(r) for r in prune_releases]
+    paths = [layout.release(r) for r in prune_releases]
     paths += [layout.artifact(sha) for sha in prune_artifacts]
     remote, local = _limits(flavour, health, stop_timeout)
     worker = script(
         "activate",
         deploy_vars(layout),
         switch(release_id, tmp_suffix),
+        envfile.install_staged_env(layout, release_id),
         *_restart(layout, flavour, health, stop_timeout),
         record([success_record]),
+        envfile.settle_env(layout),
         prune(paths),
     )
     return detach(layout, worker, run_id=run_id or f"activate-{tmp_suffix}", limit=remote, timeout=local)
@@ -376,7 +373,8 @@ def revert(
     failure_records: Sequence[str] = (),
     run_id: str | None = None,
 ) -> Script:
-    """Put a host whose new node failed back on ``previous_id`` (switch, restart, health gate).
+    """Put a host whose new node failed back on ``previous_id`` (the environment the activation replaced,
+    switch, restart, health gate).
 
     ``failure_records`` (the failed release's entry: its health gate already failed) are written first;
     ``records`` only after the step they describe happened: after the old node is healthy again, or, with
@@ -391,6 +389,7 @@ def revert(
             _records(failure_records),
             stop_node(stop_timeout),
             text('step unlink\nrm -f "$d/current"\n'),
+            envfile.restore_env(layout),
             _records(records),
         )
     else:
@@ -398,6 +397,7 @@ def revert(
             "revert",
             deploy_vars(layout),
             _records(failure_records),
+            envfile.restore_env(layout),
             switch(previous_id, tmp_suffix),
             *_restart(layout, flavour, health, stop_timeout),
             _records(records),

@@ -121,12 +121,14 @@ def test_activate_contains_the_phases_in_order() -> None:
         prune_artifacts=["b" * 64],
     )
     text = script.render()
-    order = [text.index(f"step {s}\n") for s in ("switch", "stop", "start", "health", "record", "prune")]
+    order = [text.index(f"step {s}\n") for s in ("switch", "env", "stop", "start", "health", "record", "prune")]
     assert order == sorted(order)
     assert 'ln -s "releases/$rid" "$t"\nmv -T "$t" "$d/current"\n' in text
     assert "stop_node 20\n" in text
     assert 'curl -fsS -o /dev/null --max-time "$SECS" http://127.0.0.1:4000/health' in text
-    assert "/srv/hello/releases/20200101000000-0.0.1 /srv/hello/shared/env/20200101000000-0.0.1.env" in text
+    # The pruned release leaves no env file behind: there is only the environment's one.
+    assert "rm -rf /srv/hello/releases/20200101000000-0.0.1 /srv/hello/artifacts/" in text
+    assert "shared/env/20200101000000-0.0.1.env" not in text
     assert f"/srv/hello/artifacts/{'b' * 64}.tar.gz" in text
     assert script.run_id == "activate-abcd"
 
