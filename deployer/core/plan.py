@@ -658,14 +658,18 @@ def plan_lifecycle(
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
-    health = health_check(inventory)
-    if operation == "stop":
-        step = HostStep("activate", oc.stop(layout, stop_timeout=config.node.stop_timeout), _stop_notice)
-    elif operation == "start":
-        step = HostStep("activate", oc.start(layout, spec, health=health), _start_notice)
-    else:
-        step = HostStep("activate", oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout))
-    names = [h.name for h in inventory.hosts if h.name in facts]
+
+    def step_for(host: HostConfig) -> HostStep:
+        # Each host's own health URL: `${PORT}` may be a per-host value (hosts[].env).
+        health = health_check(inventory, host)
+        if operation == "stop":
+            return HostStep("activate", oc.stop(layout, stop_timeout=config.node.stop_timeout), _stop_notice)
+        if operation == "start":
+            return HostStep("activate", oc.start(layout, spec, health=health), _start_notice)
+        return HostStep("activate", oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout))
+
+    selected = {h.name: h for h in inventory.hosts if h.name in facts}
+    names = list(selected)
     if operation != "stop":
         missing = [n for n in names if facts[n].current_release is None]
         if missing:
@@ -678,7 +682,7 @@ def plan_lifecycle(
             host=n,
             before=facts[n].current_release,
             target=facts[n].current_release,
-            steps=(step,),
+            steps=(step_for(selected[n]),),
             version=facts[n].current_version,
             node_pids=facts[n].node_pids,
         )
