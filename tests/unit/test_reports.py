@@ -211,6 +211,20 @@ def test_a_migration_failure_shows_stdout_and_stderr_masked_and_blames_the_datab
     assert "activate" not in fake.names()
 
 
+def test_a_raising_migration_says_nothing_switched_and_its_transaction_was_rolled_back(
+    inv: Inventory, artifact: Artifact
+) -> None:
+    fake = fleet()
+    stderr = "@@step migrate\n** (RuntimeError) migration 20240101000003 add_items_note raised on purpose\n"
+    fake.responses["migrate"] = CommandResult(1, "", stderr, 0.0)
+    report = api.deploy(inv, artifact, api.Options(connector=fake.connect)).report
+    error = report.error or ""
+    assert "migration failed on web1; no host switched" in error and "raised on purpose" in error
+    assert "rolled back" in error and "every host still runs its previous release" in error
+    assert "could not reach its database" not in error
+    assert "activate" not in fake.names()
+
+
 def test_a_lost_link_during_the_migration_is_not_blamed_on_the_migration(inv: Inventory, artifact: Artifact) -> None:
     fake = fleet()
     fake.responses["migrate"] = RemoteCommandError("web1", "migrate", "the SSH connection was lost while the step ran")
