@@ -76,13 +76,32 @@ def local_inventory(fleet: Any, *, project: str = "examples/hello", port: int = 
     }
 
 
-def prepare_fleet_files(fleet: Any) -> None:
+def pg_inventory(fleet: Any, *, port: int = 4000) -> dict[str, Any]:
+    """An inventory for ``examples/hello_pg`` on ``fleet``: its data and migrations in the fleet's PostgreSQL
+    (``DATABASE_URL`` a secret, in the secrets file :func:`prepare_fleet_files` writes)."""
+    data = local_inventory(fleet, project="examples/hello_pg", port=port)
+    data["app"] = {"name": "hello_pg", "flavour": "mix"}
+    data["deploy_to"] = f"{fleet.deploy_root}/hello_pg"
+    data["build"] = {**data["build"], "tarball": "_build/*/prod/hello_pg-*.tar.gz"}
+    data["env"] = {
+        "clear": {"PORT": str(port)},
+        "secret": ["DATABASE_URL"],
+        "secrets_file": str(fleet.base_dir / "secrets.env"),
+    }
+    data["migrate"] = {"eval": "HelloPg.Release.migrate()"}
+    return data
+
+
+def prepare_fleet_files(fleet: Any, database_url: str | None = None) -> None:
     """The shared 'database' directory and a secrets file outside the repository (0600)."""
     directory = common_dir(fleet.runid)
     directory.mkdir(parents=True, exist_ok=True)
     secrets_file = fleet.base_dir / "secrets.env"
     secrets_file.touch(mode=0o600)
-    secrets_file.write_text(f"HELLO_SECRET={secrets.token_urlsafe(24)}\n")
+    lines = f"HELLO_SECRET={secrets.token_urlsafe(24)}\n"
+    if database_url is not None:
+        lines += f"DATABASE_URL={database_url}\n"
+    secrets_file.write_text(lines)
 
 
 def remove_fleet_files(fleet: Any) -> None:
@@ -113,10 +132,17 @@ def _start_machines(hosts: int) -> Any:
         "env": "Inventory to write (default local).",
         "inventory_dir": "Where inventories live (default inventory).",
         "machines": "Boot real Debian machines (systemd, journald, user deploy) instead of bare sshd hosts.",
+        "database": "Also start a PostgreSQL host on the fleet's network; the inventory deploys examples/hello_pg "
+        "with DATABASE_URL as a secret.",
     }
 )
 def up(
-    c: Context, hosts: int = 3, env: str = "local", inventory_dir: str = "inventory", machines: bool = False
+    c: Context,
+    hosts: int = 3,
+    env: str = "local",
+    inventory_dir: str = "inventory",
+    machines: bool = False,
+    database: bool = False,
 ) -> None:
     """Start N real OpenSSH hosts (or booted machines) in namespaces and write inventory/<env>.yml for them."""
     from tests.harness.fleet import Fleet, FleetUnavailable, reap_stale_fleets
@@ -133,22 +159,37 @@ def up(
             fleet = Fleet(hosts).start()
         except FleetUnavailable as exc:
             raise Exit(f"cannot start a fleet here: {exc}", 1) from None
+    db: Any = None
     try:
-        prepare_fleet_files(fleet)
+        if database:
+            from tests.harness.database import Database, DatabaseUnavailable
+
+            try:
+                db = Database(fleet).create()
+            except DatabaseUnavailable as exc:
+                raise Exit(f"cannot start the database here: {exc} (scripts/install-test-deps.sh)", 1) from None
+        prepare_fleet_files(fleet, db.url if db is not None else None)
         inventory = Path(inventory_dir) / f"{env}.yml"
         inventory.parent.mkdir(parents=True, exist_ok=True)
         inventory.write_text(
             f"# written by `invoke fleet.up` for fleet {fleet.runid}; removed by `invoke fleet.down`\n"
-            + yaml.safe_dump(local_inventory(fleet), sort_keys=False)
+            + yaml.safe_dump(pg_inventory(fleet) if db is not None else local_inventory(fleet), sort_keys=False)
         )
         fleet.save(state)
         fleet.detach()
+        if db is not None:
+            # The database lives as long as the detached fleet: its first init owns both.
+            db.detach(int((fleet.base_dir / "owner.pid").read_text().split()[0]))
     except BaseException:
+        if db is not None:
+            db.destroy()
         remove_fleet_files(fleet)
         fleet.stop()
         raise
     for host in fleet.hosts:
         print(f"  {host.name:<4} {host.address}:{host.port}")
+    if db is not None:
+        print(f"  db   {db.address}:{db.port} (PostgreSQL; DATABASE_URL in {fleet.base_dir / 'secrets.env'})")
     kind = "machines (systemd; ssh as deploy)" if machines else "hosts"
     print(f"fleet {fleet.runid} is up: {len(fleet.hosts)} {kind}; inventory written to {inventory}")
 
@@ -158,6 +199,7 @@ def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> No
     """Tear down the fleet started by fleet.up: processes, namespaces, links, files, its inventory."""
     import json
 
+    from tests.harness.database import destroy_detached
     from tests.harness.fleet import Fleet
     from tests.harness.machines import MachineFleet
 
@@ -166,6 +208,9 @@ def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> No
         print(f"no fleet for '{env}' is up")
         return
     fleet: Any = MachineFleet.load(state) if "machines" in json.loads(state.read_text()) else Fleet.load(state)
+    left = destroy_detached(fleet.runid)
+    if left:
+        print(f"the database of fleet {fleet.runid} left behind: {'; '.join(left)}")
     fleet.stop()
     remove_fleet_files(fleet)
     state.unlink()
@@ -190,7 +235,8 @@ def show(c: Context, env: str = "local", path: str = "/health", inventory_dir: s
     from deployer.core.inventory import load_inventory
 
     inventory = load_inventory(env, inventory_dir, resolve_secrets=False)
-    port = inventory.config.env.clear.get("HELLO_PORT", "4000")
+    clear = inventory.config.env.clear
+    port = clear.get("HELLO_PORT") or clear.get("PORT", "4000")  # examples/hello or examples/hello_pg
     failed = False
     for host in inventory.hosts:
         url = f"http://{host.address}:{port}{path}"
