@@ -206,3 +206,37 @@ def test_the_push_script_masks_its_secrets_and_writes_atomically() -> None:
     assert "e=/srv/hello/shared/node.env\n" in text
     assert text.index('> "$e.tmp"') < text.index('mv -f "$e.tmp" "$e"')
     assert text.index("step write-env") < text.index("step stop") < text.index("step health")
+
+
+def test_a_host_of_the_old_layout_moves_to_the_new_one_with_its_first_deploy(deploy_to: Path) -> None:
+    make_release(deploy_to, "r1", {"A": f"pw={OLD_PASSWORD}"})  # deployer <= 0.2: shared/env/r1.env
+    assert run(activate(deploy_to, "r1", health(stable_for=0.3))).returncode == 0
+    make_release(deploy_to, "r2")
+    (deploy_to / "shared" / "env" / "r2.env").unlink()
+
+    def stage(values: dict[str, str | Secret]) -> None:
+        fragment = envfile.write_env(layout(deploy_to), env_file_text(values), release_id="r2")
+        assert run(script("stage", deploy_vars(layout(deploy_to)), fragment)).returncode == 0
+
+    # A failed first deploy leaves the old layout as it was: r1 reads its own file again.
+    stage({"A": "new", "FAKE_LIFETIME": "0.2"})
+    assert run(activate(deploy_to, "r2", health(stable_for=1), suffix="t2")).returncode == EXIT_UNHEALTHY
+    revert = rc.revert(
+        layout(deploy_to),
+        MIX,
+        previous_id="r1",
+        health=health(stable_for=0.3),
+        stop_timeout=5,
+        tmp_suffix="r",
+        records=[],
+    )
+    assert run(revert).returncode == 0
+    assert started_env(deploy_to)["A"] == f"pw={OLD_PASSWORD}"
+    assert not (deploy_to / "shared" / "node.env").exists() and (deploy_to / "shared" / "env" / "r1.env").exists()
+
+    # A successful one: node.env in place, the old files (and their secrets) gone.
+    stage({"A": "new"})
+    assert run(activate(deploy_to, "r2", health(stable_for=0.3), suffix="t3")).returncode == 0
+    assert started_env(deploy_to)["A"] == "new"
+    assert not (deploy_to / "shared" / "env").exists()
+    assert files_holding(deploy_to, OLD_PASSWORD) == []
