@@ -107,8 +107,8 @@ def discard_staged_env(layout: RemoteLayout, release_id: str | None = None) -> F
     interrupted run (``release_id`` None; run under the lock before a deploy writes its own)."""
     if release_id is not None:
         return text("rm -f {{staged}}\n", staged=layout.staged_env_file(release_id))
-    # The glob stays outside the quoted path.
-    return text("rm -f {{env}}.*.staged {{env}}.tmp {{prev}}\n", env=layout.env_file, prev=layout.previous_env_file)
+    # Staged files, the kept one, and temporary files of interrupted writes; the glob stays outside the quotes.
+    return text("rm -f {{env}}.*\n", env=layout.env_file)
 
 
 def _restart(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, stop_timeout: float) -> Fragment:
