@@ -12,11 +12,12 @@ on the previous file and restarted again.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
-from deployer.core.config import parse_count
+from deployer.core.config import HostConfig
 from deployer.core.facts import HostFacts
 from deployer.core.inventory import Inventory
-from deployer.core.plan import HostPlan, HostStep, Plan, batches, health_check, layout_for, node_env_file
+from deployer.core.plan import HostStep, Plan, health_check, layout_for, node_env_file, plan_lifecycle
 from deployer.errors import PlanError
 from deployer.remote import envfile
 from deployer.remote.flavours import flavour
@@ -40,9 +41,6 @@ def plan_env_push(
     strategy: Mapping[str, object] | None = None,
 ) -> Plan:
     """Plan writing each selected host's environment file and, with ``restart``, restarting its node."""
-    config = inventory.config
-    layout = layout_for(inventory)
-    spec = flavour(config.app.flavour)
     selected = [h for h in inventory.hosts if h.name in facts]
     if restart:
         missing = [h.name for h in selected if facts[h.name].current_release is None]
@@ -51,45 +49,29 @@ def plan_env_push(
                 f"cannot restart with the new environment: nothing is deployed on {', '.join(missing)}",
                 hint="deploy first (a deploy writes the environment too), or push with --no-restart",
             )
-    plans = []
-    for host in selected:
-        fact = facts[host.name]
-        health = health_check(inventory, host)
-        push = envfile.push_env(
-            layout,
-            spec,
-            node_env_file(inventory, host),
-            health=health,
-            stop_timeout=config.node.stop_timeout,
-            restart=restart,
-        )
-        steps = [HostStep("activate", push, unchanged_notice)]
-        if restart:
-            revert = envfile.revert_push(layout, spec, health=health, stop_timeout=config.node.stop_timeout)
-            steps.append(HostStep("revert", revert))
-        plans.append(
-            HostPlan(
-                host=host.name,
-                before=fact.current_release,
-                target=fact.current_release,
-                steps=tuple(steps),
-                version=fact.current_version,
-                node_pids=fact.node_pids,
-            )
-        )
-    names = [h.name for h in selected]
-    rollout = config.strategy.model_copy(update=dict(strategy or {}))
-    releases = {p.before for p in plans}
-    common = plans[0] if len(releases) == 1 and plans else None
-    return Plan(
-        kind=ENV_PUSH,
-        env=inventory.env,
-        release_id=common.before if common else None,
-        version=common.version if common else None,
-        artifact=None,
-        hosts=tuple(plans),
-        batches=tuple(tuple(b) for b in batches(names, inventory, strategy)),
-        max_fail=parse_count(rollout.max_fail, len(names), allow_zero=True),
-        pause=float(rollout.pause),
-        health_gated=restart,
+    # The node operations' plan gives the hosts, batches and limits (the release does not change); each host's
+    # step becomes its push. Built from `stop`, which refuses no host: the restart check is made above.
+    base = plan_lifecycle(inventory, "stop", facts, strategy=strategy)
+    by_name = {h.name: h for h in selected}
+    hosts = tuple(replace(h, steps=_steps(inventory, by_name[h.host], restart)) for h in base.hosts)
+    return replace(base, kind=ENV_PUSH, hosts=hosts, health_gated=restart)
+
+
+def _steps(inventory: Inventory, host: HostConfig, restart: bool) -> tuple[HostStep, ...]:
+    """``host``'s push (its own file, its own health URL) and, when it restarts, the way back."""
+    config = inventory.config
+    layout = layout_for(inventory)
+    spec = flavour(config.app.flavour)
+    health = health_check(inventory, host)
+    push = envfile.push_env(
+        layout,
+        spec,
+        node_env_file(inventory, host),
+        health=health,
+        stop_timeout=config.node.stop_timeout,
+        restart=restart,
     )
+    if not restart:
+        return (HostStep("activate", push, unchanged_notice),)
+    revert = envfile.revert_push(layout, spec, health=health, stop_timeout=config.node.stop_timeout)
+    return HostStep("activate", push, unchanged_notice), HostStep("revert", revert)

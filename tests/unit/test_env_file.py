@@ -20,7 +20,7 @@ from deployer.remote import envfile
 from deployer.remote import ops as oc
 from deployer.remote import release as rc
 from deployer.remote.fragments import EXIT_UNHEALTHY, deploy_vars, script
-from deployer.remote.shell import MASK, Secret, env_file_text
+from deployer.remote.shell import MASK, Script, Secret, env_file_text
 
 from .test_node_scripts import MIX, activate, deploy_to, health, launch, make_release, run
 
@@ -52,6 +52,13 @@ def push(
             stop_timeout=5,
             restart=restart,
         )
+    )
+
+
+def revert_to(d: Path, release: str) -> Script:
+    """The revert of a failed activation, back to ``release``."""
+    return rc.revert(
+        layout(d), MIX, previous_id=release, health=health(stable_for=0.3), stop_timeout=5, tmp_suffix="r", records=[]
     )
 
 
@@ -161,16 +168,7 @@ def test_a_failed_activation_puts_the_replaced_file_back_and_rollback_keeps_toda
     assert run(script("stage", deploy_vars(layout(deploy_to)), stage)).returncode == 0
     failed = run(activate(deploy_to, "r2", health(stable_for=1), suffix="t2"))
     assert failed.returncode == EXIT_UNHEALTHY
-    revert = rc.revert(
-        layout(deploy_to),
-        MIX,
-        previous_id="r1",
-        health=health(stable_for=0.3),
-        stop_timeout=5,
-        tmp_suffix="r",
-        records=[],
-    )
-    assert run(revert).returncode == 0
+    assert run(revert_to(deploy_to, "r1")).returncode == 0
     assert started_env(deploy_to)["A"] == "today"
     assert os.readlink(deploy_to / "current") == "releases/r1"
     # Switching releases without staged values (a rollback) runs that code with the file as it is today.
@@ -221,16 +219,7 @@ def test_a_host_of_the_old_layout_moves_to_the_new_one_with_its_first_deploy(dep
     # A failed first deploy leaves the old layout as it was: r1 reads its own file again.
     stage({"A": "new", "FAKE_LIFETIME": "0.2"})
     assert run(activate(deploy_to, "r2", health(stable_for=1), suffix="t2")).returncode == EXIT_UNHEALTHY
-    revert = rc.revert(
-        layout(deploy_to),
-        MIX,
-        previous_id="r1",
-        health=health(stable_for=0.3),
-        stop_timeout=5,
-        tmp_suffix="r",
-        records=[],
-    )
-    assert run(revert).returncode == 0
+    assert run(revert_to(deploy_to, "r1")).returncode == 0
     assert started_env(deploy_to)["A"] == f"pw={OLD_PASSWORD}"
     assert not (deploy_to / "shared" / "node.env").exists() and (deploy_to / "shared" / "env" / "r1.env").exists()
 
