@@ -6,6 +6,7 @@ registered by the repository's root ``tasks.py``, never shipped to users.
 
 from invoke.collection import Collection
 
+from deployer.cli.env_tasks import TASKS as ENV_TASKS
 from deployer.cli.exec_tasks import TASKS as EXEC_TASKS
 from deployer.cli.init_task import init
 from deployer.cli.lock_task import lock
@@ -29,6 +30,7 @@ ns = Collection(
     *OPS_TASKS,
     *EXEC_TASKS,
     *SETUP_TASKS,
+    *ENV_TASKS,
 )
 
 __all__ = ["ns"]

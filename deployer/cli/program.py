@@ -233,10 +233,13 @@ def program() -> DeployerProgram:
 
 
 def _argv(args: Sequence[str]) -> list[str]:
-    """``deployer help`` and ``deployer help TASK`` are ``deployer --help [TASK]``."""
+    """``deployer help`` and ``deployer help TASK`` are ``deployer --help [TASK]``; ``deployer env push`` is
+    ``deployer env-push``."""
     rest = list(args)
     if rest[:1] == ["help"]:
         return ["--help", *rest[1:2]]
+    if rest[:2] == ["env", "push"]:  # `deployer env push`, as kamal spells it
+        return ["env-push", *rest[2:]]
     return rest
 
 

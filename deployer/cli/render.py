@@ -157,6 +157,9 @@ NODE_PHASES = {
 
 
 def _phases(plan: Plan) -> str:
+    if plan.kind == "env push":
+        then = ", restart if it changed, health gate (old file back on failure)" if plan.health_gated else ""
+        return f"lock -> per batch: write the environment file{then} -> unlock"
     if plan.kind in NODE_PHASES:
         return NODE_PHASES[plan.kind]
     if plan.kind == "migrate":

@@ -8,7 +8,11 @@
       current -> releases/<id>    switched atomically (ln -s to a temp name, then mv -T)
       artifacts/<sha256>.tar.gz   uploaded tarballs, reused when the same artifact is deployed again
       shared/                     state that outlives releases
-        env/<release_id>.env      the node's runtime environment for that release (0600)
+        node.env                  the node's runtime environment, one for the environment (0600); every
+                                  release's node reads it when it starts (``deployer env push`` rewrites it)
+        node.env.<id>.staged      a deploy's new environment, used by release <id>'s migration until its
+                                  activation moves it into place (keeping the old one as node.env.prev
+                                  for the revert)
         .cookie                   the environment's Erlang cookie (0400)
         tmp/                      RELEASE_TMP: run_erl pipes and logs survive a switch
         node.pid                  OS pid of the running VM, recorded after a healthy start
@@ -21,6 +25,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+
+ENV_FILE = "shared/node.env"
+"""The node's environment file, relative to ``deploy_to`` (the launcher, a constant, derives it from ``$d``)."""
+LEGACY_ENV_DIR = "shared/env"
+"""Where deployer up to 0.2 kept one env file per release (``<release_id>.env``); removed once ``node.env``
+is in place."""
 
 RELEASE_ID_RE = re.compile(r"^[0-9]{14}-[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
@@ -79,11 +89,23 @@ class RemoteLayout:
         return f"{self.deploy_to}/shared"
 
     @property
-    def env_dir(self) -> str:
-        return f"{self.shared}/env"
+    def env_file(self) -> str:
+        """The node's environment file: one per environment, not per release (see :data:`ENV_FILE`)."""
+        return f"{self.deploy_to}/{ENV_FILE}"
 
-    def env_file(self, release_id: str) -> str:
-        return f"{self.env_dir}/{release_id}.env"
+    def staged_env_file(self, release_id: str) -> str:
+        """Where a deploy of ``release_id`` puts its new environment until that release is activated."""
+        return f"{self.env_file}.{release_id}.staged"
+
+    @property
+    def previous_env_file(self) -> str:
+        """The environment an activation replaced, kept until it succeeds (its revert puts it back)."""
+        return f"{self.env_file}.prev"
+
+    @property
+    def legacy_env_dir(self) -> str:
+        """The per-release env files of older deployers (see :data:`LEGACY_ENV_DIR`)."""
+        return f"{self.deploy_to}/{LEGACY_ENV_DIR}"
 
     @property
     def cookie(self) -> str:

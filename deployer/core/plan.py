@@ -88,8 +88,12 @@ def service_for(inventory: Inventory, *, user: str | None = None) -> Service | N
     )
 
 
-def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[str, str | Secret]:
-    """The node's environment on ``host``: inventory values, secrets, and what deployer owns."""
+def node_env(inventory: Inventory, host: HostConfig) -> dict[str, str | Secret]:
+    """The node's environment on ``host``: inventory values, secrets, and what deployer owns.
+
+    The same for every release (the launcher adds ``DEPLOYER_RELEASE_ID``): the file lives with the
+    environment, so a restart or a rollback runs with today's values.
+    """
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
@@ -106,7 +110,6 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
     env["RELEASE_TMP"] = layout.release_tmp
     env["RELEASE_NODE"] = config.node_name
     env["RELEASE_DISTRIBUTION"] = config.node.distribution
-    env["DEPLOYER_RELEASE_ID"] = release_id
     env["DEPLOYER_SHARED_DIR"] = layout.shared
     if config.node.loopback_only:
         # EPMD and the distribution port must not face the network; observe through an SSH tunnel.
@@ -115,6 +118,11 @@ def node_env(inventory: Inventory, host: HostConfig, release_id: str) -> dict[st
         flags = "-kernel inet_dist_use_interface {127,0,0,1}"
         env["ERL_AFLAGS"] = f"{previous} {flags}" if isinstance(previous, str) and previous else flags
     return env
+
+
+def node_env_file(inventory: Inventory, host: HostConfig) -> SecretText:
+    """The text of ``host``'s environment file (secrets kept as masked parts)."""
+    return env_file_text(node_env(inventory, host))
 
 
 def batches(
@@ -322,15 +330,10 @@ def running_probe(inventory: Inventory, host: HostConfig, nonce: str) -> Fragmen
     return rc.running_state(layout_for(inventory), flavour(inventory.config.app.flavour), health, nonce)
 
 
-def env_file_for(inventory: Inventory, host: HostConfig, release_id: str) -> SecretText:
-    """The env file a deploy of ``release_id`` writes on ``host`` (and what a re-deploy compares with)."""
-    return env_file_text(node_env(inventory, host, release_id))
-
-
-def env_digest(inventory: Inventory, host: HostConfig, release_id: str, nonce: str) -> str:
-    """What :func:`~deployer.remote.release.running_state` prints for an env file as deployer would write it
-    for ``release_id`` on ``host``."""
-    rendered = env_file_for(inventory, host, release_id).render(reveal=True)
+def env_digest(inventory: Inventory, host: HostConfig, nonce: str) -> str:
+    """What :func:`~deployer.remote.release.running_state` prints for ``host``'s environment file as
+    deployer would write it (:func:`node_env_file`: the one a deploy stages and ``env push`` writes)."""
+    rendered = node_env_file(inventory, host).render(reveal=True)
     return hashlib.sha256(nonce.encode() + rendered.encode()).hexdigest()
 
 
@@ -388,7 +391,7 @@ def plan_deploy(
             not restart
             and env_nonce is not None
             and current is not None
-            and unchanged_on(fact, artifact, env_digest(inventory, host, current, env_nonce))
+            and unchanged_on(fact, artifact, env_digest(inventory, host, env_nonce))
         ):
             host_plans.append(
                 HostPlan(
@@ -425,7 +428,7 @@ def plan_deploy(
                     layout,
                     release_id=release_id,
                     sha256=artifact.sha256,
-                    env_file=env_file_for(inventory, host, release_id),
+                    env_file=node_env_file(inventory, host),
                     cookie=Secret("erlang cookie", cookie) if cookie is not None and not fact.has_cookie else None,
                 ),
                 steps=_switch_steps(inventory, "deploy", release_id, fact, common, who, health, prune, prune_artifacts),
@@ -756,20 +759,25 @@ def plan_lifecycle(
     config = inventory.config
     layout = layout_for(inventory)
     spec = flavour(config.app.flavour)
-    health = health_check(inventory)
+
     service = service_for(inventory)
-    if operation == "stop":
-        step = HostStep(
-            "activate", oc.stop(layout, stop_timeout=config.node.stop_timeout, service=service), _stop_notice
-        )
-    elif operation == "start":
-        step = HostStep("activate", oc.start(layout, spec, health=health, service=service), _start_notice)
-    else:
-        step = HostStep(
+
+    def step_for(host: HostConfig) -> HostStep:
+        # Each host's own health URL: `${PORT}` may be a per-host value (hosts[].env).
+        health = health_check(inventory, host)
+        if operation == "stop":
+            return HostStep(
+                "activate", oc.stop(layout, stop_timeout=config.node.stop_timeout, service=service), _stop_notice
+            )
+        if operation == "start":
+            return HostStep("activate", oc.start(layout, spec, health=health, service=service), _start_notice)
+        return HostStep(
             "activate",
             oc.restart(layout, spec, health=health, stop_timeout=config.node.stop_timeout, service=service),
         )
-    names = [h.name for h in inventory.hosts if h.name in facts]
+
+    selected = {h.name: h for h in inventory.hosts if h.name in facts}
+    names = list(selected)
     if operation != "stop":
         missing = [n for n in names if facts[n].current_release is None]
         if missing:
@@ -782,7 +790,7 @@ def plan_lifecycle(
             host=n,
             before=facts[n].current_release,
             target=facts[n].current_release,
-            steps=(step,),
+            steps=(step_for(selected[n]),),
             version=facts[n].current_version,
             node_pids=facts[n].node_pids,
         )

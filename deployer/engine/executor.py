@@ -104,7 +104,11 @@ def migration_hint(output: str, *, lost: bool) -> str:
         )
     if "timed out" in text:
         return "the migration did not finish in migrate.timeout: find what it waits for (a lock?), then deploy again"
-    return "fix the migration and deploy again"
+    # Said as a condition: deployer cannot see the transaction, only the tool that ran the migration can.
+    return (
+        "a migration that raises inside its transaction is rolled back with it (Ecto runs each migration in "
+        "one unless it disables that), so the next deploy runs it again: fix the migration and deploy again"
+    )
 
 
 def command_output(result: CommandResult, limit: int = 15) -> str:

@@ -89,9 +89,17 @@ def upgrade(
     the install), and the report's warnings name them.
     """
     options = options or Options()
+    config = inventory.config
+    if config.node.service == "systemd":
+        # The in-place install itself would keep the unit's main process, but the fallback and the revert
+        # restart the node the daemon way, outside the unit: refuse rather than leave two supervisors.
+        raise PlanError(
+            "hot upgrades are not supported with node.service: systemd yet",
+            hint="deploy the release with `deployer deploy` (a restart through the unit), or use "
+            "node.service: daemon for hot upgrades",
+        )
     names = [h.name for h in inventory.select(options.hosts, options.roles)]
     relup = _read_relup(artifact)
-    config = inventory.config
     spec = flavour(config.app.flavour)
 
     def plan_for(executor: Executor, facts: dict[str, HostFacts]) -> Plan:
@@ -157,7 +165,7 @@ def _hot_host(
         on_disk_after, keep=config.keep_releases - 1, protect=[release_id, before, root_id]
     )
     kept_shas = {fact.history.sha256(r) for r in on_disk_after if r not in prune_ids} | {artifact.sha256}
-    paths = [layout.release(r) for r in prune_ids] + [layout.env_file(r) for r in prune_ids]
+    paths = [layout.release(r) for r in prune_ids]
     paths += [layout.artifact(sha) for sha in sorted(a for a in fact.artifacts if a not in kept_shas)]
     common: dict[str, str | None] = dict(version=artifact.version, sha256=artifact.sha256, by=who)
     success = revision_record(

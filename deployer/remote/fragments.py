@@ -13,9 +13,11 @@ release the step works on; ``NODE_PID``/``NODE_START`` are the node being watche
 pid and its start time in clock ticks, so a reused pid is never mistaken for it).
 
 The node is never started from this shell's environment: :data:`LAUNCHER` runs in a
-clean one (``env -i``), reads ``shared/env/<release>.env`` with a parser that only
-splits ``NAME=value`` lines (nothing in the file is ever executed or expanded), adds
-what deployer owns (the cookie mode, ``HOME``) and ``exec``s the release script.
+clean one (``env -i``), reads the environment's ``shared/node.env`` (a deploy's staged
+one for that release's migration; an older deployer's ``shared/env/<release>.env`` on a host
+not yet deployed to by this one) with a parser that only splits ``NAME=value`` lines (nothing
+in the file is ever executed or expanded), adds what deployer owns (the cookie mode, ``HOME``,
+``DEPLOYER_RELEASE_ID``) and ``exec``s the release script.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from deployer.core.paths import RemoteLayout
+from deployer.core.paths import ENV_FILE, LEGACY_ENV_DIR, RemoteLayout
 from deployer.remote.flavours import Flavour
 from deployer.remote.shell import Part, Script, Secret, SecretText, join, template, words
 
@@ -84,6 +86,10 @@ set by deployer for the node or would change the shells that start it."""
 
 
 # Runs as `env -i PATH=... /bin/sh -c "$LAUNCHER" deployer-launch DEPLOY_TO RELEASE MODE COMMAND...`.
+# The environment file is the environment's one (paths.ENV_FILE), not the release's: a restart or a rollback
+# runs with today's values. Two exceptions: RELEASE's staged file, which a deploy of RELEASE wrote for its
+# migration before the activation moves it into place; and a host still in the layout of deployer <= 0.2
+# (no node.env yet), whose per-release file is read until a deploy or `env push` writes node.env.
 # The file's assignments are collected as positional parameters and exported only at the very end, after
 # which the launcher runs nothing but `exec "$@"` (COMMAND is an absolute path): no name in the file can
 # change what the launcher does. The cookie mode decides what the node gets (see cookie_mode()):
@@ -96,8 +102,10 @@ set by deployer for the node or would change the shells that start it."""
 LAUNCHER = r"""set -eu
 d=$1 rid=$2 mode=$3
 shift 3
-e="$d/shared/env/$rid.env"
+e="$d/@ENV_FILE@"
 c="$d/shared/.cookie"
+if [ -r "$e.$rid.staged" ]; then e="$e.$rid.staged"
+elif [ ! -e "$e" ] && [ -r "$d/@LEGACY_ENV_DIR@/$rid.env" ]; then e="$d/@LEGACY_ENV_DIR@/$rid.env"; fi
 [ -r "$e" ] || { printf 'the environment file %s is missing\n' "$e" >&2; exit 1; }
 [ -s "$c" ] || { printf "the environment's Erlang cookie %s is missing\n" "$c" >&2; exit 1; }
 IFS= read -r line < "$e" || true
@@ -109,7 +117,7 @@ esac
 chmod 0700 "$d/shared/home"
 ln -sfn ../.cookie "$d/shared/home/.erlang.cookie"
 if [ "$mode" = home ]; then k=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); else k=$(cat "$c"); fi
-set -- "HOME=$d/shared/home" "RELEASE_COOKIE=$k" "RELX_COOKIE=$k" "COOKIE=$k" "$@"
+set -- "HOME=$d/shared/home" "DEPLOYER_RELEASE_ID=$rid" "RELEASE_COOKIE=$k" "RELX_COOKIE=$k" "COOKIE=$k" "$@"
 k=
 aflags= seen_aflags= out= n=0
 while IFS= read -r line || [ -n "$line" ]; do
@@ -140,7 +148,7 @@ while :; do
   shift
 done
 exec "$@"
-"""
+""".replace("@ENV_FILE@", ENV_FILE).replace("@LEGACY_ENV_DIR@", LEGACY_ENV_DIR)
 """The node launcher (a constant: it holds no value of any inventory and no secret)."""
 
 
@@ -478,7 +486,8 @@ def current_release() -> Fragment:
         '[ -n "$cur" ] || fail "nothing is deployed on this host ($d/current does not exist)"\n'
         "rid=${cur##*/}\n"
         '[ -d "$d/releases/$rid" ] || fail "current points to $cur, which is not on this host"\n'
-        '[ -f "$d/shared/env/$rid.env" ] || fail "the environment file of $rid is missing ($d/shared/env/$rid.env)"\n'
+        f'[ -f "$d/{ENV_FILE}" ] || [ -f "$d/{LEGACY_ENV_DIR}/$rid.env" ] || '
+        f'fail "the environment file $d/{ENV_FILE} is missing (deployer env push writes it)"\n'
     )
 
 

@@ -18,6 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from deployer.core.paths import RemoteLayout
+from deployer.remote import envfile
 from deployer.remote.flavours import CLEAN_BOOT_EVAL, Flavour
 from deployer.remote.fragments import (
     EXIT_UNHEALTHY,
@@ -129,19 +130,13 @@ def probe(
 
 
 def env_file_path(layout: RemoteLayout) -> Fragment:
-    """``e``: the environment file of release ``$rid``, from :meth:`RemoteLayout.env_file` (whatever its
-    layout: per release or one per environment), never from a path spelled out here."""
-    marker = "\x00"
-    path = layout.env_file(marker)
-    if marker not in path:
-        return text("e={{path}}\n", path=path)
-    head, _, tail = path.partition(marker)
-    return text('e={{head}}"$rid"{{tail}}\n', head=head, tail=tail)
+    """``e``: the node's environment file, from :attr:`RemoteLayout.env_file`, never spelled out here."""
+    return text("e={{path}}\n", path=layout.env_file)
 
 
 def running_state(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, nonce: str) -> Fragment:
     """What a re-deploy needs to know to leave a host alone: one try of the health check (``health=``) and
-    ``env_sha256=``, the sha256 of ``nonce`` followed by the current release's environment file.
+    ``env_sha256=``, the sha256 of ``nonce`` followed by the node's environment file.
 
     The nonce (random, one per run) keeps the printed digest from being a fixed fingerprint of the secrets
     in that file; the client compares it with the same digest of the file it would write.
@@ -227,7 +222,8 @@ def prepare(
     cookie: Secret | None,
     verify: bool = False,
 ) -> Script:
-    """Extract the artifact into a new ``releases/<id>``, write the env file (0600), the cookie.
+    """Extract the artifact into a new ``releases/<id>``, stage the environment file (0600, see
+    :mod:`deployer.remote.envfile`), write the cookie.
 
     The artifact was hashed when it arrived (:func:`receive_artifact`); ``verify`` hashes it again (an
     artifact left by an older deployer, or to rule out a damaged disk). Extraction goes to
@@ -273,19 +269,12 @@ def prepare(
         '[ -x "$p/bin/$app" ] || fail "the release has no executable bin/$app"\n'
         'rm -f "$p/releases/COOKIE"\n'
         'mv "$p" "$r"\n'
-        "step write-env\n"
-        'mkdir -p "$d/shared/tmp"\n'
-        '(umask 077; mkdir -p "$d/shared/env")\n'
-        'chmod 0700 "$d/shared/env"\n'
-        'e="$d/shared/env/"{{id}}.env\n'
-        "(umask 077; printf '%s' {{env}} > \"$e.tmp\")\n"
-        'chmod 0600 "$e.tmp"\n'
-        'mv -f "$e.tmp" "$e"\n',
+        'mkdir -p "$d/shared/tmp"\n',
         sha=sha256,
         id=release_id,
-        env=env_file,
     )
-    return script("prepare", deploy_vars(layout), cleanup, check, body, cookie_part)
+    env = envfile.discard_staged_env(layout) + envfile.write_env(layout, env_file, release_id=release_id)
+    return script("prepare", deploy_vars(layout), cleanup, check, body, env, cookie_part)
 
 
 def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
@@ -294,10 +283,10 @@ def abort_prepared(layout: RemoteLayout, release_id: str) -> Script:
         "step remove-new-release\n"
         'cur=$(readlink "$d/current" 2>/dev/null || true)\n'
         '[ "$cur" != "releases/"{{id}} ] || fail "refusing to remove the current release"\n'
-        'rm -rf "$d/releases/"{{id}} "$d/releases/.partial-"{{id}} "$d/shared/env/"{{id}}.env\n'
-        "echo removed=1\n",
+        'rm -rf "$d/releases/"{{id}} "$d/releases/.partial-"{{id}}\n',
         id=release_id,
     )
+    body += envfile.discard_staged_env(layout, release_id) + text("echo removed=1\n")
     return script("abort", deploy_vars(layout), body, timeout=120)
 
 
@@ -394,20 +383,22 @@ def activate(
     run_id: str | None = None,
     service: Service | None = None,
 ) -> Script:
-    """Switch ``current`` to ``release_id``, stop the old VM and wait for it, start the new one, wait for it
-    to be healthy, record success, remove old releases. Runs detached (:func:`detach`, run id
-    ``activate-<tmp_suffix>`` unless ``run_id``). Exits 76 when the node is not healthy; the executor
-    then runs :func:`revert`.
+    """Switch ``current`` to ``release_id`` and put its staged environment (if any) into place, stop the old
+    VM and wait for it, start the new one, wait for it to be healthy, record success, remove old releases.
+    Runs detached (:func:`detach`, run id ``activate-<tmp_suffix>`` unless ``run_id``). Exits 76 when the
+    node is not healthy; the executor then runs :func:`revert`.
     """
-    paths = [layout.release(r) for r in prune_releases] + [layout.env_file(r) for r in prune_releases]
+    paths = [layout.release(r) for r in prune_releases]
     paths += [layout.artifact(sha) for sha in prune_artifacts]
     remote, local = _limits(flavour, health, stop_timeout)
     worker = script(
         "activate",
         deploy_vars(layout),
         switch(release_id, tmp_suffix),
+        envfile.install_staged_env(layout, release_id),
         *_restart(layout, flavour, health, stop_timeout, service),
         record([success_record]),
+        envfile.settle_env(layout),
         prune(paths),
     )
     return detach(layout, worker, run_id=run_id or f"activate-{tmp_suffix}", limit=remote, timeout=local)
@@ -426,7 +417,8 @@ def revert(
     run_id: str | None = None,
     service: Service | None = None,
 ) -> Script:
-    """Put a host whose new node failed back on ``previous_id`` (switch, restart, health gate).
+    """Put a host whose new node failed back on ``previous_id`` (the environment the activation replaced,
+    switch, restart, health gate).
 
     ``failure_records`` (the failed release's entry: its health gate already failed) are written first;
     ``records`` only after the step they describe happened: after the old node is healthy again, or, with
@@ -441,6 +433,7 @@ def revert(
             _records(failure_records),
             service.stop() if service is not None else stop_node(stop_timeout),
             text('step unlink\nrm -f "$d/current"\n'),
+            envfile.restore_env(layout),
             _records(records),
         )
     else:
@@ -448,6 +441,7 @@ def revert(
             "revert",
             deploy_vars(layout),
             _records(failure_records),
+            envfile.restore_env(layout),
             switch(previous_id, tmp_suffix),
             *_restart(layout, flavour, health, stop_timeout, service),
             _records(records),

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from deployer.core.paths import RemoteLayout
+from deployer.remote import envfile
 from deployer.remote.flavours import Flavour
 from deployer.remote.fragments import (
     Fragment,
@@ -278,12 +279,15 @@ def hot_activate(
                 key=FALLBACK_KEY,
             )
             + switch(release_id, tmp_suffix)
+            # A restart deploy: the node starts with this deploy's environment, as in `activate`.
+            + envfile.install_staged_env(layout, release_id)
             + stop_node(stop_timeout)
             + start_node(
                 layout, flavour, start_wait=health.deadline, start_grace=min(health.start_grace, health.deadline)
             )
             + health_gate(layout, flavour, health)
             + record([fallback_record])
+            + envfile.settle_env(layout)
             + prune(prune_paths)
             + text("  exit 0\nfi\n")
         )
@@ -314,6 +318,9 @@ def hot_activate(
             backup=BACKUP,
         )
         + record([success_record])
+        # The node was not restarted: it keeps the environment it started with, and so does node.env
+        # (`deployer env push` changes both); this deploy's staged copy goes.
+        + envfile.discard_staged_env(layout, release_id)
         + prune(prune_paths)
         + text("printf '%s=%s\\n' {{key}} {{pid}}\n", key=HOT_KEY, pid=os_pid)
     )
@@ -375,6 +382,7 @@ def hot_revert(
         text("d={{deploy_to}}\napp={{app}}\n", deploy_to=layout.deploy_to, app=layout.app),
         record(failure_records) if failure_records else Fragment(()),
         switch(previous_id, tmp_suffix),
+        envfile.restore_env(layout),
         stop_node(stop_timeout),
         _restore_root(root, version),
         start_node(layout, flavour, start_wait=health.deadline, start_grace=min(health.start_grace, health.deadline)),

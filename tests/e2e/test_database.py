@@ -5,10 +5,6 @@ release) against PostgreSQL 15 on the fleet's database host (:mod:`tests.harness
 ``DATABASE_URL`` delivered as a secret. Each test gets its own database on that server, so "each
 migration ran exactly once" is counted in the database itself: ``schema_migrations`` and the
 ``migration_effects`` rows every migration writes inside its own transaction.
-
-The test marked ``xfail(strict=True)`` asserts what issue 15 demands and the engine does not do yet
-(naming a connect timeout to an unreachable database); when it starts passing, strict xfail fails the run
-and the marker must go.
 """
 
 from __future__ import annotations
@@ -28,6 +24,7 @@ import pytest
 from deployer.core.artifact import inspect_tarball
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Report
+from deployer.operations import env as env_api
 from deployer.operations import node as node_api
 from deployer.operations import release as api
 from tests.harness.database import Database, DatabaseUnavailable, pg_bindir
@@ -40,13 +37,6 @@ pytestmark = pytest.mark.fleet
 
 M1, M2, M3 = 20240101000001, 20240101000002, 20240101000003
 _names = itertools.count(1)
-
-XFAIL_TIMEOUT = pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: with the database unreachable (packets dropped) the report does not yet name the "
-    "connect timeout and the database address; refused connections and bad passwords are named",
-)
-
 
 # --- fixtures ------------------------------------------------------------------------------------------------
 
@@ -303,6 +293,54 @@ def test_deploy_upgrade_and_redeploy_run_each_migration_exactly_once(pg: PgApp, 
     assert {h["version"] for h in status["hosts"]} == {"0.1.0"}
 
 
+def test_a_rotated_password_reaches_the_nodes_by_env_push_and_rollback_keeps_it(
+    pg: PgApp, builds: dict[str, Path]
+) -> None:
+    """Issue 15: the environment was frozen per release, so a rollback restored the old password and failed,
+    and the old values stayed in old env files. Now it lives with the environment."""
+    hosts = [h.name for h in pg.app.fleet.hosts]
+    v1 = released(pg, pg.deploy(builds["v1"]))
+    released(pg, pg.deploy(builds["v2"]))
+    old_password = pg.db.password
+    new_password = pg.db.set_password()
+    try:
+        rotated = pg.db.url_with(name=pg.dbname)
+        # The nodes still hold the old password: each unit of work opens a connection, so they fail now.
+        assert pg.health("h1")[0] == 503
+
+        # A plain restart runs with the file as it is: still the old password (no push, no new values).
+        restarted = node_api.lifecycle(pg.inventory(), "restart", api.Options(hosts=["h3"]))
+        assert not restarted.report.ok
+
+        pushed = env_api.push(pg.inventory(url=rotated), api.Options(strategy={"kind": "rolling", "batch_size": 1}))
+        assert pushed.report.ok, explain(pushed.report)
+        assert pushed.report.operation == "env push"
+        assert new_password not in all_text(pushed.report)
+        for host in hosts:
+            code, health = pg.health(host)
+            assert code == 200 and health["version"] == "0.2.0" and health["database"] == "ok", (host, health)
+            # No file on the host keeps the old password (the per-release env files are gone).
+            found = pg.app.sh(host, f"grep -rlF -e {old_password} {pg.app.deploy_to} || true").strip()
+            assert found == "", f"{host}: the old password is still in {found}"
+            mode = pg.app.sh(host, f"stat -c %a {pg.app.deploy_to}/shared/node.env").strip()
+            assert mode == "600"
+
+        # Pushing the same values again restarts nothing.
+        nodes = {h["host"]: h.get("node_pids") for h in status_of(pg)["hosts"]}
+        again = env_api.push(pg.inventory(url=rotated))
+        assert again.report.ok, explain(again.report)
+        assert {h["host"]: h.get("node_pids") for h in status_of(pg)["hosts"]} == nodes
+
+        # Rollback: 0.1.0's code with today's password.
+        back = api.rollback(pg.inventory(url=rotated), to=v1).report
+        assert back.ok, explain(back)
+        for host in hosts:
+            code, health = pg.health(host)
+            assert code == 200 and health["version"] == "0.1.0" and health["database"] == "ok", (host, health)
+    finally:
+        pg.db.set_password(old_password)
+
+
 def test_concurrent_migrate_runs_each_migration_once(pg: PgApp, builds: dict[str, Path], tmp_path: Path) -> None:
     """Three `bin/hello_pg eval "HelloPg.Release.migrate()"` at once: the advisory lock serialises them."""
     release = tmp_path / "release"
@@ -462,7 +500,7 @@ def test_database_back_next_deploy_converges(database_down: tuple[Failure, Repor
 def database_unreachable(
     session_fleet: Fleet, database: Database, builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Failure]:
-    """The database host's link is cut before the deploy of 0.2.0: connections time out, nothing refuses them."""
+    """The database host is cut off before the deploy of 0.2.0: connections time out, nothing refuses them."""
     pg = new_pg(session_fleet, database, tmp_path_factory.mktemp("cut"))
 
     def attempt(pg: PgApp) -> Report:
@@ -483,7 +521,6 @@ def test_database_unreachable_before_migration_switches_nothing(database_unreach
     assert "migration failed on h1" in (database_unreachable.report.error or "")
 
 
-@XFAIL_TIMEOUT
 def test_database_unreachable_report_names_the_timeout(database_unreachable: Failure) -> None:
     text = database_unreachable.report.error or ""
     assert "timeout" in text and database_unreachable.pg.db.address in text, explain(database_unreachable.report)

@@ -66,7 +66,7 @@ def test_deploy_upgrade_rollback_prune_migrate(app: App, tarballs: dict[str, Pat
     old_pids = {h: app.health(h)["os_pid"] for h in hosts}  # type: ignore[index]
 
     # The env file is private, the cookie is read-only, the secret arrived byte for byte.
-    mode = app.sh("h2", f"stat -c %a {app.deploy_to}/shared/env/{v1}.env").strip()
+    mode = app.sh("h2", f"stat -c %a {app.deploy_to}/shared/node.env").strip()
     assert mode == "600"
     assert app.sh("h2", f"stat -c %a {app.deploy_to}/shared/.cookie").strip() == "400"
     assert (

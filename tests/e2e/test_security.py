@@ -257,22 +257,21 @@ def test_sentinel_secret_never_leaks(app: App, hello: Path, tmp_path: Path) -> N
     cookie = app.sh("h1", f"cat {app.deploy_to}/shared/.cookie")
     assert len(cookie) == 40
     assert sampler.containing(cookie) == []
-    # Remote logs and files: only the env files (0600, in a 0700 directory) hold the secret.
+    # Remote logs and files: only the environment's env file (0600) holds the secret.
     for host in app.fleet.hosts:
         sshd_log = app.sh(host.name, "cat /run/fleet/sshd.log")
         assert token not in sshd_log and cookie not in sshd_log
         holders = app.sh(host.name, f"grep -rlF -e {token} {app.deploy_to} /tmp /run /root 2>/dev/null || true").split()
-        assert holders and all(h.startswith(f"{app.deploy_to}/shared/env/") and h.endswith(".env") for h in holders)
+        assert holders == [f"{app.deploy_to}/shared/node.env"], holders
         assert app.sh(host.name, f"ls {app.deploy_to}/shared/tmp/log/").strip()  # the node did log
         assert '"outcome":"failed"' in app.sh(host.name, f"cat {app.deploy_to}/revisions.log")  # grepped above
         for env_file in holders:
             assert app.sh(host.name, f"stat -c %a {env_file}").strip() == "600"
-        assert app.sh(host.name, f"stat -c %a {app.deploy_to}/shared/env").strip() == "700"
         assert app.sh(host.name, f"stat -c %a {app.deploy_to}/shared/.cookie").strip() == "400"
         assert app.sh(host.name, f"cat {app.deploy_to}/shared/.cookie") == cookie  # one cookie per environment
     # Everything the fleet keeps on this machine (host directories, sshd logs, homes): same rule.
     for path in files_containing(app.fleet.base_dir, token.encode()):
-        assert path.match("*/shared/env/*.env"), path
+        assert path.match("*/shared/node.env"), path
     assert files_containing(app.db_dir, token.encode()) == []
     no_pwned(app.fleet)
 

@@ -183,6 +183,14 @@ def reap_stale_databases(registry: Path = DB_REGISTRY) -> list[str]:
     return reaped
 
 
+def destroy_detached(runid: str) -> list[str]:
+    """Tear down the database detached with fleet ``runid`` (none: nothing to do); return what was left."""
+    state_file = DB_REGISTRY / f"dp{runid}db" / "state.json"
+    if not state_file.exists():
+        return []
+    return _teardown(_State.from_json(json.loads(state_file.read_text())))
+
+
 class Database:
     """One PostgreSQL server for one fleet: a database, a login role, a random password.
 
@@ -422,15 +430,21 @@ class Database:
             )
 
     def cut_link(self) -> None:
-        """Cut the database host's network: connections to it time out (nothing refuses them)."""
+        """Cut the database host off: connections to it time out (nothing refuses them, nothing answers).
+
+        The link stays up and answers ARP, but every packet back to the fleet is silently discarded (a
+        blackhole route): a client's SYN gets no SYN-ACK and no ICMP error, as behind a firewall that
+        drops. (Taking the link down instead makes the fleet's kernels answer "host is unreachable" once
+        address resolution fails: another failure, not a timeout.)
+        """
         self._require_created()
-        _run(["ip", "-n", self.netns, "link", "set", _INNER_IF, "down"])
+        _run(["ip", "-n", self.netns, "route", "replace", "blackhole", self.network])
 
     def restore_link(self) -> None:
         """Undo :meth:`cut_link`; returns once the link is up and routed again (bounded)."""
         self._require_created()
         _run(["ip", "-n", self.netns, "link", "set", _INNER_IF, "up"])
-        # Taking the link down dropped the route back to the fleet's hosts: put it back.
+        # The route back to the fleet's hosts, instead of cut_link's blackhole.
         _run(["ip", "-n", self.netns, "route", "replace", self.network, "via", self.gateway])
         deadline = time.monotonic() + 5
         oper = Path(f"/sys/class/net/{self.veth}/operstate")
@@ -475,6 +489,15 @@ class Database:
         self._created = False
         if left:
             raise DatabaseError(f"database {self.netns}: teardown left behind: {'; '.join(left)}")
+
+    def detach(self, owner_pid: int) -> None:
+        """Let the server outlive this process (``invoke fleet.up --database``): ``owner_pid`` (the detached
+        fleet's first init) owns it from now on, so :func:`reap_stale_databases` leaves it alone while the
+        fleet runs. This handle no longer tears it down; :func:`destroy_detached` does."""
+        self._require_created()
+        state = _State(self.netns, self.veth, self.base_dir, owner_pid)
+        (self.base_dir / "state.json").write_text(json.dumps(state.to_json()) + "\n")
+        self._created = False
 
     def _require_created(self) -> None:
         if not self._created:

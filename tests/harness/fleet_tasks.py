@@ -76,13 +76,32 @@ def local_inventory(fleet: Any, *, project: str = "examples/hello", port: int = 
     }
 
 
-def prepare_fleet_files(fleet: Any) -> None:
+def pg_inventory(fleet: Any, *, port: int = 4000) -> dict[str, Any]:
+    """An inventory for ``examples/hello_pg`` on ``fleet``: its data and migrations in the fleet's PostgreSQL
+    (``DATABASE_URL`` a secret, in the secrets file :func:`prepare_fleet_files` writes)."""
+    data = local_inventory(fleet, project="examples/hello_pg", port=port)
+    data["app"] = {"name": "hello_pg", "flavour": "mix"}
+    data["deploy_to"] = f"{fleet.deploy_root}/hello_pg"
+    data["build"] = {**data["build"], "tarball": "_build/*/prod/hello_pg-*.tar.gz"}
+    data["env"] = {
+        "clear": {"PORT": str(port)},
+        "secret": ["DATABASE_URL"],
+        "secrets_file": str(fleet.base_dir / "secrets.env"),
+    }
+    data["migrate"] = {"eval": "HelloPg.Release.migrate()"}
+    return data
+
+
+def prepare_fleet_files(fleet: Any, database_url: str | None = None) -> None:
     """The shared 'database' directory and a secrets file outside the repository (0600)."""
     directory = common_dir(fleet.runid)
     directory.mkdir(parents=True, exist_ok=True)
     secrets_file = fleet.base_dir / "secrets.env"
     secrets_file.touch(mode=0o600)
-    secrets_file.write_text(f"HELLO_SECRET={secrets.token_urlsafe(24)}\n")
+    lines = f"HELLO_SECRET={secrets.token_urlsafe(24)}\n"
+    if database_url is not None:
+        lines += f"DATABASE_URL={database_url}\n"
+    secrets_file.write_text(lines)
 
 
 def remove_fleet_files(fleet: Any) -> None:
@@ -115,6 +134,8 @@ def _start_machines(hosts: int) -> Any:
         "machines": "Boot real Debian machines (systemd, journald, user deploy) instead of bare sshd hosts.",
         "service": "node.service of the inventory: daemon (default) or systemd (with --machines; then run "
         "`deployer setup --user root` once).",
+        "database": "Also start a PostgreSQL host on the fleet's network; the inventory deploys examples/hello_pg "
+        "with DATABASE_URL as a secret.",
     }
 )
 def up(
@@ -124,12 +145,15 @@ def up(
     inventory_dir: str = "inventory",
     machines: bool = False,
     service: str = "daemon",
+    database: bool = False,
 ) -> None:
     """Start N real OpenSSH hosts (or booted machines) in namespaces and write inventory/<env>.yml for them."""
     from tests.harness.fleet import Fleet, FleetUnavailable, reap_stale_fleets
 
     if service not in ("daemon", "systemd") or (service == "systemd" and not machines):
         raise Exit(f"--service {service}: daemon, or systemd with --machines", 2)
+    if database and machines:
+        raise Exit("--database runs next to the namespace fleet, not with --machines", 2)
     state = state_file(env)
     if state.exists():
         raise Exit(f"a fleet for '{env}' is already up ({state}); run `invoke fleet.down --env {env}` first", 1)
@@ -142,11 +166,19 @@ def up(
             fleet = Fleet(hosts).start()
         except FleetUnavailable as exc:
             raise Exit(f"cannot start a fleet here: {exc}", 1) from None
+    db: Any = None
     try:
-        prepare_fleet_files(fleet)
+        if database:
+            from tests.harness.database import Database, DatabaseUnavailable
+
+            try:
+                db = Database(fleet).create()
+            except DatabaseUnavailable as exc:
+                raise Exit(f"cannot start the database here: {exc} (scripts/install-test-deps.sh)", 1) from None
+        prepare_fleet_files(fleet, db.url if db is not None else None)
         inventory = Path(inventory_dir) / f"{env}.yml"
         inventory.parent.mkdir(parents=True, exist_ok=True)
-        data = local_inventory(fleet)
+        data = pg_inventory(fleet) if db is not None else local_inventory(fleet)
         if service == "systemd":
             data["node"]["service"] = "systemd"
         inventory.write_text(
@@ -155,12 +187,19 @@ def up(
         )
         fleet.save(state)
         fleet.detach()
+        if db is not None:
+            # The database lives as long as the detached fleet: its first init owns both.
+            db.detach(int((fleet.base_dir / "owner.pid").read_text().split()[0]))
     except BaseException:
+        if db is not None:
+            db.destroy()
         remove_fleet_files(fleet)
         fleet.stop()
         raise
     for host in fleet.hosts:
         print(f"  {host.name:<4} {host.address}:{host.port}")
+    if db is not None:
+        print(f"  db   {db.address}:{db.port} (PostgreSQL; DATABASE_URL in {fleet.base_dir / 'secrets.env'})")
     kind = "machines (systemd; ssh as deploy)" if machines else "hosts"
     print(f"fleet {fleet.runid} is up: {len(fleet.hosts)} {kind}; inventory written to {inventory}")
 
@@ -170,6 +209,7 @@ def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> No
     """Tear down the fleet started by fleet.up: processes, namespaces, links, files, its inventory."""
     import json
 
+    from tests.harness.database import destroy_detached
     from tests.harness.fleet import Fleet
     from tests.harness.machines import MachineFleet
 
@@ -178,6 +218,9 @@ def down(c: Context, env: str = "local", inventory_dir: str = "inventory") -> No
         print(f"no fleet for '{env}' is up")
         return
     fleet: Any = MachineFleet.load(state) if "machines" in json.loads(state.read_text()) else Fleet.load(state)
+    left = destroy_detached(fleet.runid)
+    if left:
+        print(f"the database of fleet {fleet.runid} left behind: {'; '.join(left)}")
     fleet.stop()
     remove_fleet_files(fleet)
     state.unlink()
@@ -202,7 +245,8 @@ def show(c: Context, env: str = "local", path: str = "/health", inventory_dir: s
     from deployer.core.inventory import load_inventory
 
     inventory = load_inventory(env, inventory_dir, resolve_secrets=False)
-    port = inventory.config.env.clear.get("HELLO_PORT", "4000")
+    clear = inventory.config.env.clear
+    port = clear.get("HELLO_PORT") or clear.get("PORT", "4000")  # examples/hello or examples/hello_pg
     failed = False
     for host in inventory.hosts:
         url = f"http://{host.address}:{port}{path}"

@@ -91,7 +91,7 @@ def test_distillery_mapping() -> None:
 def test_relx_paths_are_expanded_into_the_env_file(tmp_path: Path) -> None:
     data = {**BASE, "app": {"name": "hello", "flavour": "rebar3"}}
     inv = inventory(tmp_path, data)
-    env = node_env(inv, inv.hosts[0], RID)
+    env = node_env(inv, inv.hosts[0])
     assert env["RELX_OUT_FILE_PATH"] == "/srv/hello/shared/tmp/relx"
     assert env["RUNNER_LOG_DIR"] == "/srv/hello/shared/tmp/log"  # where node_log_tail looks
     assert env["PIPE_DIR"] == "/srv/hello/shared/tmp/pipe/"

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from deployer.core.facts import parse_probe
 from deployer.core.paths import RemoteLayout
-from deployer.core.plan import health_check
+from deployer.core.plan import Lifecycle, health_check, plan_lifecycle
 from deployer.errors import PlanError
 from deployer.remote import release as rc
 from deployer.remote.flavours import flavour
@@ -121,12 +122,14 @@ def test_activate_contains_the_phases_in_order() -> None:
         prune_artifacts=["b" * 64],
     )
     text = script.render()
-    order = [text.index(f"step {s}\n") for s in ("switch", "stop", "start", "health", "record", "prune")]
+    order = [text.index(f"step {s}\n") for s in ("switch", "env", "stop", "start", "health", "record", "prune")]
     assert order == sorted(order)
     assert 'ln -s "releases/$rid" "$t"\nmv -T "$t" "$d/current"\n' in text
     assert "stop_node 20\n" in text
     assert 'curl -fsS -o /dev/null --max-time "$SECS" http://127.0.0.1:4000/health' in text
-    assert "/srv/hello/releases/20200101000000-0.0.1 /srv/hello/shared/env/20200101000000-0.0.1.env" in text
+    # The pruned release leaves no env file behind: there is only the environment's one.
+    assert "rm -rf /srv/hello/releases/20200101000000-0.0.1 /srv/hello/artifacts/" in text
+    assert "shared/env/20200101000000-0.0.1.env" not in text
     assert f"/srv/hello/artifacts/{'b' * 64}.tar.gz" in text
     assert script.run_id == "activate-abcd"
 
@@ -209,6 +212,21 @@ def test_health_url_placeholders_are_the_hosts_plain_env_values(tmp_path: Path) 
     data["health"] = {"http": "http://127.0.0.1:${HELLO_SECRET}/health"}
     with pytest.raises(PlanError, match=r"health.http: \$\{HELLO_SECRET\} is not a plain env value of host"):
         health_check(inventory(tmp_path / "2", data), inv.hosts[0])
+
+
+@pytest.mark.parametrize("operation", ["start", "restart"])
+def test_start_and_restart_check_each_hosts_own_health_url(tmp_path: Path, operation: Lifecycle) -> None:
+    # Issue 15: the node operations expanded `${HELLO_PORT}` with env.clear's value on every host.
+    data = copy.deepcopy(BASE)
+    data["health"] = {"http": "http://127.0.0.1:${HELLO_PORT}/health"}
+    data["hosts"][0]["env"] = {"HELLO_PORT": "4999"}
+    inv = inventory(tmp_path, data)
+    rid = "20260101000000-0.1.0"
+    facts = {h.name: parse_probe(f"now=1\ncurrent=releases/{rid}\nrelease={rid}\n") for h in inv.hosts}
+    plan = plan_lifecycle(inv, operation, facts)
+    first, second = (plan.host(h.name).activate.render() for h in inv.hosts[:2])
+    assert "http://127.0.0.1:4999/health" in first and "4000" not in first
+    assert "http://127.0.0.1:4000/health" in second
 
 
 def test_the_artifact_is_hashed_once_per_host() -> None:

@@ -209,7 +209,7 @@ def test_launcher_starts_from_a_clean_environment_and_names_cannot_change_it(dep
     assert seen["ERL_AFLAGS"] == "-setcookie -kernel inet_dist_use_interface {127,0,0,1}"
     assert seen["PWD"] == f"{deploy_to}/shared"
     # Nothing of the calling session leaks in.
-    assert set(seen) == {*env, "HOME", "RELEASE_COOKIE", "RELX_COOKIE", "COOKIE", "PWD"}
+    assert set(seen) == {*env, "HOME", "RELEASE_COOKIE", "RELX_COOKIE", "COOKIE", "PWD", "DEPLOYER_RELEASE_ID"}
 
 
 def test_launcher_cookie_modes(deploy_to: Path) -> None:

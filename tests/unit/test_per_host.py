@@ -72,11 +72,11 @@ def test_secrets_are_resolved_per_host(tmp_path: Path) -> None:
 
 def test_node_env_carries_each_hosts_values(tmp_path: Path) -> None:
     inv = load(tmp_path, PER_HOST)
-    web1, web2, web3 = (revealed(node_env(inv, host, "r1")) for host in inv.hosts)
+    web1, web2, web3 = (revealed(node_env(inv, host)) for host in inv.hosts)
     assert web2["DATABASE_URL"] == "postgres://eu-replica/db" and web2["HELLO_REGION"] == "eu"
     assert web1["DATABASE_URL"] == "postgres://primary/db" and "HELLO_REGION" not in web1
     assert web3["API_KEY_WEB3"] == "web3-key" and "API_KEY_WEB3" not in web1
-    assert isinstance(node_env(inv, inv.hosts[1], "r1")["DATABASE_URL"], Secret)
+    assert isinstance(node_env(inv, inv.hosts[1])["DATABASE_URL"], Secret)
 
 
 def test_the_plan_writes_each_host_its_own_env_file(tmp_path: Path) -> None:
@@ -151,5 +151,5 @@ def test_conflicts_are_errors_with_the_key_path(
 
 def test_a_host_value_replaces_the_environments_value_of_its_kind(tmp_path: Path) -> None:
     inv = load(tmp_path, with_hosts(web1={"env": {"HELLO_PORT": "4001"}}))
-    assert revealed(node_env(inv, inv.hosts[0], "r1"))["HELLO_PORT"] == "4001"
-    assert revealed(node_env(inv, inv.hosts[1], "r1"))["HELLO_PORT"] == "4000"
+    assert revealed(node_env(inv, inv.hosts[0]))["HELLO_PORT"] == "4001"
+    assert revealed(node_env(inv, inv.hosts[1]))["HELLO_PORT"] == "4000"

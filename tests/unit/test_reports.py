@@ -211,6 +211,35 @@ def test_a_migration_failure_shows_stdout_and_stderr_masked_and_blames_the_datab
     assert "activate" not in fake.names()
 
 
+def test_a_database_that_does_not_answer_is_named_with_its_timeout_and_address(
+    inv: Inventory, artifact: Artifact
+) -> None:
+    fake = fleet()
+    stdout = (
+        "21:04:12.317 [error] HelloPg.Repo (app@10.69.254.2:5432/app) failed to connect: "
+        "** (HelloPg.Repo.ConnectionError) tcp connect (10.69.254.2:5432): timeout - :timeout\n"
+    )
+    stderr = "@@step migrate\n** (HelloPg.Repo.ConnectionError) connection not available and request was dropped\n"
+    fake.responses["migrate"] = CommandResult(1, stdout, stderr, 0.0)
+    error = api.deploy(inv, artifact, api.Options(connector=fake.connect)).report.error or ""
+    assert "tcp connect (10.69.254.2:5432): timeout" in error and "could not reach its database" in error
+    assert "did not finish in migrate.timeout" not in error  # the database's timeout, not the migration's
+
+
+def test_a_raising_migration_says_nothing_switched_and_its_transaction_was_rolled_back(
+    inv: Inventory, artifact: Artifact
+) -> None:
+    fake = fleet()
+    stderr = "@@step migrate\n** (RuntimeError) migration 20240101000003 add_items_note raised on purpose\n"
+    fake.responses["migrate"] = CommandResult(1, "", stderr, 0.0)
+    report = api.deploy(inv, artifact, api.Options(connector=fake.connect)).report
+    error = report.error or ""
+    assert "migration failed on web1; no host switched" in error and "raised on purpose" in error
+    assert "rolled back" in error and "every host still runs its previous release" in error
+    assert "could not reach its database" not in error
+    assert "activate" not in fake.names()
+
+
 def test_a_lost_link_during_the_migration_is_not_blamed_on_the_migration(inv: Inventory, artifact: Artifact) -> None:
     fake = fleet()
     fake.responses["migrate"] = RemoteCommandError("web1", "migrate", "the SSH connection was lost while the step ran")

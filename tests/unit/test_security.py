@@ -124,9 +124,10 @@ def test_prepare_run_locally(tmp_path: Path) -> None:
     release = d / "releases" / "20260101000000-0.1.0"
     assert (release / "bin" / "hello").is_file()
     assert not (release / "releases" / "COOKIE").exists()  # the tarball's cookie is ignored
-    env_dir, env_file = d / "shared" / "env", d / "shared" / "env" / "20260101000000-0.1.0.env"
-    assert stat.S_IMODE(env_dir.stat().st_mode) == 0o700
+    # The new values are staged for this release (its migration reads them) until its activation.
+    env_file = d / "shared" / "node.env.20260101000000-0.1.0.staged"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert not (d / "shared" / "node.env").exists() and not (d / "shared" / "env").exists()
     cookie = d / "shared" / ".cookie"
     assert stat.S_IMODE(cookie.stat().st_mode) == 0o400 and cookie.read_text() == COOKIE
     # The values arrive byte for byte through the launcher, and nothing in them ran.
@@ -270,7 +271,7 @@ def test_every_planned_script_keeps_secrets_off_argv_and_out_of_renderings(tmp_p
             assert not script.secrets
     prepare = plan.hosts[0].prepare
     assert prepare is not None and MASK in prepare.render()
-    env = node_env(inv, inv.hosts[0], "r1")
+    env = node_env(inv, inv.hosts[0])
     assert isinstance(env["HELLO_SECRET"], Secret)
     assert env["ERL_EPMD_ADDRESS"] == "127.0.0.1"
     assert "inet_dist_use_interface {127,0,0,1}" in str(env["ERL_AFLAGS"])

@@ -47,7 +47,7 @@ def _probe(
 ) -> str:
     record = json.dumps({"release": R1, "event": "deploy", "outcome": "success", "sha256": sha or artifact.sha256})
     config = next(h for h in inv.hosts if h.name == host)
-    digest = env if env is not None else env_digest(inv, config, R1, NONCE)
+    digest = env if env is not None else env_digest(inv, config, NONCE)
     lines = [
         "now=1",
         "exists=1",
@@ -67,10 +67,10 @@ def _probe(
 def test_the_digest_is_of_the_nonce_and_the_env_file_deployer_writes(tmp_path: Path) -> None:
     inv, _ = _setup(tmp_path)
     web1 = inv.hosts[0]
-    text = env_file_text(node_env(inv, web1, R1)).render(reveal=True)
+    text = env_file_text(node_env(inv, web1)).render(reveal=True)
     assert "s3cr3t-value" in text  # the digest covers the secrets too: a changed secret means a restart
-    assert env_digest(inv, web1, R1, NONCE) == hashlib.sha256(NONCE.encode() + text.encode()).hexdigest()
-    assert env_digest(inv, web1, R1, "other") != env_digest(inv, web1, R1, NONCE)
+    assert env_digest(inv, web1, NONCE) == hashlib.sha256(NONCE.encode() + text.encode()).hexdigest()
+    assert env_digest(inv, web1, "other") != env_digest(inv, web1, NONCE)
 
 
 def test_a_host_running_this_artifact_healthy_with_the_same_env_is_unchanged(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_restart_or_no_running_facts_deploy_every_host(tmp_path: Path) -> None:
 def test_unchanged_needs_the_release_on_disk(tmp_path: Path) -> None:
     inv, artifact = _setup(tmp_path)
     fact = parse_probe(_probe(inv, artifact, "web1").replace(f"release={R1}\n", ""))
-    assert not unchanged_on(fact, artifact, env_digest(inv, inv.hosts[0], R1, NONCE))
+    assert not unchanged_on(fact, artifact, env_digest(inv, inv.hosts[0], NONCE))
 
 
 def test_running_state_renders_exactly() -> None:
@@ -127,7 +127,7 @@ def test_running_state_renders_exactly() -> None:
     body = body_text(rc.running_state(layout, flavour("mix"), health, "n0nce"))
     assert body.endswith(
         'if [ -n "$cur" ]; then\n'
-        'e=/srv/hello/shared/env/"$rid".env\n'
+        "e=/srv/hello/shared/node.env\n"
         '  if [ -r "$e" ]; then\n'
         "    if command -v openssl >/dev/null 2>&1; then h=$( { printf '%s' n0nce; cat \"$e\"; } "
         "| openssl dgst -sha256 -r) || h=\n"
@@ -140,12 +140,8 @@ def test_running_state_renders_exactly() -> None:
 
 
 def test_the_env_path_comes_from_the_layout() -> None:
-    class PerEnvironment(RemoteLayout):
-        def env_file(self, release_id: str) -> str:
-            return f"{self.env_dir}/current.env"
-
-    assert body_text(rc.env_file_path(PerEnvironment("/srv/hello", "hello"))) == "e=/srv/hello/shared/env/current.env\n"
-    assert body_text(rc.env_file_path(RemoteLayout("/srv/a b", "hello"))) == "e='/srv/a b/shared/env/'\"$rid\".env\n"
+    assert body_text(rc.env_file_path(RemoteLayout("/srv/hello", "hello"))) == "e=/srv/hello/shared/node.env\n"
+    assert body_text(rc.env_file_path(RemoteLayout("/srv/a b", "hello"))) == "e='/srv/a b/shared/node.env'\n"
 
 
 def test_the_probe_parses_running_state() -> None:
@@ -172,7 +168,7 @@ def _fake_probe(inv: Inventory, artifact: Artifact, host: str, **kwargs: str) ->
         match = re.search(r"printf '%s' (\w+); cat", script.render())
         assert match is not None, "the probe carries the running-state check"
         config = next(h for h in inv.hosts if h.name == host)
-        digest = env_digest(inv, config, R1, match.group(1))
+        digest = env_digest(inv, config, match.group(1))
         return ok(_probe(inv, artifact, host, env=kwargs.pop("env", digest), **kwargs) + "lock_acquired=1\n")
 
     return respond
