@@ -23,7 +23,6 @@ which favours the restart deploys slightly. Results: ``benchmarks/results/hot_up
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.underload import README, arguments, balancer_section, load_columns, publish, under_load
 from deployer import api
 from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.inventory import load_inventory
@@ -43,10 +43,9 @@ from deployer.operations import upgrade as hot
 from tests.harness.examples import HELLO_RELUP_PROJECT_DIR, build_hello_relup
 from tests.harness.fleet import Fleet
 from tests.harness.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
-from tests.harness.loadbalancer import Balancer, Load, LoadResult, missing_tools
+from tests.harness.loadbalancer import Balancer, missing_tools
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
 START_MARK = "<!-- hot-upgrade:start -->"
 END_MARK = "<!-- hot-upgrade:end -->"
 PORT = 4500
@@ -65,32 +64,10 @@ def _inventory(fleet: Fleet, app_hosts: int, directory: Path, balancer: Balancer
     data.pop("migrate", None)  # the example has no database
     data["strategy"] = {"kind": "rolling", "batch_size": 1}
     if balancer is not None:
-        lb_host = fleet.host(balancer.host)
-        machine = {"name": lb_host.name, "address": lb_host.address, "port": lb_host.port}
-        data["load_balancer"] = {**balancer.inventory_section(drain_timeout=10), "hosts": [machine]}
+        data["load_balancer"] = balancer_section(fleet, balancer)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "bench.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     return directory
-
-
-def _row(name: str, before: LoadResult, during: LoadResult, wall: float, result: Result) -> dict[str, Any]:
-    report = result.report
-    row: dict[str, Any] = {
-        "operation": name,
-        "ok": report.ok,
-        "wall_s": round(wall, 1),
-        "requests": during.requests,
-        "failed": during.failed,
-        "non_2xx": during.non_2xx,
-        "socket_errors": during.socket_errors,
-        "p50_before_ms": before.p50_ms,
-        "p99_before_ms": before.p99_ms,
-        "p50_during_ms": during.p50_ms,
-        "p99_during_ms": during.p99_ms,
-    }
-    if not report.ok:
-        row["error"] = report.error or "; ".join(f"{h.host}: {h.outcome} {h.error}" for h in report.hosts)
-    return row
 
 
 def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -110,14 +87,6 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['p50_during_ms']:.1f} / {r['p99_during_ms']:.1f} | {'yes' if r['ok'] else 'NO'} |"
         )
     return "\n".join(lines)
-
-
-def write_readme(block: str, readme: Path = README) -> None:
-    """Replace the table between the hot-upgrade markers of ``readme``."""
-    text = readme.read_text()
-    head, rest = text.split(START_MARK, 1)
-    _, tail = rest.split(END_MARK, 1)
-    readme.write_text(f"{head}{START_MARK}\n{block}\n{END_MARK}{tail}")
 
 
 def _versions(fleet: Fleet, hosts: int) -> list[str]:
@@ -159,15 +128,10 @@ def run(hosts: int, connections: int, delay_ms: int, settle: float, readme: bool
                     back = api.rollback(drained, to="1.0.0")
                     if not back.report.ok or set(_versions(fleet, hosts)) != {"1.0.0"}:
                         sys.exit(f"could not put the hosts back on 1.0.0: {back.report.error}")
-                time.sleep(settle)  # HAProxy sees every server UP again, the hosts are quiet
-                before = Load(balancer.url, connections=connections, delay_ms=delay_ms).measure(8)
-                load = Load(balancer.url, connections=connections, delay_ms=delay_ms, limit=900).start()
-                started = time.monotonic()
-                result = operation()
-                wall = time.monotonic() - started
-                time.sleep(1.0)  # requests in flight when the operation returned
-                during = load.stop()
-                row = _row(name, before, during, wall, result)
+                result, wall, before, during = under_load(
+                    balancer, operation, connections=connections, delay_ms=delay_ms, settle=settle
+                )
+                row = {"operation": name, **load_columns(before, during, wall, result)}
                 row["versions_after"] = _versions(fleet, hosts)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -179,23 +143,20 @@ def run(hosts: int, connections: int, delay_ms: int, settle: float, readme: bool
         "delay_ms": delay_ms,
         "when": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "hot_upgrade.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    block = table(rows, meta)
-    print(block)
-    if readme:
-        write_readme(block)
+    publish(
+        "hot_upgrade",
+        meta,
+        rows,
+        table,
+        markers=(START_MARK, END_MARK),
+        heading="Hot upgrade against restart deploys (`python -m benchmarks.hot_upgrade`)",
+        readme=README if readme else None,
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", type=int, default=3, help="app hosts behind the balancer (default 3)")
-    parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4)")
-    parser.add_argument("--delay", type=int, default=40, help="ms each connection waits between requests")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds of quiet before each measurement")
-    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, 3, argv)
     run(args.hosts, args.connections, args.delay, args.settle, not args.no_readme)
 
 

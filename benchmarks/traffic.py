@@ -20,27 +20,28 @@ and the operation's wall time. Results: ``benchmarks/results/traffic.json`` and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from benchmarks.underload import README, arguments, balancer_section, load_columns, publish, under_load
 from deployer import api
-from deployer.core.artifact import inspect_tarball
-from deployer.core.inventory import load_inventory
+from deployer.core.artifact import Artifact, inspect_tarball
+from deployer.core.inventory import Inventory, load_inventory
+from deployer.engine.run import Result
 from tests.harness.examples import build_hello
 from tests.harness.fleet import Fleet
 from tests.harness.fleet_tasks import common_dir, local_inventory, prepare_fleet_files
-from tests.harness.loadbalancer import Balancer, Load, LoadResult, missing_tools
+from tests.harness.loadbalancer import Balancer, missing_tools
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
 START_MARK = "<!-- traffic:start -->"
 END_MARK = "<!-- traffic:end -->"
 PORT = 4400
@@ -57,31 +58,18 @@ def _inventory(fleet: Fleet, app_hosts: int, directory: Path, setup: str, balanc
     data["health"]["deadline"] = 60
     data["strategy"] = {"kind": "rolling", "batch_size": "25%" if setup == "drain-25%" else 1}
     if setup != "none":
-        lb_host = fleet.host(balancer.host)
-        # The balancer is not one of the app hosts: it gets its own address (reached with the same ssh settings).
-        machine = {"name": lb_host.name, "address": lb_host.address, "port": lb_host.port}
-        data["load_balancer"] = {**balancer.inventory_section(drain_timeout=10), "hosts": [machine]}
+        data["load_balancer"] = balancer_section(fleet, balancer)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "traffic.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     return directory
 
 
-def _row(setup: str, operation: str, before: LoadResult, during: LoadResult, wall: float, ok: bool) -> dict[str, Any]:
-    return {
-        "setup": setup,
-        "operation": operation,
-        "ok": ok,
-        "wall_s": round(wall, 1),
-        "requests": during.requests,
-        "failed": during.failed,
-        "non_2xx": during.non_2xx,
-        "socket_errors": during.socket_errors,
-        "rate_rps": round(during.rate, 1),
-        "p50_before_ms": before.p50_ms,
-        "p99_before_ms": before.p99_ms,
-        "p50_during_ms": during.p50_ms,
-        "p99_during_ms": during.p99_ms,
-    }
+def _operation(operation: str, inventory: Inventory, upgrade_to: Artifact) -> Result:
+    if operation == "deploy":
+        return api.deploy(inventory, upgrade_to)
+    if operation == "restart":
+        return api.restart(inventory)
+    return api.rollback(inventory)
 
 
 def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -101,18 +89,6 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['p50_during_ms']:.1f} | {r['p99_during_ms']:.1f} | {'yes' if r['ok'] else 'NO'} |"
         )
     return "\n".join(lines)
-
-
-def write_readme(block: str, readme: Path = README) -> None:
-    text = readme.read_text()
-    if START_MARK not in text:
-        text = text.rstrip("\n") + (
-            "\n\n## Real traffic through a load balancer (`python -m benchmarks.traffic`)\n\n"
-            f"{START_MARK}\n{END_MARK}\n"
-        )
-    head, rest = text.split(START_MARK, 1)
-    _, tail = rest.split(END_MARK, 1)
-    readme.write_text(f"{head}{START_MARK}\n{block}\n{END_MARK}{tail}")
 
 
 def run(hosts: int, connections: int, delay_ms: int, settle: float, readme: bool) -> list[dict[str, Any]]:
@@ -135,25 +111,11 @@ def run(hosts: int, connections: int, delay_ms: int, settle: float, readme: bool
             for setup in SETUPS:
                 directory = _inventory(fleet, hosts, work, setup, balancer)
                 for operation in OPERATIONS:
-                    time.sleep(settle)  # HAProxy's checks see every server UP again, the hosts are quiet
-                    before = Load(balancer.url, connections=connections, delay_ms=delay_ms).measure(8)
-                    inventory = load_inventory("traffic", directory)
-                    load = Load(balancer.url, connections=connections, delay_ms=delay_ms, limit=900).start()
-                    started = time.monotonic()
-                    if operation == "deploy":
-                        result = api.deploy(inventory, releases["0.2.0"])
-                    elif operation == "restart":
-                        result = api.restart(inventory)
-                    else:
-                        result = api.rollback(inventory)
-                    wall = time.monotonic() - started
-                    time.sleep(1.0)  # requests in flight when the operation returned
-                    during = load.stop()
-                    row = _row(setup, operation, before, during, wall, result.report.ok)
-                    if not result.report.ok:
-                        row["error"] = result.report.error or "; ".join(
-                            f"{h.host}: {h.outcome} {h.error}" for h in result.report.hosts if not h.succeeded
-                        )
+                    run_it = partial(_operation, operation, load_inventory("traffic", directory), releases["0.2.0"])
+                    result, wall, before, during = under_load(
+                        balancer, run_it, connections=connections, delay_ms=delay_ms, settle=settle
+                    )
+                    row = {"setup": setup, "operation": operation, **load_columns(before, during, wall, result)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -164,23 +126,20 @@ def run(hosts: int, connections: int, delay_ms: int, settle: float, readme: bool
         "delay_ms": delay_ms,
         "when": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "traffic.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    block = table(rows, meta)
-    print(block)
-    if readme:
-        write_readme(block)
+    publish(
+        "traffic",
+        meta,
+        rows,
+        table,
+        markers=(START_MARK, END_MARK),
+        heading="Real traffic through a load balancer (`python -m benchmarks.traffic`)",
+        readme=README if readme else None,
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", type=int, default=5, help="app hosts behind the balancer (default 5)")
-    parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4)")
-    parser.add_argument("--delay", type=int, default=40, help="ms each connection waits between requests")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds of quiet before each measurement")
-    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, 5, argv)
     run(args.hosts, args.connections, args.delay, args.settle, not args.no_readme)
 
 
