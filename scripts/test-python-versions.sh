@@ -35,8 +35,9 @@ for python in "${found[@]}"; do
     if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi
-    # The project (editable) and what the unit tests import; not the docs toolchain.
-    "$venv/bin/python" -m pip install -q -e . pytest pytest-mock pytest-timeout hypothesis pexpect build "setuptools>=68" wheel \
+    # The project (editable) and what the unit tests import (of the docs toolchain only Markdown, whose
+    # rendering of docs/errors.md the error-link tests check); not mkdocs itself.
+    "$venv/bin/python" -m pip install -q -e . pytest pytest-mock pytest-timeout hypothesis pexpect markdown build "setuptools>=68" wheel \
         "tomli; python_version < '3.11'"
     if "$venv/bin/python" -m pytest "${args[@]}"; then
         passed+=("$version")
