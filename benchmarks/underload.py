@@ -78,11 +78,12 @@ def publish(
     markers: tuple[str, str],
     heading: str,
     readme: Path | None = README,
+    results: Path = HERE / "results",
 ) -> None:
-    """Write ``results/<name>.json``, print the table, and put it between ``markers`` in ``readme``
+    """Write ``<results>/<name>.json``, print the table, and put it between ``markers`` in ``readme``
     (appended under ``heading`` the first time); ``readme`` None leaves the README alone."""
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     block = table(rows, meta)
     print(block)
     if readme is None:
