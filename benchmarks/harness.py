@@ -465,7 +465,8 @@ def baseline_env(deployment: Deployment, inventory: Inventory, host: FleetHost, 
     hand-made script does it: a shell file it sources with ``set -a`` (deployer's own env file is data
     read by its launcher, not shell)."""
     config = next(h for h in inventory.hosts if h.name == host.name)
-    values = node_env(inventory, config, rid)
+    # deployer's launcher adds DEPLOYER_RELEASE_ID when the node starts; a script writes it into its file.
+    values = {**node_env(inventory, config), "DEPLOYER_RELEASE_ID": rid}
     lines = [f"{k}={shlex.quote(v.reveal() if isinstance(v, Secret) else v)}" for k, v in values.items()]
     return "".join(f"{line}\n" for line in lines) + f"RELEASE_COOKIE={shlex.quote(cookie)}\n"
 
