@@ -4,7 +4,7 @@ Status (the probe plus one health check), logs, node start/stop/restart, the rem
 console and the observer's port lookup, composed from the public fragments of
 :mod:`deployer.remote.fragments` like the deploy scripts: ``set -eu``, ``@@step``
 markers on stderr, values quoted at render time. The node's environment (cookie
-included) is read on the host by the launcher from ``shared/env/<release>.env`` and
+included) is read on the host by the launcher from ``shared/node.env`` and
 ``shared/.cookie``; it never travels in argv.
 """
 

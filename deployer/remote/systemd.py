@@ -398,9 +398,10 @@ def setup_changes(output: str) -> list[str]:
 
 
 def host_checks(service: Service | None) -> Fragment:
-    """``problem=<sentence>`` lines (read-only): ``deploy_to`` and ``shared/env`` owned by the login user and
-    not writable by others; with ``service`` also systemd as the host's init and every root command of
-    the unit allowed by ``sudo -n`` (the sudoers line to add, when not)."""
+    """``problem=<sentence>`` lines (read-only): ``deploy_to`` owned by the login user and not writable by
+    others, the env file (``shared/node.env``, or an older deployer's ``shared/env``) private; with
+    ``service`` also systemd as the host's init and every root command of the unit allowed by ``sudo -n``
+    (the sudoers line to add, when not)."""
     fragment = text(
         "step check\n"
         'if [ -d "$d" ]; then\n'
@@ -409,6 +410,11 @@ def host_checks(service: Service | None) -> Fragment:
         '  if [ -n "$(find "$d" -maxdepth 0 -perm /022)" ]; then echo "problem=deploy_to $d is writable by '
         'group or others (mode $(stat -c %a "$d")): chmod go-w $d"; fi\n'
         "fi\n"
+        'if [ -f "$d/shared/node.env" ] && [ -n "$(find "$d/shared/node.env" -maxdepth 0 -perm /077)" ]; then\n'
+        '  echo "problem=$d/shared/node.env (the secrets) is readable by others than its owner: '
+        'chmod 0600 $d/shared/node.env"\n'
+        "fi\n"
+        # An older deployer's per-release env files (removed by the first deploy or env push after it).
         'if [ -d "$d/shared/env" ] && [ -n "$(find "$d/shared/env" -maxdepth 0 -perm /077)" ]; then\n'
         '  echo "problem=$d/shared/env (the secrets) is readable by others than its owner: chmod 0700 $d/shared/env"\n'
         "fi\n"
