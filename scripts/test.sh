@@ -15,6 +15,9 @@ if [ "$(id -u)" -eq 0 ]; then
   step "system packages for the end-to-end suites"
   bash scripts/install-test-deps.sh       # PostgreSQL + Debian's Erlang driver (tests/harness/database.py)
   bash scripts/install-lb-deps.sh         # HAProxy, socat, wrk (load-balancer draining, traffic benchmark)
+  # Chromium for the manual's check, installed now so that no apt run overlaps the caches' below.
+  command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive \
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends chromium >/dev/null
   # The two slow caches (minutes when cold: mostly downloading and unpacking Debian) are made while lint,
   # the manual and the unit tests run. Podman's base image is made from the machines' root filesystem, so
   # one after the other. apt calls elsewhere wait for dpkg's lock rather than fail.
