@@ -33,6 +33,21 @@ from deployer.operations import release as api
 from deployer.remote.flavours import flavour
 
 
+def load_release(run: Common, tarball: str | None) -> tuple[Inventory, Artifact]:
+    """The inventory (secrets resolved) and the release a rollout ships: ``--tarball`` or a fresh build.
+
+    A missing tarball is bad usage (exit 2), found before anything is loaded or built; a dry run resolves
+    the secrets too, so a secret the real run would miss is reported now, with its key.
+    """
+    if tarball and not Path(tarball).is_file():
+        raise fail(run.errors, DeployerError(f"--tarball {tarball}: no such file"), run.env, code=2)
+    inventory = run.load(secrets=True)
+    try:
+        return inventory, release_artifact(inventory, tarball, run.human, verbose=run.verbose)
+    except DeployerError as exc:
+        raise fail(run.errors, exc, run.env) from None
+
+
 def release_artifact(inventory: Inventory, tarball: str | None, console: Console, *, verbose: bool = False) -> Artifact:
     """The release to roll out: ``tarball`` inspected and checked against the app, or a fresh build."""
     app = inventory.config.app.name
@@ -75,14 +90,7 @@ def deploy(c: Context, run: Common, tarball: str | None = None, force: bool = Fa
     release, healthy, with the same environment file is left alone and reported "unchanged" (--restart
     restarts it anyway).
     """
-    if tarball and not Path(tarball).is_file():
-        raise fail(run.errors, DeployerError(f"--tarball {tarball}: no such file"), run.env, code=2)
-    # A dry run resolves the secrets too: a secret the real deploy would miss is reported now, with its key.
-    inventory = run.load(secrets=True)
-    try:
-        artifact = release_artifact(inventory, tarball, run.human, verbose=run.verbose)
-    except DeployerError as exc:
-        raise fail(run.errors, exc, run.env) from None
+    inventory, artifact = load_release(run, tarball)
     run.execute(lambda options: api.deploy(inventory, artifact, options), print_plan, force=force, restart=restart)
 
 

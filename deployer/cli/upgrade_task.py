@@ -6,12 +6,10 @@ Thin, like the release tasks: check the flags, load the inventory, build or read
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from invoke.context import Context
 
 from deployer.cli.common import fail
-from deployer.cli.release_tasks import release_artifact
+from deployer.cli.release_tasks import load_release
 from deployer.cli.render import print_plan
 from deployer.cli.run import Common, rollout_task
 from deployer.errors import DeployerError
@@ -38,12 +36,6 @@ def upgrade(c: Context, run: Common, tarball: str | None = None, fallback: str =
         raise fail(
             run.errors, DeployerError(f"--fallback {fallback}: expected one of {', '.join(FALLBACKS)}"), run.env, code=2
         )
-    if tarball and not Path(tarball).is_file():
-        raise fail(run.errors, DeployerError(f"--tarball {tarball}: no such file"), run.env, code=2)
-    inventory = run.load(secrets=True)
-    try:
-        artifact = release_artifact(inventory, tarball, run.human, verbose=run.verbose)
-    except DeployerError as exc:
-        raise fail(run.errors, exc, run.env) from None
+    inventory, artifact = load_release(run, tarball)
     mode: api.Fallback = "restart" if fallback == "restart" else "refuse"
     run.execute(lambda options: api.upgrade(inventory, artifact, options, fallback=mode), print_plan, force=force)

@@ -209,14 +209,12 @@ def _hot_host(
         fallback_record=fallback_record,
         prune_paths=paths,
     )
-    done = []
-    if before is not None:
-        done.append(
-            revision_record(
-                dict(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
-            )
-        )
     assert before is not None  # a running node was found through `current`
+    done = [
+        revision_record(
+            dict(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
+        )
+    ]
     revert = hot.hot_revert(
         layout,
         spec,
