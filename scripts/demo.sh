@@ -67,14 +67,16 @@ banner "production hosts: 2 booted Debian machines (systemd as PID 1), node.serv
 MACHINES_UP=1
 inv fleet.up --machines --service systemd --hosts 2 --env machines
 
-banner "setup, once, as root: deploy_to for deploy, the unit, a sudoers line for that unit only"
+banner "setup, once, as root: deploy_to for deploy, the account hello, the unit, a sudoers line for that unit only"
 inv setup --env machines --user root
 banner "setup again: nothing to change"
 inv setup --env machines --user root
 
-banner "deploy 0.1.0 as deploy: systemd runs the node (User=deploy), restarts it on failure and on boot"
+banner "deploy 0.1.0 as deploy: systemd runs the node as the app's own account hello, restarts it on failure and on boot"
 HELLO_VERSION=0.1.0 HELLO_MIGRATIONS=2 inv deploy --env machines
 inv status --env machines
+# Who runs what: the node is hello's (it cannot read shared/node.env: the unit hands it a copy), the files deploy's.
+inv exec --env machines --command 'ps -o user=,pid=,comm= -C beam.smp; stat -c "%U %a %n" ../../shared/node.env'
 
 banner "reboot m1: deployer is not running; the node comes back by itself on current"
 inv fleet.reboot --env machines --host m1

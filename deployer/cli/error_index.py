@@ -63,6 +63,24 @@ ENTRIES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         ("'", "' must be a directory inside build.path (relative, no '..', not '.')"),
         69,
     ),
+    (
+        "node-user-needs-systemd",
+        (
+            "",
+            ": node.user: needs node.service: systemd (a daemon-mode node runs as the user deployer logs in as); remove node.user or set node.service: systemd",
+        ),
+        145,
+    ),
+    ("node-user-needs-systemd", ("node.user: the node must not run as root: name an unprivileged account",), 70),
+    (
+        "node-user-needs-systemd",
+        (
+            "node.user: the app's name '",
+            "' cannot be an account name (at most 32 characters): name the account the node runs as",
+        ),
+        113,
+    ),
+    ("node-user-needs-systemd", ("node.user: the app's name '",), 26),
     ("migrate-role-no-host-has", ("migrate.role: no host has the role '", "'"), 37),
     ("migrate-role-no-host-has", ("migrate.role: no host has the role '",), 35),
     ("no-host-named", ("", ": no host named ", ""), 15),
@@ -354,6 +372,21 @@ ENTRIES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         109,
     ),
     ("there-no-user-this-host", ("there is no user",), 15),
+    (
+        "no-user-to-run-the-node",
+        (
+            "there is no user ",
+            " on this host to run the node (node.user): run deployer setup --user root once, or create the account",
+        ),
+        116,
+    ),
+    ("no-user-to-run-the-node", ("there is no user",), 15),
+    (
+        "useradd-is-missing",
+        ("useradd is missing: create the account ", " that runs the node yourself, then run setup again"),
+        87,
+    ),
+    ("useradd-is-missing", ("useradd is missing: create the account",), 37),
     ("sudo-installed-this-host-e", ("sudo is not installed on this host (e.g. apt-get install sudo)",), 62),
     ("visudo-rejected-sudoers-line", ("visudo rejected the sudoers line for ", ": ", ""), 37),
     ("visudo-rejected-sudoers-line", ("visudo rejected the sudoers line for",), 35),

@@ -546,6 +546,25 @@ class NodeConfig(_Model):
     limit_nofile: int = Field(
         65536, ge=1024, le=1048576, description="`service: systemd`: the unit's LimitNOFILE (open files)."
     )
+    user: UserName | None = Field(
+        None,
+        description="`service: systemd`: the account the node runs as (the unit's `User=`); default the app's "
+        "name. A system account of its own that cannot write the releases nor read `shared/` (the unit hands it "
+        "the cookie and the environment file as systemd credentials); `deployer setup` creates it. The account "
+        "deployer logs in as (`ssh.user`) may be given to run the node as that user instead.",
+    )
+
+    @model_validator(mode="after")
+    def _user(self) -> NodeConfig:
+        if self.user is not None and self.service != "systemd":
+            raise KeyPathError(
+                "user",
+                "needs node.service: systemd (a daemon-mode node runs as the user deployer logs in as); "
+                "remove node.user or set node.service: systemd",
+            )
+        if self.user == "root":
+            raise KeyPathError("user", "the node must not run as root: name an unprivileged account")
+        return self
 
 
 def _count_input(value: object) -> object:
@@ -651,6 +670,12 @@ class InventoryConfig(_Model):
                 )
         if self.migrate is not None and not any(self.migrate.role in h.roles for h in self.hosts):
             raise KeyPathError("migrate.role", f"no host has the role {self.migrate.role!r}")
+        if self.node.service == "systemd" and self.node.user is None and not USER_RE.fullmatch(self.app.name):
+            raise KeyPathError(
+                "node.user",
+                f"the app's name {self.app.name!r} cannot be an account name (at most 32 characters): "
+                "name the account the node runs as",
+            )
         return self
 
     @model_validator(mode="after")
@@ -684,6 +709,14 @@ class InventoryConfig(_Model):
                         f"this host a plain value in hosts.{i}.env",
                     )
         return self
+
+    @property
+    def node_user(self) -> str | None:
+        """The account the node runs as under ``node.service: systemd`` (``node.user``, else the app's name);
+        None in daemon mode, where the node runs as the login user."""
+        if self.node.service != "systemd":
+            return None
+        return self.node.user or self.app.name
 
     @property
     def node_name(self) -> str:

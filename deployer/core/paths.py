@@ -59,6 +59,9 @@ class RemoteLayout:
 
     deploy_to: str
     app: str
+    node_user: str | None = None
+    """The account a systemd unit runs the node as (``node.user``), when it may differ from the login user:
+    scripts then recognise that account's BEAMs of this ``deploy_to`` as the node. None in daemon mode."""
 
     @property
     def releases(self) -> str:

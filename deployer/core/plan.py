@@ -43,7 +43,8 @@ def generate_cookie() -> SecretStr:
 
 
 def layout_for(inventory: Inventory) -> RemoteLayout:
-    return RemoteLayout(inventory.config.deploy_to, inventory.config.app.name)
+    config = inventory.config
+    return RemoteLayout(config.deploy_to, config.app.name, config.node_user)
 
 
 def health_check(inventory: Inventory, host: HostConfig | None = None) -> rc.HealthCheck:
@@ -85,6 +86,7 @@ def service_for(inventory: Inventory, *, user: str | None = None) -> Service | N
         stop_timeout=config.node.stop_timeout,
         limit_nofile=config.node.limit_nofile,
         user=user,
+        node_user=config.node_user,
     )
 
 

@@ -98,13 +98,21 @@ set by deployer for the node or would change the shells that start it."""
 #                value-less -setcookie in ERL_AFLAGS makes OTP disregard every -setcookie;
 #   home+script  the same, but the release script itself gets the real cookie (relx hands it to erl_call);
 #   env          the real cookie in the environment only (Distillery).
+# A systemd unit's node (deployer.remote.systemd) may run as an account that can read neither the env file
+# nor the cookie: the unit passes CREDENTIALS_DIRECTORY (its copies of both, readable by that account only),
+# RUNTIME_DIRECTORY (HOME and the node's temporary files: RELEASE_TMP and RELX_OUT_FILE_PATH point there) and
+# STATE_DIRECTORY (the working directory); the launcher drops these names before the node sees anything.
 # Values are read with `read -r` and decoded with printf's %b only when they hold a backslash.
 LAUNCHER = r"""set -eu
 d=$1 rid=$2 mode=$3
 shift 3
+creds=${CREDENTIALS_DIRECTORY:-} run=${RUNTIME_DIRECTORY:-} state=${STATE_DIRECTORY:-}
+unset CREDENTIALS_DIRECTORY RUNTIME_DIRECTORY STATE_DIRECTORY
 e="$d/@ENV_FILE@"
 c="$d/shared/.cookie"
-if [ -r "$e.$rid.staged" ]; then e="$e.$rid.staged"
+h="$d/shared/home"
+if [ -n "$creds" ]; then e="$creds/node.env" c="$creds/cookie" h="$run/home"
+elif [ -r "$e.$rid.staged" ]; then e="$e.$rid.staged"
 elif [ ! -e "$e" ] && [ -r "$d/@LEGACY_ENV_DIR@/$rid.env" ]; then e="$d/@LEGACY_ENV_DIR@/$rid.env"; fi
 [ -r "$e" ] || { printf 'the environment file %s is missing\n' "$e" >&2; exit 1; }
 [ -s "$c" ] || { printf "the environment's Erlang cookie %s is missing\n" "$c" >&2; exit 1; }
@@ -113,13 +121,18 @@ case $line in
   '# deployer env 2'*) ;;
   *) printf '%s was written by an older deployer: deploy the release again\n' "$e" >&2; exit 1 ;;
 esac
-(umask 077; mkdir -p "$d/shared/home")
-chmod 0700 "$d/shared/home"
-ln -sfn ../.cookie "$d/shared/home/.erlang.cookie"
+(umask 077; mkdir -p "$h")
+chmod 0700 "$h"
+ln -sfn "$c" "$h/.erlang.cookie"
 if [ "$mode" = home ]; then k=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); else k=$(cat "$c"); fi
-set -- "HOME=$d/shared/home" "DEPLOYER_RELEASE_ID=$rid" "RELEASE_COOKIE=$k" "RELX_COOKIE=$k" "COOKIE=$k" "$@"
+set -- "HOME=$h" "DEPLOYER_RELEASE_ID=$rid" "RELEASE_COOKIE=$k" "RELX_COOKIE=$k" "COOKIE=$k" "$@"
 k=
 aflags= seen_aflags= out= n=0
+if [ -n "$run" ]; then
+  (umask 077; mkdir -p "$run/tmp")
+  out="$run/relx"
+  set -- "RELEASE_TMP=$run/tmp" "RELX_OUT_FILE_PATH=$out" "$@"
+fi
 while IFS= read -r line || [ -n "$line" ]; do
   n=$((n + 1))
   case $line in '#'*|'') continue ;; esac
@@ -132,7 +145,8 @@ while IFS= read -r line || [ -n "$line" ]; do
   case $value in *\\*) value=$(printf '%bx' "$value"); value=${value%x} ;; esac
   case $name in
     ERL_AFLAGS) aflags=$value seen_aflags=1; continue ;;
-    RELX_OUT_FILE_PATH) out=$value ;;
+    RELX_OUT_FILE_PATH) [ -z "$run" ] || continue; out=$value ;;
+    RELEASE_TMP) [ -z "$run" ] || continue ;;
   esac
   set -- "$name=$value" "$@"
 done < "$e"
@@ -140,7 +154,7 @@ line= value=
 if [ "$mode" != env ]; then set -- "ERL_AFLAGS=-setcookie $aflags" "$@"
 elif [ -n "$seen_aflags" ]; then set -- "ERL_AFLAGS=$aflags" "$@"; fi
 if [ -n "$out" ]; then (umask 077; mkdir -p "$out"); fi
-cd "$d/shared"
+cd "${state:-$d/shared}"
 unset OLDPWD
 while :; do
   case $1 in /*) break ;; esac
@@ -204,11 +218,27 @@ _HELPER_LIST: tuple[Helper, ...] = (
     # Is process $1 a BEAM of this deploy_to: ours (owner), its executable the beam.smp of an ERTS bundled in a
     # release of $d (or the system's ERTS, with a command line naming a release of $d), in our mount namespace?
     # A pid read from a file is trusted only then: a stale one that now names another process is never signalled.
+    # A unit's node may run as its own account ($node_user, see deploy_vars): another user's executable and
+    # mount namespace are not ours to read, so for that account's processes the command line (world-readable,
+    # argv[0] is the beam.smp erlexec ran) decides; processes of any other user are never the node.
     Helper(
         "is_node",
         "is_node() {\n"
-        '  [ -O "/proc/$1" ] || return 1\n'
-        '  _exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1\n'
+        '  if [ -O "/proc/$1" ]; then\n'
+        '    _exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1\n'
+        "    _own=1\n"
+        '  elif [ -n "${node_user:-}" ]; then\n'
+        '    [ -n "${NODE_UID:-}" ] || NODE_UID=$(id -u "$node_user" 2>/dev/null) || return 1\n'
+        "    _uid=\n"
+        '    while read -r _k _v _r; do if [ "$_k" = Uid: ]; then _uid=$_v; break; fi; done 2>/dev/null '
+        '< "/proc/$1/status"\n'
+        '    [ "$_uid" = "$NODE_UID" ] || return 1\n'
+        "    _exe=$(tr '\\0' ' ' < \"/proc/$1/cmdline\" 2>/dev/null) || return 1\n"
+        "    _exe=${_exe%% *}\n"
+        "    _own=\n"
+        "  else\n"
+        "    return 1\n"
+        "  fi\n"
         '  case "${_exe% (deleted)}" in\n'
         '    "$d"/releases/*/erts-*/bin/beam.smp) ;;\n'
         "    */releases/*/erts-*/bin/beam.smp) return 1 ;;\n"
@@ -219,6 +249,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "      esac ;;\n"
         "    *) return 1 ;;\n"
         "  esac\n"
+        '  [ -n "$_own" ] || return 0\n'
         '  [ -n "${SELF_NS:-}" ] || SELF_NS=$(readlink "/proc/$$/ns/mnt" 2>/dev/null) || SELF_NS=unknown\n'
         '  [ "$(readlink "/proc/$1/ns/mnt" 2>/dev/null || echo other)" = "$SELF_NS" ]\n'
         "}\n",
@@ -474,8 +505,12 @@ def fold_helpers(script_text: str) -> str:
 
 
 def deploy_vars(layout: RemoteLayout) -> Fragment:
-    """``d`` (deploy_to) and ``app`` (the release name)."""
-    return text("d={{deploy_to}}\napp={{app}}\n", deploy_to=layout.deploy_to, app=layout.app)
+    """``d`` (deploy_to) and ``app`` (the release name); ``node_user`` when a unit runs the node as its own
+    account (see ``is_node``)."""
+    vars = text("d={{deploy_to}}\napp={{app}}\n", deploy_to=layout.deploy_to, app=layout.app)
+    if layout.node_user is None:
+        return vars
+    return vars + text("node_user={{user}}\n", user=layout.node_user)
 
 
 def current_release() -> Fragment:

@@ -15,8 +15,11 @@ the commands :meth:`Service.root_commands` lists (install the unit file, ``daemo
 message naming the command and that line. Everything else (``systemctl show``/``is-active``, the
 journal) runs as the login user.
 
-The node runs as the login user (``User=`` is the account deployer logs in as, read on the host), never
-as root unless that is the login.
+The node runs as its own account (``User=``, ``node.user``, by default the app's name, created by
+``deployer setup``), which can write neither the releases nor ``shared/``: the unit hands it the cookie and
+the environment file as systemd credentials (``LoadCredential=``, copies readable by that account only)
+and a private runtime directory for its temporary files; the launcher finds them there. The deploy user
+keeps its own access to both, so its rpc health checks, ``eval`` and migrations work as before.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ class Service:
     stop_timeout: float
     limit_nofile: int = 65536
     user: str | None = None
-    """The unit's ``User=`` and the sudoers line's user; None: the login user, read on the host (``id -un``)."""
+    """The sudoers line's user; None: the login user, read on the host (``id -un``)."""
+    node_user: str | None = None
+    """The unit's ``User=``, the account the node runs as (``node.user``); None: the login user."""
 
     @property
     def stem(self) -> str:
@@ -98,6 +103,12 @@ class Service:
         """The unit file for a node run by ``user``."""
         return self._unit_head() + f"User={user}\n" + self._unit_tail()
 
+    @property
+    def state_dir(self) -> str:
+        """The node's own persistent directory (``StateDirectory=``, owned by its account): its working
+        directory, where a crash dump lands."""
+        return f"/var/lib/{self.stem}"
+
     def _unit_head(self) -> str:
         app = self.layout.app
         return (
@@ -113,8 +124,18 @@ class Service:
 
     def _unit_tail(self) -> str:
         app = self.layout.app
+        shared = self.layout.shared
         return (
-            f"WorkingDirectory={self.layout.shared}\n"
+            # The node's account reads neither shared/.cookie nor shared/node.env (the deploy user's, 0400 and
+            # 0600): systemd, as root, hands it copies only it can read, for this unit's processes alone, in
+            # $CREDENTIALS_DIRECTORY; the launcher takes them from there. Its temporary files go to a private
+            # runtime directory (removed when it stops), its working directory is its state directory.
+            f"LoadCredential=cookie:{shared}/.cookie\n"
+            f"LoadCredential=node.env:{shared}/node.env\n"
+            f"RuntimeDirectory={self.stem}\n"
+            "RuntimeDirectoryMode=0700\n"
+            f"StateDirectory={self.stem}\n"
+            "StateDirectoryMode=0700\n"
             f"ExecStart=/bin/sh {self.runner} start\n"
             f"ExecStop=/bin/sh {self.runner} stop $MAINPID\n"
             "Restart=on-failure\n"
@@ -149,8 +170,11 @@ class Service:
                 "    set -- {{stop}} ;;\n"
                 '  *) echo "usage: $0 start | stop MAINPID" >&2; exit 2 ;;\n'
                 "esac\n"
-                'exec env -i "PATH=$PATH" /bin/sh -c "$LAUNCHER" deployer-launch "$d" "$rid" {{mode}} '
-                '"$d/current/bin/"{{app}} "$@"\n',
+                # The unit's credentials and directories (see the unit): the launcher's only inputs besides
+                # its arguments.
+                'exec env -i "PATH=$PATH" "CREDENTIALS_DIRECTORY=${CREDENTIALS_DIRECTORY:-}" '
+                '"RUNTIME_DIRECTORY=${RUNTIME_DIRECTORY:-}" "STATE_DIRECTORY=${STATE_DIRECTORY:-}" '
+                '/bin/sh -c "$LAUNCHER" deployer-launch "$d" "$rid" {{mode}} "$d/current/bin/"{{app}} "$@"\n',
                 unit=self.unit,
                 deploy_to=self.layout.deploy_to,
                 launcher=LAUNCHER,
@@ -168,6 +192,11 @@ class Service:
         ``node_log_tail`` that reads the unit's journal. Every fragment below starts with it."""
         user = "svc_user={{user}}\n" if self.user is not None else "svc_user=$(id -un)\n"
         values: dict[str, str] = {"user": self.user} if self.user is not None else {}
+        if self.node_user is not None:
+            user += "svc_node_user={{node_user}}\n"
+            values["node_user"] = self.node_user
+        else:
+            user += 'svc_node_user="$svc_user"\n'
         return text(
             user + "unit={{unit}}\n"
             'svc_sudoers="$svc_user "{{rule}}\n'
@@ -195,10 +224,13 @@ class Service:
         from the installed one, enable it when it is not. Prints ``unit_installed=1``/``unit_enabled=1``."""
         return self.prelude() + text(
             "step unit\n"
+            'id -u "$svc_node_user" >/dev/null 2>&1 || fail "there is no user $svc_node_user on this host to run '
+            'the node (node.user): run deployer setup --user root once, or create the account"\n'
             '(umask 022; mkdir -p "$d/shared/systemd")\n'
             "printf '%s' {{runner_text}} > {{runner}}.tmp\n"
             "mv -f {{runner}}.tmp {{runner}}\n"
-            "{ printf '%s' {{head}}; printf 'User=%s\\n' \"$svc_user\"; printf '%s' {{tail}}; } > {{staged}}.tmp\n"
+            "{ printf '%s' {{head}}; printf 'User=%s\\n' \"$svc_node_user\"; printf '%s' {{tail}}; } > "
+            "{{staged}}.tmp\n"
             "chmod 0644 {{staged}}.tmp\n"
             "mv -f {{staged}}.tmp {{staged}}\n"
             "if ! cmp -s {{staged}} {{installed}}; then\n"
@@ -352,13 +384,30 @@ def setup_host(layout: RemoteLayout, user: str, service: Service | None) -> Scri
     )
     if service is None:
         return script("setup", text("d={{deploy_to}}\n", deploy_to=layout.deploy_to), body, timeout=300)
-    unit = service.install() + text(
-        # The runner and the staged unit were written by root: the deploy user rewrites them on each deploy.
-        'chown -R "$u:$g" "$d/shared/systemd"\n'
-        "if getent group systemd-journal >/dev/null 2>&1 && ! id -nG \"$u\" | tr ' ' '\\n' | grep -qx systemd-journal; "
-        "then\n"
-        '  usermod -a -G systemd-journal "$u"; echo "changed=added $u to group systemd-journal (reads the journal)"\n'
-        "fi\n"
+    account = Fragment(())
+    if service.node_user is not None:
+        account = text(
+            "n={{node_user}}\n"
+            'if ! id -u "$n" >/dev/null 2>&1; then\n'
+            '  command -v useradd >/dev/null 2>&1 || fail "useradd is missing: create the account $n that runs the '
+            'node yourself, then run setup again"\n'
+            # A system account with nothing of its own: no home, no login shell, no password.
+            '  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$n"\n'
+            '  echo "changed=created the account $n (runs the node)"\n'
+            "fi\n",
+            node_user=service.node_user,
+        )
+    unit = (
+        account
+        + service.install()
+        + text(
+            # The runner and the staged unit were written by root: the deploy user rewrites them on each deploy.
+            'chown -R "$u:$g" "$d/shared/systemd"\n'
+            "if getent group systemd-journal >/dev/null 2>&1 && ! id -nG \"$u\" | tr ' ' '\\n' | grep -qx systemd-journal; "
+            "then\n"
+            '  usermod -a -G systemd-journal "$u"; echo "changed=added $u to group systemd-journal (reads the journal)"\n'
+            "fi\n"
+        )
     )
     sudoers = text(
         "step sudoers\n"
@@ -426,6 +475,8 @@ def host_checks(service: Service | None) -> Fragment:
         + service.prelude()
         + text(
             '[ -d /run/systemd/system ] || echo "problem=this host does not run systemd (node.service: systemd)"\n'
+            'id -u "$svc_node_user" >/dev/null 2>&1 || echo "problem=there is no account $svc_node_user to run the '
+            'node (node.user): run deployer setup --user root"\n'
             'if [ "$(id -u)" -ne 0 ]; then\n'
             "  missing=\n"
             "  for c in "

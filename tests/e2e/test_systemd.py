@@ -23,6 +23,8 @@ import yaml
 from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.inventory import Inventory, load_inventory
 from deployer.engine.run import Options
+from deployer.operations import commands
+from deployer.operations import env as env_api
 from deployer.operations import node as ops
 from deployer.operations import release as api
 from deployer.operations import setup as setup_api
@@ -39,6 +41,7 @@ UNIT = "deployer-hello-e2e.service"
 DROPIN = "/etc/sudoers.d/deployer-hello-e2e"
 PORT = 4000
 D = "/srv/hello"
+APP_USER = "hello"
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +134,13 @@ def wait_served(fleet: MachineFleet, host: str, version: str, timeout: float = 1
         time.sleep(1)
 
 
-def node_runs_as_deploy_from_current(fleet: MachineFleet, host: str) -> int:
-    """The unit is active, enabled, its main process is the BEAM of a release of D run by ``deploy``."""
+def node_runs_as_hello_from_current(fleet: MachineFleet, host: str) -> int:
+    """The unit is active, enabled, its main process is the BEAM of a release of D run by the app's own
+    account ``hello`` (node.user's default), not by ``deploy`` who deployed it."""
     state = unit(fleet, host)
     assert state["ActiveState"] == "active" and state["UnitFileState"] == "enabled", state
     pid = int(state["MainPID"])
-    assert root(fleet, host, f"ps -o user= -p {pid}").strip() == "deploy"
+    assert root(fleet, host, f"ps -o user= -p {pid}").strip() == APP_USER
     exe = root(fleet, host, f"readlink /proc/{pid}/exe").strip()
     assert exe.endswith("/bin/beam.smp"), exe
     return pid
@@ -167,6 +171,11 @@ def test_setup_prepares_fresh_hosts_once_and_then_reports_unchanged(
         assert root(machines, host, f"stat -c '%U %a' {DROPIN}").split() == ["root", "440"]
         assert root(machines, host, f"systemctl is-enabled {UNIT}").strip() == "enabled"
         assert "systemd-journal" in root(machines, host, "id -nG deploy").split()
+        assert f"created the account {APP_USER} (runs the node)" in changes, changes
+        # A system account with no shell and no home of its own, in no group of deploy's.
+        entry = root(machines, host, f"getent passwd {APP_USER}").strip().split(":")
+        assert entry[5:] == ["/nonexistent", "/usr/sbin/nologin"], entry
+        assert int(entry[2]) < 1000, entry
 
     second = setup_api.setup(inventory, "root")
     assert second.report.ok, explain(second.report)
@@ -186,23 +195,23 @@ def test_deploy_upgrade_rollback_restart_revert_as_deploy(
     pids = {}
     for host in ("m1", "m2"):
         assert served_version(machines, host) == "0.1.0"
-        pids[host] = node_runs_as_deploy_from_current(machines, host)
+        pids[host] = node_runs_as_hello_from_current(machines, host)
 
     second = api.deploy(inventory, artifact(tarballs["0.2.0"]))
     assert second.report.ok, explain(second.report)
     for host in ("m1", "m2"):
         assert served_version(machines, host) == "0.2.0"
-        assert node_runs_as_deploy_from_current(machines, host) != pids[host]
+        assert node_runs_as_hello_from_current(machines, host) != pids[host]
 
     back = api.rollback(inventory)
     assert back.report.ok, explain(back.report)
     assert [served_version(machines, h) for h in ("m1", "m2")] == ["0.1.0", "0.1.0"]
-    before = {h: node_runs_as_deploy_from_current(machines, h) for h in ("m1", "m2")}
+    before = {h: node_runs_as_hello_from_current(machines, h) for h in ("m1", "m2")}
 
     restarted = ops.lifecycle(inventory, "restart")
     assert restarted.report.ok, explain(restarted.report)
     for host in ("m1", "m2"):
-        assert node_runs_as_deploy_from_current(machines, host) != before[host]
+        assert node_runs_as_hello_from_current(machines, host) != before[host]
         assert served_version(machines, host) == "0.1.0"
 
     on = current(machines, "m1")
@@ -211,12 +220,71 @@ def test_deploy_upgrade_rollback_restart_revert_as_deploy(
     assert {h.outcome for h in crash.report.hosts} == {"reverted"}, explain(crash.report)
     for host in ("m1", "m2"):
         assert served_version(machines, host) == "0.1.0"
-        node_runs_as_deploy_from_current(machines, host)
+        node_runs_as_hello_from_current(machines, host)
     assert current(machines, "m1") == on
 
     lines: list[str] = []
     ops.logs(inventory, "m1", lines=200, on_output=lambda _, text: lines.append(text))
     assert "hello" in "".join(lines).lower(), lines
+
+
+def test_the_app_account_reads_its_secrets_only_through_the_unit_and_deploy_still_reaches_the_node(
+    machines: MachineFleet, inventory_dir: Path
+) -> None:
+    """The node's account cannot read the env file or the cookie in shared/, nor write a release; the unit
+    hands it its own copies. deploy's rpc (eval), status and the env file stay deploy's."""
+    inventory = inv(inventory_dir)
+    host = "m1"
+    pid = node_runs_as_hello_from_current(machines, host)
+
+    def as_app(command: str) -> int:
+        quoted = command.replace("'", "'\\''")
+        return machines.sh(host, f"su -s /bin/sh {APP_USER} -c '{quoted}'", check=False, timeout=30).returncode
+
+    assert as_app(f"cat {D}/shared/node.env") != 0
+    assert as_app(f"cat {D}/shared/.cookie") != 0
+    assert as_app(f"touch {D}/current/lib/x {D}/shared/x {D}/releases/x") != 0
+    assert as_app(f"ls {D}/current/bin/hello") == 0
+    for path in ("shared/node.env", "shared/.cookie"):
+        owner, mode = root(machines, host, f"stat -c '%U %a' {D}/{path}").split()
+        assert owner == "deploy" and mode in ("600", "400"), (path, owner, mode)
+    # What the node got: the unit's credentials, readable by hello alone, and a private HOME linking to them.
+    creds = f"/run/credentials/{UNIT}"
+    assert root(machines, host, f"stat -c '%U %a' {creds}/node.env {creds}/cookie").split() == [
+        APP_USER,
+        "400",
+        APP_USER,
+        "400",
+    ]
+    environ = root(machines, host, f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "HOME=/run/deployer-hello-e2e/home" in environ.splitlines(), environ
+    assert "CREDENTIALS_DIRECTORY" not in environ and "HELLO_SECRET=" in environ
+    assert root(machines, host, f"readlink /proc/{pid}/cwd").strip() == "/var/lib/deployer-hello-e2e"
+
+    rows = commands.eval_expression(inventory, "IO.puts(System.pid())", Options(hosts=[host]))
+    assert rows[0].ok, rows
+    assert str(pid) in rows[0].stdout.split(), rows
+    # A new value reaches the node through the unit: env push writes shared/node.env (deploy's), the restart
+    # gives the node a fresh credential copy.
+    data = yaml.safe_load((inventory_dir / "e2e.yml").read_text())
+    data["env"]["clear"]["HELLO_GREETING"] = "pushed through the unit"
+    pushed_dir = inventory_dir.parent / "inventory-pushed"
+    pushed_dir.mkdir(exist_ok=True)
+    (pushed_dir / "e2e.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    pushed = env_api.push(inv(pushed_dir), Options(hosts=[host]))
+    assert pushed.report.ok, explain(pushed.report)
+    pid = node_runs_as_hello_from_current(machines, host)
+    environ = root(machines, host, f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "HELLO_GREETING=pushed through the unit" in environ.splitlines(), environ
+    assert root(machines, host, f"stat -c '%U %a' {D}/shared/node.env").split() == ["deploy", "600"]
+    back = env_api.push(inventory, Options(hosts=[host]))
+    assert back.report.ok, explain(back.report)
+    pid = node_runs_as_hello_from_current(machines, host)
+
+    # status, as deploy, recognises hello's BEAM as the node (by its command line: another user's /proc/PID/exe
+    # is not readable).
+    row = ops.status_document(ops.status(inventory, Options(hosts=[host])))["hosts"][0]
+    assert row["node_pids"] == [pid] and row["healthy"] is True, row
 
 
 def test_stop_and_start_drive_the_unit(machines: MachineFleet, inventory_dir: Path) -> None:
@@ -227,14 +295,14 @@ def test_stop_and_start_drive_the_unit(machines: MachineFleet, inventory_dir: Pa
     assert served_version(machines, "m2") is None
     started = ops.lifecycle(inventory, "start", Options(hosts=["m2"]))
     assert started.report.ok, explain(started.report)
-    node_runs_as_deploy_from_current(machines, "m2")
+    node_runs_as_hello_from_current(machines, "m2")
     assert served_version(machines, "m2") == "0.1.0"
 
 
 def test_a_killed_node_is_restarted_by_systemd_and_status_counts_it(
     machines: MachineFleet, inventory_dir: Path
 ) -> None:
-    pid = node_runs_as_deploy_from_current(machines, "m1")
+    pid = node_runs_as_hello_from_current(machines, "m1")
     restarts = int(unit(machines, "m1")["NRestarts"])
     root(machines, "m1", f"kill -KILL {pid}")
     deadline = time.monotonic() + 90
@@ -262,17 +330,21 @@ def test_node_comes_back_on_current_after_reboot_without_deployer(
     assert root(machines, host, "cat /proc/sys/kernel/random/boot_id") != boot
     wait_served(machines, host, "0.1.0")
     assert current(machines, host) == on
-    node_runs_as_deploy_from_current(machines, host)
+    node_runs_as_hello_from_current(machines, host)
 
 
-def test_a_pid_file_naming_a_live_stranger_is_never_signalled(machines: MachineFleet, inventory_dir: Path) -> None:
+@pytest.mark.parametrize("owner", ["deploy", APP_USER])
+def test_a_pid_file_naming_a_live_stranger_is_never_signalled(
+    machines: MachineFleet, inventory_dir: Path, owner: str
+) -> None:
     inventory = inv(inventory_dir)
-    # A process of deploy's that is not the node (its own session, stdio closed: nothing waits on it).
+    # A process of deploy's, or of the node's own account, that is not the node (its own session, stdio
+    # closed: nothing waits on it).
     stranger = root(
         machines,
         "m1",
-        "setsid -f su -s /bin/sh deploy -c 'exec sleep 1000' </dev/null >/dev/null 2>&1; sleep 0.5; "
-        "pgrep -n -u deploy -x sleep",
+        f"setsid -f su -s /bin/sh {owner} -c 'exec sleep 1000' </dev/null >/dev/null 2>&1; sleep 0.5; "
+        f"pgrep -n -u {owner} -x sleep",
     )
     pid = int(stranger.strip())
     root(machines, "m1", f"echo '{pid} 1' > {D}/shared/node.pid && chown deploy: {D}/shared/node.pid")
@@ -280,8 +352,10 @@ def test_a_pid_file_naming_a_live_stranger_is_never_signalled(machines: MachineF
         result = ops.lifecycle(inventory, operation, Options(hosts=["m1"]))
         assert result.report.ok, explain(result.report)
         assert root(machines, "m1", f"kill -0 {pid} && echo alive").strip() == "alive", operation
+    row = ops.status_document(ops.status(inventory, Options(hosts=["m1"])))["hosts"][0]
+    assert pid not in row["node_pids"] and row["node_pids"], row
     root(machines, "m1", f"kill {pid}", check=False)
-    node_runs_as_deploy_from_current(machines, "m1")
+    node_runs_as_hello_from_current(machines, "m1")
 
 
 def test_a_missing_sudo_right_names_the_sudoers_line(machines: MachineFleet, inventory_dir: Path) -> None:
@@ -345,7 +419,7 @@ def test_power_cut_during_activation_then_status_then_deploy_converges(
     assert again.report.ok, explain(again.report)
     for name in ("m1", "m2"):
         assert served_version(machines, name) == "0.1.0"
-        node_runs_as_deploy_from_current(machines, name)
+        node_runs_as_hello_from_current(machines, name)
 
 
 def test_a_release_without_erts_runs_on_the_system_erts(
@@ -354,7 +428,7 @@ def test_a_release_without_erts_runs_on_the_system_erts(
     inventory = inv(inventory_dir)
     result = api.deploy(inventory, artifact(tarballs["system-erts"]), Options(hosts=["m1"]))
     assert result.report.ok, explain(result.report)
-    pid = node_runs_as_deploy_from_current(machines, "m1")
+    pid = node_runs_as_hello_from_current(machines, "m1")
     exe = root(machines, "m1", f"readlink /proc/{pid}/exe").strip()
     assert exe.startswith("/usr/lib/erlang/erts-"), exe
     assert served_version(machines, "m1") == "0.1.0"

@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import pwd
+import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +23,13 @@ import pytest
 
 from deployer.core.inventory import Inventory
 from deployer.core.paths import RemoteLayout
-from deployer.core.plan import plan_lifecycle, service_for
+from deployer.core.plan import layout_for, plan_lifecycle, service_for
+from deployer.errors import InventoryError
 from deployer.operations.setup import as_admin, deploy_user, plan_setup
 from deployer.operations.status import _unit_document
 from deployer.remote import ops as oc
 from deployer.remote.flavours import flavour
-from deployer.remote.fragments import HealthCheck, deploy_vars, script
+from deployer.remote.fragments import HealthCheck, deploy_vars, node_pids, script
 from deployer.remote.shell import Script, env_file_text
 from deployer.remote.systemd import (
     EXIT_SUDO,
@@ -53,7 +58,12 @@ def test_unit_name_and_the_unit_file() -> None:
         "[Service]\n"
         "Type=simple\n"
         "User=deploy\n"
-        "WorkingDirectory=/srv/hello/shared\n"
+        "LoadCredential=cookie:/srv/hello/shared/.cookie\n"
+        "LoadCredential=node.env:/srv/hello/shared/node.env\n"
+        "RuntimeDirectory=deployer-hello-prod\n"
+        "RuntimeDirectoryMode=0700\n"
+        "StateDirectory=deployer-hello-prod\n"
+        "StateDirectoryMode=0700\n"
         "ExecStart=/bin/sh /srv/hello/shared/systemd/deployer-hello-prod.run start\n"
         "ExecStop=/bin/sh /srv/hello/shared/systemd/deployer-hello-prod.run stop $MAINPID\n"
         "Restart=on-failure\n"
@@ -101,6 +111,8 @@ printf 'argv=%s\\n' "$*"
 printf 'home=%s\\n' "$HOME"
 printf 'greeting=%s\\n' "$GREETING"
 printf 'pwd=%s\\n' "$(pwd)"
+printf 'tmp=%s\\n' "${RELEASE_TMP:-}"
+printf 'unit_dirs=%s\\n' "${CREDENTIALS_DIRECTORY:-}${RUNTIME_DIRECTORY:-}${STATE_DIRECTORY:-}"
 """
 
 
@@ -125,7 +137,50 @@ def test_the_runner_starts_the_current_release_in_the_foreground_through_the_lau
     assert out.returncode == 0, out.stderr
     lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
     # mix's foreground verb; the env file read as data by the launcher; HOME and cwd are shared's.
-    assert lines == {"argv": "start", "home": f"{d}/shared/home", "greeting": "hi there", "pwd": f"{d}/shared"}
+    assert lines == {
+        "argv": "start",
+        "home": f"{d}/shared/home",
+        "greeting": "hi there",
+        "pwd": f"{d}/shared",
+        "tmp": "",
+        "unit_dirs": "",
+    }
+
+
+def test_under_the_unit_the_node_gets_the_credentials_and_private_directories_not_shared(tmp_path: Path) -> None:
+    """As systemd runs it (User= the app's account): the env file and cookie are the unit's credential copies,
+    HOME and RELEASE_TMP are in the runtime directory, the cwd is the state directory, and the launcher drops
+    the directories' names before the node runs."""
+    d, service = _deployed(tmp_path)
+    (d / "shared" / "env" / "r1.env").write_text(env_file_text({"GREETING": "from shared"}).render(reveal=True))
+    creds, run_dir, state = tmp_path / "creds", tmp_path / "run", tmp_path / "state"
+    for directory in (creds, run_dir, state):
+        directory.mkdir()
+    values = {"GREETING": "from the credential", "RELEASE_TMP": f"{d}/shared/tmp"}
+    (creds / "node.env").write_text(env_file_text(values).render(reveal=True))
+    (creds / "cookie").write_text("CREDCOOKIE")
+    runner = tmp_path / "runner"
+    runner.write_text(service.runner_text())
+    environment = {
+        "PATH": os.environ["PATH"],
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "RUNTIME_DIRECTORY": str(run_dir),
+        "STATE_DIRECTORY": str(state),
+    }
+    out = subprocess.run(["/bin/sh", str(runner), "start"], capture_output=True, text=True, timeout=30, env=environment)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert lines == {
+        "argv": "start",
+        "home": f"{run_dir}/home",
+        "greeting": "from the credential",
+        "pwd": str(state),
+        "tmp": f"{run_dir}/tmp",
+        "unit_dirs": "",
+    }
+    assert os.readlink(run_dir / "home" / ".erlang.cookie") == f"{creds}/cookie"
+    assert (run_dir / "tmp").is_dir() and oct((run_dir / "home").stat().st_mode & 0o777) == "0o700"
+    assert not (d / "shared" / "home").exists()
 
 
 def test_the_runner_stop_runs_the_releases_stop_only_while_the_main_process_lives(tmp_path: Path) -> None:
@@ -349,3 +404,98 @@ def test_a_refused_enable_is_reported_too(tmp_path: Path, fakes: dict[str, str])
     assert out.returncode == EXIT_SUDO
     assert f'deploy may not run "{refused}" as root' in out.stderr
     assert not any(line.startswith("systemctl start") for line in _log(fakes))
+
+
+# --- the node's own account (node.user) ---------------------------------------------------------------------------
+
+
+def test_the_node_runs_as_the_apps_account_by_default_and_scripts_know_it(tmp_path: Path) -> None:
+    inv = _systemd_inventory(tmp_path)
+    assert inv.config.node_user == "hello"
+    service = service_for(inv, user="deploy")
+    assert service is not None and service.node_user == "hello"
+    prelude = service.prelude().parts
+    rendered = Script("t", prelude).render()
+    assert "svc_user=deploy\nsvc_node_user=hello\n" in rendered
+    # Every script names the account, so is_node can tell its BEAMs (see the test below).
+    assert Script("t", deploy_vars(layout_for(inv)).parts).render().endswith("node_user=hello\n")
+    chosen = _systemd_inventory(tmp_path / "x", user="deploy")
+    assert chosen.config.node_user == "deploy"
+    daemon = inventory(tmp_path / "d")
+    assert daemon.config.node_user is None and layout_for(daemon).node_user is None
+    assert "node_user" not in Script("t", deploy_vars(layout_for(daemon)).parts).render()
+
+
+@pytest.mark.parametrize(
+    ("node", "app", "expected"),
+    [
+        ({"user": "hello"}, "hello", "node.user: needs node.service: systemd"),
+        ({"service": "systemd", "user": "root"}, "hello", "node.user: the node must not run as root"),
+        ({"service": "systemd"}, "a" * 40, "node.user: the app's name"),
+        ({"service": "systemd", "user": "Bad User"}, "hello", "node.user: 'Bad User' is not a valid user name"),
+    ],
+)
+def test_node_user_is_refused_where_it_cannot_work(
+    tmp_path: Path, node: dict[str, object], app: str, expected: str
+) -> None:
+    data = copy.deepcopy(BASE)
+    data["node"] = node
+    data["app"] = {**data["app"], "name": app}
+    with pytest.raises(InventoryError) as info:
+        inventory(tmp_path, data)
+    assert expected in str(info.value), str(info.value)
+
+
+def test_setup_creates_the_nodes_account_only_when_missing(tmp_path: Path) -> None:
+    service = service_for(_systemd_inventory(tmp_path), user="deploy")
+    assert service is not None
+    text = setup_host(service.layout, "deploy", service).render()
+    assert "n=hello\n" in text
+    assert 'useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$n"' in (
+        text
+    )
+    assert text.index('if ! id -u "$n"') < text.index("step unit")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(), reason="needs root and setpriv")
+def test_is_node_knows_the_apps_accounts_beam_by_its_command_line(tmp_path: Path) -> None:
+    """Another user's /proc/PID/exe is unreadable: a BEAM of deploy_to run by node.user is recognised by its
+    argv[0]; the same account's other processes, and BEAMs of other accounts, are not the node."""
+    base = Path(tempfile.mkdtemp(prefix="deployer-isnode-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        d = base / "srv"
+        beam = d / "releases" / "r1" / "erts-1" / "bin" / "beam.smp"
+        beam.parent.mkdir(parents=True)
+        shutil.copy("/bin/sleep", beam)
+        for parent in [d, *beam.parents]:
+            if str(parent).startswith(str(d)):
+                parent.chmod(0o755)
+        beam.chmod(0o755)
+
+        def spawn(user: str, argv: list[str]) -> subprocess.Popen[bytes]:
+            gid = pwd.getpwnam(user).pw_gid
+            return subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv])
+
+        node = spawn("nobody", [str(beam), "60"])
+        other = spawn("nobody", ["/bin/sleep", "60"])
+        try:
+            time.sleep(0.3)
+            found = {}
+            for who in ("nobody", "daemon", None):
+                layout = RemoteLayout(str(d), "hello", who)
+                out = subprocess.run(
+                    ["sh", "-s"],
+                    input=script("t", deploy_vars(layout), node_pids()).render(),
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                found[who] = [int(x.split("=")[1]) for x in out.stdout.split() if x.startswith("node_pid=")]
+            assert found == {"nobody": [node.pid], "daemon": [], None: []}, (found, other.pid)
+        finally:
+            for process in (node, other):
+                process.kill()
+                process.wait()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
