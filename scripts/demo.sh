@@ -76,7 +76,7 @@ banner "deploy 0.1.0 as deploy: systemd runs the node as the app's own account h
 HELLO_VERSION=0.1.0 HELLO_MIGRATIONS=2 inv deploy --env machines
 inv status --env machines
 # Who runs what: the node is hello's (it cannot read shared/node.env: the unit hands it a copy), the files deploy's.
-inv exec --env machines --command 'ps -o user=,pid=,comm= -C beam.smp; stat -c "%U %a %n" ../../shared/node.env'
+inv exec --env machines --command 'ps -o user=,pid=,comm= -C beam.smp; stat -c "%U %a %n" "$(readlink -f ../../shared/node.env)"'
 
 banner "reboot m1: deployer is not running; the node comes back by itself on current"
 inv fleet.reboot --env machines --host m1
