@@ -233,13 +233,21 @@ class HostPlan:
 
 
 # What each operation's report says about hosts it did not reach ("not restarted: web3").
-_DONE = {"deploy": "deployed", "rollback": "rolled back", "start": "started", "stop": "stopped", "restart": "restarted"}
+_DONE = {
+    "deploy": "deployed",
+    "rollback": "rolled back",
+    "start": "started",
+    "stop": "stopped",
+    "restart": "restarted",
+    "upgrade": "upgraded",
+}
 
 
 @dataclass(frozen=True)
 class Plan:
     """A whole operation, decided before anything changes. ``kind`` is deploy, rollback, migrate,
-    start, stop or restart; every one of them runs through the same executor path."""
+    start, stop or restart (upgrade: a hot upgrade, see :mod:`deployer.operations.upgrade`); every one of
+    them runs through the same executor path."""
 
     kind: str
     env: str
@@ -266,7 +274,7 @@ class Plan:
     @property
     def label(self) -> str:
         """The name of the publishing phase in the operator's output (``restart batch 1/3``)."""
-        return "activate" if self.kind in ("deploy", "rollback") else self.kind
+        return "activate" if self.kind in ("deploy", "rollback", "upgrade") else self.kind
 
     @property
     def done(self) -> str:

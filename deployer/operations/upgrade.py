@@ -20,7 +20,16 @@ from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts
 from deployer.core.inventory import Inventory
 from deployer.core.plan import HostPlan, HostStep, Plan, failed_record, health_check, layout_for
-from deployer.core.relup import NodeRelease, Relup, TermError, hot_refusal, parse_node_release, read_relup
+from deployer.core.relup import (
+    HOT_DOWNGRADE,
+    HOT_UPGRADE,
+    NodeRelease,
+    Relup,
+    TermError,
+    hot_refusal,
+    parse_node_release,
+    read_relup,
+)
 from deployer.engine.executor import Executor
 from deployer.engine.locks import current_user
 from deployer.engine.run import Options, Result
@@ -34,7 +43,7 @@ __all__ = ["HOT_EVENT", "Fallback", "hot_rollback", "node_releases", "upgrade"]
 
 Fallback = Literal["refuse", "restart"]
 
-HOT_EVENT = "hot-upgrade"
+HOT_EVENT = HOT_UPGRADE
 """The ``revisions.log`` event of a release installed in a running node (``hot-downgrade`` for a rollback)."""
 
 
@@ -131,7 +140,8 @@ def upgrade(
                 _hot_host(inventory, plan, host_plan, facts[host_plan.host], node, node.running, fallback)
             )
         warnings = [f"{h}: no hot upgrade, a restart deploy instead: {why}" for h, why in refused.items()]
-        return replace(plan, hosts=tuple(host_plans)).with_warnings(warnings)
+        # Its own kind: a lost link's recovery knows a `hot-upgrade` record means done (deployer.engine.recovery).
+        return replace(plan, kind="upgrade", hosts=tuple(host_plans)).with_warnings(warnings)
 
     return run_with_hooks(
         inventory, options, "upgrade", names, plan_for, release=artifact.version, version=artifact.version
@@ -285,7 +295,7 @@ def hot_rollback(executor: Executor, inventory: Inventory, plan: Plan, facts: Ma
         success = revision_record(
             dict(
                 release=target,
-                event="hot-downgrade",
+                event=HOT_DOWNGRADE,
                 outcome="success",
                 previous=host_plan.before,
                 version=version,
