@@ -318,6 +318,12 @@ def _record(**fields: str | None) -> str:
     return rc.revision_record({**fields, "deployer": __version__})
 
 
+def provenance_record(fields: Mapping[str, str | None], source: Source | None = None) -> str:
+    """A ``revisions.log`` record of ``fields`` with the provenance every record of deployer carries: the
+    deployer version, and ``source``'s commit and dirty flag (or why there is none) when it is known."""
+    return _record(**{**fields, **_source_fields(source)})
+
+
 def _source_fields(source: Source | None) -> dict[str, str | None]:
     """A release's commit/dirty/source record fields (none when nobody recorded them)."""
     return source.fields() if source is not None else {}

@@ -19,7 +19,7 @@ from typing import Literal
 from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts
 from deployer.core.inventory import Inventory
-from deployer.core.plan import HostPlan, HostStep, Plan, failed_record, health_check, layout_for
+from deployer.core.plan import HostPlan, HostStep, Plan, failed_record, health_check, layout_for, provenance_record
 from deployer.core.relup import (
     HOT_DOWNGRADE,
     HOT_UPGRADE,
@@ -37,7 +37,6 @@ from deployer.errors import DeployerError, PlanError
 from deployer.operations.hooks import run_with_hooks
 from deployer.remote import relup as hot
 from deployer.remote.flavours import flavour
-from deployer.remote.release import revision_record
 
 __all__ = ["HOT_EVENT", "Fallback", "hot_rollback", "node_releases", "upgrade"]
 
@@ -177,8 +176,10 @@ def _hot_host(
     kept_shas = {fact.history.sha256(r) for r in on_disk_after if r not in prune_ids} | {artifact.sha256}
     paths = [layout.release(r) for r in prune_ids]
     paths += [layout.artifact(sha) for sha in sorted(a for a in fact.artifacts if a not in kept_shas)]
-    common: dict[str, str | None] = dict(version=artifact.version, sha256=artifact.sha256, by=who)
-    success = revision_record(
+    # The same provenance as a deploy's records (deployer version, commit, dirty flag): `history` shows it.
+    source = artifact.source.fields() if artifact.source is not None else {}
+    common: dict[str, str | None] = dict(version=artifact.version, sha256=artifact.sha256, by=who, **source)
+    success = provenance_record(
         dict(
             release=release_id,
             event=HOT_EVENT,
@@ -191,7 +192,7 @@ def _hot_host(
     )
     fallback_record = None
     if fallback == "restart":
-        fallback_record = revision_record(
+        fallback_record = provenance_record(
             dict(
                 release=release_id,
                 event="deploy",
@@ -221,8 +222,9 @@ def _hot_host(
     )
     assert before is not None  # a running node was found through `current`
     done = [
-        revision_record(
-            dict(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
+        provenance_record(
+            dict(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who),
+            fact.history.built_from(before),
         )
     ]
     revert = hot.hot_revert(
@@ -292,7 +294,7 @@ def hot_rollback(executor: Executor, inventory: Inventory, plan: Plan, facts: Ma
             continue
         host = next(h for h in inventory.hosts if h.name == host_plan.host)
         tmp = secrets.token_hex(4)
-        success = revision_record(
+        success = provenance_record(
             dict(
                 release=target,
                 event=HOT_DOWNGRADE,
@@ -301,7 +303,8 @@ def hot_rollback(executor: Executor, inventory: Inventory, plan: Plan, facts: Ma
                 version=version,
                 by=who,
                 detail=f"downgraded in the running node (OS pid {node.os_pid}) through the relup, no restart",
-            )
+            ),
+            fact.history.built_from(target),
         )
         down = hot.downgrade(
             layout,

@@ -1,6 +1,6 @@
 """The engine's side of hot upgrades. A hot upgrade whose SSH link is lost: the engine waits for the
 detached activation's outcome on the host, then judges the host from what it runs (hot-upgrade records
-included), never a needless restart."""
+included), never a needless restart. And the hot upgrade's records carry the provenance a deploy's do."""
 
 from __future__ import annotations
 
@@ -10,18 +10,25 @@ import json
 import re
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from deployer import __version__
+from deployer.cli.render import history_document, print_history
 from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.config import HostConfig
 from deployer.core.facts import parse_outcome, parse_probe
-from deployer.core.plan import HostPlan, HostStep
+from deployer.core.plan import HostPlan, HostStep, plan_rollback
+from deployer.core.provenance import PREBUILT, Source
 from deployer.engine import recovery
+from deployer.engine.executor import Executor
 from deployer.errors import ConnectError
 from deployer.operations import upgrade as hot
 from deployer.operations.release import Options
+from deployer.operations.status import HostStatus
 from deployer.remote.shell import Script
 from deployer.ssh.transport import CommandResult
 from deployer.testing import FakeFleet, FakeTransport, ok
@@ -241,3 +248,85 @@ def test_describe_run_says_where_the_lone_run_ended() -> None:
         "the host went on alone and failed at health: ended at its own deadline (exit status 124)"
     )
     assert recovery.describe_run(parse_outcome("run=missing\n")) == "the activation never started on the host"
+
+
+# --- provenance of the hot upgrade's records ------------------------------------------------------------------
+
+COMMIT = "3f2a9c1d0b7e4a5f6e7d8c9b0a1f2e3d4c5b6a79"
+
+
+def _records(script: Script) -> list[dict[str, str]]:
+    """The revisions.log records a script appends, as the host will write them."""
+    return [json.loads(m) for m in re.findall(r"'(\{\"[^']*\})'", script.render())]
+
+
+def test_hot_upgrade_records_carry_the_deployer_version_and_the_commit_and_history_shows_them(
+    tmp_path: Path, artifact: Artifact
+) -> None:
+    data = copy.deepcopy(BASE)
+    data["app"]["flavour"] = "rebar3"
+    data["hosts"] = data["hosts"][:1]
+    inv = inventory(tmp_path, data)
+    fleet = FakeFleet(probe_output={"web1": probe(OLD)})
+    fleet.responses["node-release"] = ok(NODE)
+    built = replace(artifact, source=Source(COMMIT, dirty=True))
+    result = hot.upgrade(inv, built, Options(connector=fleet.connect, dry_run=True))  # type: ignore[arg-type]
+    assert result.plan is not None and result.plan.kind == "upgrade"
+    host_plan = result.plan.host("web1")
+    success, revert = _records(host_plan.activate), host_plan.revert
+    assert [r["event"] for r in success] == ["hot-upgrade"]
+    assert revert is not None
+    failed, reverted = _records(revert)
+    for entry in (*success, failed):
+        assert (entry["deployer"], entry["commit"], entry["dirty"]) == (__version__, COMMIT, "yes"), entry
+    assert (failed["event"], failed["outcome"]) == ("hot-upgrade", "failed")
+    assert (reverted["event"], reverted["deployer"]) == ("revert", __version__)
+
+    # `deployer history` shows them like a deploy's.
+    line = "rev=2027-01-15T08:00:00Z\t" + json.dumps(success[0])
+    rows = [HostStatus("web1", True, parse_probe(probe(success[0]["release"], line)))]
+    shown = history_document(rows, "test")["hosts"][0]["revisions"][-1]
+    assert (shown["event"], shown["commit"], shown["dirty"], shown["deployer"]) == (
+        "hot-upgrade",
+        COMMIT,
+        True,
+        __version__,
+    )
+    buffer = io.StringIO()
+    print_history(Console(file=buffer, width=300), rows)
+    assert f"from {COMMIT[:12]} (dirty)  deployer {__version__}" in buffer.getvalue()
+
+
+def test_a_fallback_restart_deploy_and_a_hot_downgrade_record_their_provenance(
+    tmp_path: Path, artifact: Artifact
+) -> None:
+    data = copy.deepcopy(BASE)
+    data["app"]["flavour"] = "rebar3"
+    data["hosts"] = data["hosts"][:1]
+    inv = inventory(tmp_path, data)
+    fleet = FakeFleet(probe_output={"web1": probe(OLD)})
+    fleet.responses["node-release"] = ok(NODE)
+    built = replace(artifact, source=Source(note=PREBUILT))
+    options = Options(connector=fleet.connect, dry_run=True)  # type: ignore[arg-type]
+    plan = hot.upgrade(inv, built, options, fallback="restart").plan
+    assert plan is not None
+    entries = _records(plan.host("web1").activate)
+    assert [(r["event"], r["source"], r["deployer"]) for r in entries] == [
+        ("deploy", PREBUILT, __version__),  # the fallback's, written first in the script
+        ("hot-upgrade", PREBUILT, __version__),
+    ]
+
+    # A rollback of a hot-upgraded node downgrades in place and records where its target came from.
+    new = "20270115080000-1.1.0"
+    upgraded = rev(new, "hot-upgrade", root=OLD, version="1.1.0", when="2027-01-15T08:00:00Z")
+    built_v1 = rev(OLD, "deploy", version="1.0.0", commit=COMMIT)
+    text = probe(new, upgraded, releases=(new,)).replace(rev(OLD, "deploy", version="1.0.0"), built_v1)
+    facts = {"web1": parse_probe(text)}
+    fleet = FakeFleet()
+    fleet.responses["node-release"] = ok(
+        f'{{deployer_node,"{ROOT}","4242",[{{"1.1.0",permanent}},{{"1.0.0",old}}],["1.0.0"]}}\n'
+    )
+    with Executor(inv, fleet.connect) as executor:  # type: ignore[arg-type]
+        rollback = hot.hot_rollback(executor, inv, plan_rollback(inv, facts, who="me@here"), facts)
+    down = _records(rollback.host("web1").activate)
+    assert [(r["event"], r["commit"], r["deployer"]) for r in down] == [("hot-downgrade", COMMIT, __version__)]
