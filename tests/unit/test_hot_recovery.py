@@ -21,6 +21,7 @@ from deployer.cli.render import history_document, print_history
 from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.config import HostConfig
 from deployer.core.facts import parse_outcome, parse_probe
+from deployer.core.inventory import Inventory
 from deployer.core.plan import HostPlan, HostStep, plan_rollback
 from deployer.core.provenance import PREBUILT, Source
 from deployer.engine import recovery
@@ -102,13 +103,18 @@ class Host:
         return ok(probe(self.release, *records, releases=(self.release,)))
 
 
-def upgrade(tmp_path: Path, artifact: Artifact, host: Host, outcome: str) -> tuple[FakeFleet, hot.Result]:
+def one_host(tmp_path: Path) -> tuple[Inventory, FakeFleet]:
+    """A relx app on one fake host (web1) whose node runs 1.0.0 permanently from release OLD."""
     data = copy.deepcopy(BASE)
     data["app"]["flavour"] = "rebar3"
     data["hosts"] = data["hosts"][:1]
-    inv = inventory(tmp_path, data)
     fleet = FakeFleet(probe_output={"web1": probe(OLD)})
     fleet.responses["node-release"] = ok(NODE)
+    return inventory(tmp_path, data), fleet
+
+
+def upgrade(tmp_path: Path, artifact: Artifact, host: Host, outcome: str) -> tuple[FakeFleet, hot.Result]:
+    inv, fleet = one_host(tmp_path)
     fleet.responses["hot-upgrade"] = host.activate
     fleet.responses["probe"] = host.probe
     fleet.responses["await-outcome"] = ok(outcome)
@@ -174,12 +180,7 @@ def test_the_outcome_is_read_even_when_the_first_reconnects_fail(
     tmp_path: Path, artifact: Artifact, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = Host(FINISHED, finishes=True)
-    data = copy.deepcopy(BASE)
-    data["app"]["flavour"] = "rebar3"
-    data["hosts"] = data["hosts"][:1]
-    inv = inventory(tmp_path, data)
-    fleet = FakeFleet(probe_output={"web1": probe(OLD)})
-    fleet.responses["node-release"] = ok(NODE)
+    inv, fleet = one_host(tmp_path)
     fleet.responses["probe"] = host.probe
     fleet.responses["await-outcome"] = ok(FINISHED)
     transports: list[FakeTransport] = []
@@ -263,12 +264,7 @@ def _records(script: Script) -> list[dict[str, str]]:
 def test_hot_upgrade_records_carry_the_deployer_version_and_the_commit_and_history_shows_them(
     tmp_path: Path, artifact: Artifact
 ) -> None:
-    data = copy.deepcopy(BASE)
-    data["app"]["flavour"] = "rebar3"
-    data["hosts"] = data["hosts"][:1]
-    inv = inventory(tmp_path, data)
-    fleet = FakeFleet(probe_output={"web1": probe(OLD)})
-    fleet.responses["node-release"] = ok(NODE)
+    inv, fleet = one_host(tmp_path)
     built = replace(artifact, source=Source(COMMIT, dirty=True))
     result = hot.upgrade(inv, built, Options(connector=fleet.connect, dry_run=True))  # type: ignore[arg-type]
     assert result.plan is not None and result.plan.kind == "upgrade"
@@ -300,12 +296,7 @@ def test_hot_upgrade_records_carry_the_deployer_version_and_the_commit_and_histo
 def test_a_fallback_restart_deploy_and_a_hot_downgrade_record_their_provenance(
     tmp_path: Path, artifact: Artifact
 ) -> None:
-    data = copy.deepcopy(BASE)
-    data["app"]["flavour"] = "rebar3"
-    data["hosts"] = data["hosts"][:1]
-    inv = inventory(tmp_path, data)
-    fleet = FakeFleet(probe_output={"web1": probe(OLD)})
-    fleet.responses["node-release"] = ok(NODE)
+    inv, fleet = one_host(tmp_path)
     built = replace(artifact, source=Source(note=PREBUILT))
     options = Options(connector=fleet.connect, dry_run=True)  # type: ignore[arg-type]
     plan = hot.upgrade(inv, built, options, fallback="restart").plan
