@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from deployer import __version__
-from deployer.cli.render import history_document, print_history
+from deployer.cli.render import history_document, print_history, print_plan
 from deployer.core.artifact import Artifact, inspect_tarball
 from deployer.core.config import HostConfig
 from deployer.core.facts import parse_outcome, parse_probe
@@ -163,6 +163,26 @@ def test_a_hot_upgrade_whose_install_failed_on_its_own_is_reverted_with_the_real
     assert row.error is not None and "SSH connection" in row.error
     assert "the host went on alone and failed at install: release_handler:install_release failed" in row.error
     assert fleet.names("web1").count("revert") == 1
+
+
+def test_a_hot_upgrade_refused_on_the_host_after_the_link_was_lost_is_aborted_with_its_cause(
+    tmp_path: Path, artifact: Artifact
+) -> None:
+    refused = (
+        "run=finished\nstatus=1\nstep=check-version\nreason=\nfinished=1800000100\n"
+        "log=hot upgrade refused before the install: the node is no longer OS pid 4242 (running now: 5151)\n"
+    )
+
+    class Refused(Host):
+        def probe(self, script: Script) -> CommandResult:
+            return ok(probe(OLD))  # never switched: the node was not touched
+
+    host = Refused(refused, finishes=False)
+    fleet, result = upgrade(tmp_path, artifact, host, refused)
+    row = result.report.hosts[0]
+    assert (row.outcome, row.after, row.step) == ("aborted", OLD, "check-version")
+    assert "failed at check-version: hot upgrade refused before the install: the node is no longer" in (row.error or "")
+    assert "revert" not in fleet.names("web1") and "abort" in fleet.names("web1")
 
 
 def test_a_hot_upgrade_still_running_past_its_deadline_is_never_raced_by_a_revert(
@@ -321,3 +341,14 @@ def test_a_fallback_restart_deploy_and_a_hot_downgrade_record_their_provenance(
         rollback = hot.hot_rollback(executor, inv, plan_rollback(inv, facts, who="me@here"), facts)
     down = _records(rollback.host("web1").activate)
     assert [(r["event"], r["commit"], r["deployer"]) for r in down] == [("hot-downgrade", COMMIT, __version__)]
+
+
+def test_the_dry_run_shows_an_upgrade_with_its_own_phases(tmp_path: Path, artifact: Artifact) -> None:
+    inv, fleet = one_host(tmp_path)
+    plan = hot.upgrade(inv, artifact, Options(connector=fleet.connect, dry_run=True)).plan  # type: ignore[arg-type]
+    assert plan is not None
+    buffer = io.StringIO()
+    print_plan(Console(file=buffer, width=300), plan)
+    text = buffer.getvalue()
+    assert f"Plan: upgrade in test, release {plan.release_id} (version 1.1.0)" in text
+    assert "upload -> prepare -> migrate once on web1 -> per batch: switch, install in the running node" in text
