@@ -430,6 +430,12 @@ ENTRIES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("release-handler-install-release-failed", ("the node (OS pid",), 15),
     ("release-handler-install-release-failed", ("release_handler:make_permanent failed: ", ""), 38),
     ("release-handler-install-release-failed", ("release_handler:make_permanent failed:",), 37),
+    (
+        "ssh-connection-was-lost-host",
+        ("", ": ", ": the SSH connection ", " was lost ", "; the host went on alone and failed at ", ": ", ""),
+        68,
+    ),
+    ("ssh-connection-was-lost-host", ("", "; its activation still runs on the host, past its deadline"), 58),
     ("release-handler-install-release-downgrade", ("release_handler:install_release (downgrade) failed: ", ""), 51),
     ("release-handler-install-release-downgrade", ("release_handler:install_release (downgrade) failed:",), 50),
     ("release-handler-install-release-downgrade", ("after the downgrade the node does not report ", " as current"), 54),

@@ -165,11 +165,14 @@ def _phases(plan: Plan) -> str:
     if plan.kind == "migrate":
         return f"lock -> migrate on {plan.migrator} -> unlock"
     first = ["lock every host"]
-    if plan.kind == "deploy":
+    if plan.kind in ("deploy", "upgrade"):
         first += ["upload", "prepare"]
     if plan.migrator and plan.migrate is not None:
         first.append(f"migrate once on {plan.migrator}")
-    return " -> ".join([*first, "per batch: switch, restart, health gate (revert on failure)", "unlock"])
+    publish = "per batch: switch, restart, health gate (revert on failure)"
+    if plan.kind == "upgrade":
+        publish = "per batch: switch, install in the running node, health gate, make permanent (revert on failure)"
+    return " -> ".join([*first, publish, "unlock"])
 
 
 def _host_header(host: HostPlan) -> str:
@@ -198,7 +201,7 @@ def print_plan(console: Console, plan: Plan, *, verbose: bool = False) -> None:
         console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False)
     for host in plan.hosts:
         steps: list[tuple[str, Script | None]] = list(plan.listing(host))
-        if plan.kind == "deploy" and not host.upload:
+        if plan.kind in ("deploy", "upgrade") and not host.upload:
             steps.insert(0, ("upload skipped (already on the host)", None))
         console.print(
             f"  [bold]{host.host}[/]: {_host_header(host)}: " + ", ".join(label for label, _ in steps),

@@ -51,7 +51,7 @@ PHASES: tuple[Phase, ...] = (
 VARIABLES: Mapping[str, str] = {
     "DEPLOYER_PHASE": "the hook's phase (`before_deploy`, `before_stop`, ...)",
     "DEPLOYER_ENV": "the environment (inventory name)",
-    "DEPLOYER_OPERATION": "deploy, rollback, start, stop, restart or `env push` (`build` for build hooks)",
+    "DEPLOYER_OPERATION": "deploy, upgrade, rollback, start, stop, restart or `env push` (`build` for build hooks)",
     "DEPLOYER_RELEASE_ID": "the release the operation switches to (empty when hosts differ or it is not known yet)",
     "DEPLOYER_VERSION": "that release's version (empty when not known)",
     "DEPLOYER_HOSTS": "the hosts of the operation, space-separated",

@@ -235,13 +235,21 @@ class HostPlan:
 
 
 # What each operation's report says about hosts it did not reach ("not restarted: web3").
-_DONE = {"deploy": "deployed", "rollback": "rolled back", "start": "started", "stop": "stopped", "restart": "restarted"}
+_DONE = {
+    "deploy": "deployed",
+    "rollback": "rolled back",
+    "start": "started",
+    "stop": "stopped",
+    "restart": "restarted",
+    "upgrade": "upgraded",
+}
 
 
 @dataclass(frozen=True)
 class Plan:
     """A whole operation, decided before anything changes. ``kind`` is deploy, rollback, migrate,
-    start, stop or restart; every one of them runs through the same executor path."""
+    start, stop or restart (upgrade: a hot upgrade, see :mod:`deployer.operations.upgrade`); every one of
+    them runs through the same executor path."""
 
     kind: str
     env: str
@@ -268,7 +276,7 @@ class Plan:
     @property
     def label(self) -> str:
         """The name of the publishing phase in the operator's output (``restart batch 1/3``)."""
-        return "activate" if self.kind in ("deploy", "rollback") else self.kind
+        return "activate" if self.kind in ("deploy", "rollback", "upgrade") else self.kind
 
     @property
     def done(self) -> str:
@@ -310,6 +318,12 @@ class Plan:
 def _record(**fields: str | None) -> str:
     # Every record says which deployer wrote it (who deployed which commit: see deployer.core.provenance).
     return rc.revision_record({**fields, "deployer": __version__})
+
+
+def provenance_record(fields: Mapping[str, str | None], source: Source | None = None) -> str:
+    """A ``revisions.log`` record of ``fields`` with the provenance every record of deployer carries: the
+    deployer version, and ``source``'s commit and dirty flag (or why there is none) when it is known."""
+    return _record(**{**fields, **_source_fields(source)})
 
 
 def _source_fields(source: Source | None) -> dict[str, str | None]:

@@ -18,6 +18,8 @@ from pathlib import Path
 from deployer.core.history import History
 
 __all__ = [
+    "HOT_DOWNGRADE",
+    "HOT_UPGRADE",
     "NodeRelease",
     "Relup",
     "TermError",
@@ -27,6 +29,12 @@ __all__ = [
     "parse_term",
     "read_relup",
 ]
+
+
+HOT_UPGRADE = "hot-upgrade"
+"""The ``revisions.log`` event of a release installed in a running node (it kept its OS pid)."""
+HOT_DOWNGRADE = "hot-downgrade"
+"""The ``revisions.log`` event of a rollback done in the running node through the relup's down instructions."""
 
 
 class TermError(ValueError):
@@ -269,6 +277,6 @@ def hot_root(history: History, current: str | None) -> str | None:
     if not changes or current is None:
         return None
     last = changes[-1]
-    if last.event == "hot-upgrade" and last.ok and last.release == current and last.root and last.root != current:
+    if last.event == HOT_UPGRADE and last.ok and last.release == current and last.root and last.root != current:
         return last.root
     return None

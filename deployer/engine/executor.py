@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from deployer.core.facts import HostFacts, LockInfo, parse_probe
+from deployer.core.facts import HostFacts, LockInfo, RunOutcome, parse_outcome, parse_probe
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import Events, HostResult, NullEvents, Outcome, Report
 from deployer.core.plan import LOCAL, HostPlan, HostStep, Plan, layout_for
@@ -43,6 +43,9 @@ from deployer.remote.fragments import Fragment
 from deployer.remote.shell import Script
 from deployer.ssh.endpoints import Connector
 from deployer.ssh.transport import CommandResult, ConnectionPool, Transport, UploadStopped
+
+RECONNECT_GRACE = 15.0
+"""Seconds during which reconnecting to a host after a lost link is retried before judging it unreachable."""
 
 
 class Cancelled(DeployerError):
@@ -693,26 +696,64 @@ class Executor:
         except DeployerError as exc:
             return None, self.describe(exc)
 
+    def await_run(self, host: str, script: Script) -> RunOutcome | None:
+        """What the detached run of ``script`` did on ``host`` (it goes on there when the link is lost),
+        waiting for it to end at most as long as the script may run; None when ``script`` does not run
+        detached or the host cannot be asked (the caller then judges from a probe alone)."""
+        if script.run_id is None:
+            return None
+        wait = script.timeout if script.timeout is not None else self.settle_seconds()
+        # A link that just came back may refuse the first connection or two (no route yet): retry briefly.
+        retry_until = time.monotonic() + RECONNECT_GRACE
+        while True:
+            try:
+                self._revive(host, f"the outcome of {script.name}")
+                return parse_outcome(self.run(host, rc.await_outcome(self.layout, script.run_id, wait)).stdout)
+            except ConnectError:
+                if time.monotonic() >= retry_until or self.cancel.is_set():
+                    return None
+                time.sleep(1.0)
+            except DeployerError:
+                return None
+
     def _recover(self, plan: Plan, host_plan: HostPlan, result: HostResult, exc: DeployerError) -> None:
-        """After a failed activation: re-probe, then success / nothing to undo / revert / failed."""
+        """After a failed activation: re-probe, then success / nothing to undo / revert / failed. When the
+        link was lost, the detached activation is first waited for, so the probe sees where it ended."""
         host = host_plan.host
         result.step = getattr(exc, "step", None) or "activate"
         result.error = self.describe(exc)
         result.healthy = False if plan.health_gated else None
+        run = self.await_run(host, host_plan.activate) if isinstance(exc, LostConnection) else None
+        if run is not None and run.state != "missing":
+            result.step = run.step or result.step
+            result.error += f"; {self.masker(recovery.describe_run(run))}"
         now, why = self.reprobe(host)
         if now is None:
             result.outcome = "failed"
             result.after, result.known, result.healthy = None, False, None
             result.error += f"; could not reconnect to see what the host runs: {why}"
             return
+        result.after, result.known = now.current_release, True
+        if run is not None and run.state == "running":
+            # Past its own deadline and still going (the host's supervisor should have ended it): a revert
+            # would race it. Say what the host runs now; the operator looks before doing anything.
+            result.outcome, result.healthy = "failed", None
+            result.error += f"; {recovery.describe_now(now)}"
+            return
         before = self.facts.get(host)
         since = before.now if before else None
         decision = recovery.decide(host_plan, plan.kind, now, since=since)
-        if decision == "revert" and isinstance(exc, LostConnection) and now.current_release == host_plan.target:
+        # Without an outcome to read, the activation may still be running: wait for it (bounded) instead.
+        lost_midway = isinstance(exc, LostConnection) and (run is None or run.state == "missing")
+        if decision == "revert" and lost_midway and now.current_release == host_plan.target:
             now, decision = self._settle(plan, host_plan, now, since)
         result.after, result.known = now.current_release, True
         if decision == "success":
             self.events.step(host, "activate", "done", "the host finished it; only its report was lost")
+            notice = host_plan.scripts("activate")[0].notice
+            note = notice("\n".join(run.stdout)) if notice is not None and run is not None else None
+            if note:
+                self.events.step(host, host_plan.activate.name, "skipped", note)
             result.outcome, result.healthy, result.step, result.error = "success", True, None, None
             self._after_healthy(host, host_plan, result)
             return

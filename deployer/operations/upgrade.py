@@ -19,8 +19,17 @@ from typing import Literal
 from deployer.core.artifact import Artifact
 from deployer.core.facts import HostFacts
 from deployer.core.inventory import Inventory
-from deployer.core.plan import HostPlan, HostStep, Plan, failed_record, health_check, layout_for
-from deployer.core.relup import NodeRelease, Relup, TermError, hot_refusal, parse_node_release, read_relup
+from deployer.core.plan import HostPlan, HostStep, Plan, failed_record, health_check, layout_for, provenance_record
+from deployer.core.relup import (
+    HOT_DOWNGRADE,
+    HOT_UPGRADE,
+    NodeRelease,
+    Relup,
+    TermError,
+    hot_refusal,
+    parse_node_release,
+    read_relup,
+)
 from deployer.engine.executor import Executor
 from deployer.engine.locks import current_user
 from deployer.engine.run import Options, Result
@@ -28,13 +37,12 @@ from deployer.errors import DeployerError, PlanError
 from deployer.operations.hooks import run_with_hooks
 from deployer.remote import relup as hot
 from deployer.remote.flavours import flavour
-from deployer.remote.release import revision_record
 
 __all__ = ["HOT_EVENT", "Fallback", "hot_rollback", "node_releases", "upgrade"]
 
 Fallback = Literal["refuse", "restart"]
 
-HOT_EVENT = "hot-upgrade"
+HOT_EVENT = HOT_UPGRADE
 """The ``revisions.log`` event of a release installed in a running node (``hot-downgrade`` for a rollback)."""
 
 
@@ -131,7 +139,8 @@ def upgrade(
                 _hot_host(inventory, plan, host_plan, facts[host_plan.host], node, node.running, fallback)
             )
         warnings = [f"{h}: no hot upgrade, a restart deploy instead: {why}" for h, why in refused.items()]
-        return replace(plan, hosts=tuple(host_plans)).with_warnings(warnings)
+        # Its own kind: a lost link's recovery knows a `hot-upgrade` record means done (deployer.engine.recovery).
+        return replace(plan, kind="upgrade", hosts=tuple(host_plans)).with_warnings(warnings)
 
     return run_with_hooks(
         inventory, options, "upgrade", names, plan_for, release=artifact.version, version=artifact.version
@@ -167,8 +176,10 @@ def _hot_host(
     kept_shas = {fact.history.sha256(r) for r in on_disk_after if r not in prune_ids} | {artifact.sha256}
     paths = [layout.release(r) for r in prune_ids]
     paths += [layout.artifact(sha) for sha in sorted(a for a in fact.artifacts if a not in kept_shas)]
-    common: dict[str, str | None] = dict(version=artifact.version, sha256=artifact.sha256, by=who)
-    success = revision_record(
+    # The same provenance as a deploy's records (deployer version, commit, dirty flag): `history` shows it.
+    source = artifact.source.fields() if artifact.source is not None else {}
+    common: dict[str, str | None] = dict(version=artifact.version, sha256=artifact.sha256, by=who, **source)
+    success = provenance_record(
         dict(
             release=release_id,
             event=HOT_EVENT,
@@ -181,7 +192,7 @@ def _hot_host(
     )
     fallback_record = None
     if fallback == "restart":
-        fallback_record = revision_record(
+        fallback_record = provenance_record(
             dict(
                 release=release_id,
                 event="deploy",
@@ -211,8 +222,9 @@ def _hot_host(
     )
     assert before is not None  # a running node was found through `current`
     done = [
-        revision_record(
-            dict(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who)
+        provenance_record(
+            dict(release=before, event="revert", outcome="success", version=fact.history.version(before), by=who),
+            fact.history.built_from(before),
         )
     ]
     revert = hot.hot_revert(
@@ -282,16 +294,17 @@ def hot_rollback(executor: Executor, inventory: Inventory, plan: Plan, facts: Ma
             continue
         host = next(h for h in inventory.hosts if h.name == host_plan.host)
         tmp = secrets.token_hex(4)
-        success = revision_record(
+        success = provenance_record(
             dict(
                 release=target,
-                event="hot-downgrade",
+                event=HOT_DOWNGRADE,
                 outcome="success",
                 previous=host_plan.before,
                 version=version,
                 by=who,
                 detail=f"downgraded in the running node (OS pid {node.os_pid}) through the relup, no restart",
-            )
+            ),
+            fact.history.built_from(target),
         )
         down = hot.downgrade(
             layout,

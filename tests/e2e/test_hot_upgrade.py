@@ -5,7 +5,8 @@ appup changes the counter server's state format through ``code_change/3``): on e
 its OS pid, the state survived in its new form and the new code answers. Then a rollback downgrades in
 place through the relup's down instructions. Refusals (a release without a relup, a running version the
 relup does not upgrade from) change nothing, or fall back to a restart deploy when allowed; an install
-that fails is reverted by a restart on the previous release and stops the rollout.
+that fails is reverted by a restart on the previous release and stops the rollout. A hot upgrade whose
+SSH link is cut at any moment goes on on the host; the report then says what the host really runs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from deployer.operations.status import status_document
 from tests.harness.examples import HELLO_RELUP_PROJECT_DIR, build_hello_relup
 from tests.harness.fleet import Fleet
 
-from .support import App, explain, make_app, remove_app
+from .support import App, Recorder, explain, make_app, remove_app
 
 pytestmark = pytest.mark.fleet
 
@@ -290,3 +291,103 @@ def test_a_restart_boots_the_new_version_and_a_restart_rollback_restores_the_old
     assert again.report.ok, explain(again.report)
     assert pids(app) == before
     assert all(get(app, h, "/state")["state"]["format"] == 2 for h in hosts(app))
+
+
+# --- the link cut during a hot upgrade --------------------------------------------------------------------
+
+
+class CutAt(Recorder):
+    """Cuts h1's link when its activation reports step ``marker``; the link comes back when deployer reconnects."""
+
+    def __init__(self, app: App, marker: str) -> None:
+        super().__init__()
+        self.app = app
+        self.marker = f"@@step {marker}"
+        self.cut = False
+        self.seen = ""
+        self.on("h1", "reconnect", "start", lambda: app.fleet.restore_link("h1"))
+
+    def output(self, host: str, stream: str, text: str) -> None:
+        if host != "h1" or stream != "stderr" or self.cut:
+            return
+        self.seen = (self.seen + text)[-4000:]  # a marker may arrive split over two chunks
+        if self.marker in self.seen:
+            self.cut = True
+            self.app.fleet.cut_link("h1")
+
+
+@pytest.fixture
+def one_host(session_fleet: Fleet, tmp_path: Path) -> Iterator[App]:
+    deployment = make_relup_app(session_fleet, tmp_path, f"relupcut{next(_names)}", keep_releases=3)
+    # The loss is noticed within seconds (keepalives), as the detached-activation tests do.
+    deployment.data["ssh"].update({"connect_timeout": 4, "keepalive": 1, "keepalive_count": 2})
+    deployment.rewrite(hosts=deployment.data["hosts"][:1], migrate=None)
+    yield deployment
+    session_fleet.restore_link("h1")
+    remove_app(deployment)
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ["check-version", "unpack", "install", "permanent"],
+    ids=["before-the-switch", "while-unpacking", "while-installing", "while-making-permanent"],
+)
+def test_a_hot_upgrade_cut_off_from_its_link_finishes_and_is_reported_upgraded(
+    one_host: App, tarballs: dict[str, Path], marker: str
+) -> None:
+    app = one_host
+    first = deploy(app, tarballs["v1"])
+    assert first.report.ok, explain(first.report)
+    count(app, "h1", "apples", 3)
+    pid = get(app, "h1", "/health")["os_pid"]
+
+    events = CutAt(app, marker)
+    try:
+        report = hot.upgrade(app.inventory(), inspect_tarball(tarballs["v2"], APP), api.Options(events=events)).report
+    finally:
+        app.fleet.restore_link("h1")
+    assert events.cut and ("h1", "reconnect", "start") in events.steps, "the link was never lost"
+    assert ("h1", "await-outcome", "done") in events.steps, "the host's own outcome was not read"
+
+    # The host went on alone and finished: the same node runs 1.1.0 with its state converted, and the
+    # report says so (no restart, no revert).
+    row = report.hosts[0]
+    assert report.ok and (row.outcome, row.after, row.known) == ("success", report.release, True), explain(report)
+    assert report.operation == "upgrade"
+    health = get(app, "h1", "/health")
+    assert (health["os_pid"], health["version"]) == (pid, "1.1.0"), "the node was restarted or not upgraded"
+    assert get(app, "h1", "/state")["state"]["counts"] == {"apples": 3}
+    assert app.current("h1") == f"releases/{report.release}"
+    events_logged = [(r["event"], r["outcome"]) for r in revisions(app, "h1")]
+    assert events_logged[-1] == ("hot-upgrade", "success") and ("revert", "success") not in events_logged
+
+
+def test_a_failing_hot_upgrade_cut_off_from_its_link_is_reverted_and_reported_so(
+    one_host: App, tarballs: dict[str, Path]
+) -> None:
+    app = one_host
+    first = deploy(app, tarballs["v1"])
+    assert first.report.ok, explain(first.report)
+    v1 = first.report.release
+    pid = get(app, "h1", "/health")["os_pid"]
+
+    events = CutAt(app, "install")
+    try:
+        report = hot.upgrade(
+            app.inventory(), inspect_tarball(tarballs["v2-bad"], APP), api.Options(events=events)
+        ).report
+    finally:
+        app.fleet.restore_link("h1")
+    assert events.cut and ("h1", "reconnect", "start") in events.steps, "the link was never lost"
+    assert ("h1", "await-outcome", "done") in events.steps, "the host's own outcome was not read"
+
+    # The install failed on the host while nobody watched: the revert restarted the node on 1.0.0, and the
+    # report names the real cause.
+    row = report.hosts[0]
+    assert not report.ok and (row.outcome, row.after, row.known) == ("reverted", v1, True), explain(report)
+    assert "the host went on alone and failed at " in (row.error or ""), explain(report)
+    health = get(app, "h1", "/health")
+    assert health["version"] == "1.0.0" and health["os_pid"] != pid
+    assert app.current("h1") == f"releases/{v1}"
+    events_logged = [(r["event"], r["outcome"]) for r in revisions(app, "h1")[-2:]]
+    assert events_logged == [("hot-upgrade", "failed"), ("revert", "success")]
