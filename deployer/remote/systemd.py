@@ -403,9 +403,10 @@ def setup_host(layout: RemoteLayout, user: str, service: Service | None) -> Scri
         + text(
             # The runner and the staged unit were written by root: the deploy user rewrites them on each deploy.
             'chown -R "$u:$g" "$d/shared/systemd"\n'
-            "if getent group systemd-journal >/dev/null 2>&1 && ! id -nG \"$u\" | tr ' ' '\\n' | grep -qx systemd-journal; "
-            "then\n"
-            '  usermod -a -G systemd-journal "$u"; echo "changed=added $u to group systemd-journal (reads the journal)"\n'
+            "if getent group systemd-journal >/dev/null 2>&1 && "
+            "! id -nG \"$u\" | tr ' ' '\\n' | grep -qx systemd-journal; then\n"
+            '  usermod -a -G systemd-journal "$u"\n'
+            '  echo "changed=added $u to group systemd-journal (reads the journal)"\n'
             "fi\n"
         )
     )
