@@ -192,11 +192,30 @@ check() {
     if [ -n "$status" ]; then echo "$url: the answer was cut off"; else echo "$url: no answer within ${secs}s"; fi
     return
   fi
+  # The headers, then the body: Content-Length bytes, or up to the end of the connection.
+  length= headers=1
   while :; do
     clock; left=$(( end - NOW ))
     if [ "$left" -le 0 ]; then exec 3<&-; echo "$url: the answer did not end within ${secs}s"; return; fi
-    IFS= read -r -t "$(( left / 100 )).$(( left % 100 / 10 ))$(( left % 10 ))" line <&3 && continue
-    [ $? -le 128 ] && break
+    left="$(( left / 100 )).$(( left % 100 / 10 ))$(( left % 10 ))"
+    if [ -z "$headers" ]; then
+      if [ -n "$length" ]; then
+        [ "$length" -eq 0 ] || IFS= read -r -N "$length" -t "$left" line <&3
+      else
+        IFS= read -r -t "$left" line <&3 && continue
+      fi
+      [ $? -le 128 ] && break
+      continue
+    fi
+    if ! IFS= read -r -t "$left" line <&3; then
+      [ $? -gt 128 ] && continue
+      break
+    fi
+    line=${line%$'\r'}
+    case ${line,,} in
+      '') headers= ;;
+      content-length:*) length=${line#*:}; length=${length//[!0-9]/} ;;
+    esac
   done
   exec 3<&-
   set -- $status
@@ -515,7 +534,8 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "  shift 3\n"
         '  set -- env -i "PATH=$PATH" /bin/sh -c "$LAUNCHER" deployer-launch "$d" "$_rid" "$_mode" "$@"\n'
         '  if [ -n "$_limit" ] && command -v timeout >/dev/null 2>&1; then set -- timeout -k 5 "$_limit" "$@"; fi\n'
-        '  "$@"\n'
+        # Not the waiting helper's pipes (agent_start): a node holding them would keep the helper waiting.
+        '  "$@" 8>&- 9<&-\n'
         "}\n",
     ),
     # The sha256 of a file as 64 hex digits. OpenSSL's digest uses the CPU's SHA extensions (1.3 GB/s where

@@ -467,6 +467,8 @@ def test_stop_says_sigterm_again_to_a_vm_that_lost_the_first_one(deploy_to: Path
 class _Health(http.server.BaseHTTPRequestHandler):
     """``/health``: the status in the server's ``status`` list, one per request (the last one repeats)."""
 
+    protocol_version = "HTTP/1.1"  # as the nodes' servers answer (with a Content-Length)
+
     def do_GET(self) -> None:
         server = self.server
         assert isinstance(server, _HealthServer)
