@@ -388,6 +388,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
     # Start the waiting helper (AGENT) once per script when the host has bash: AGENT=1 then, and AGENT_NET=1 while
     # its HTTP checks can be used. Without bash (or when anything here fails), AGENT=0: sleep and curl as before.
     # Two fifos, opened in the same order on both sides, removed once open; the helper's first line says it runs.
+    # It is started after the node's launch (and launch closes its pipes), so no node ever holds them.
     Helper(
         "agent_start",
         "AGENT_SRC=" + shlex.quote(AGENT) + "\n"
@@ -397,7 +398,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "  command -v bash >/dev/null 2>&1 || return 0\n"
         '  _f="$d/shared/tmp/.agent.$$"\n'
         '  [ -d "$d/shared/tmp" ] || mkdir -p "$d/shared/tmp" || return 0\n'
-        '  rm -f "$_f.i" "$_f.o"\n'
+        # (Fifos left by a killed script of the same pid make mkfifo fail: then this script simply does without.)
         '  mkfifo -m 600 "$_f.i" "$_f.o" 2>/dev/null || return 0\n'
         '  bash -c "$AGENT_SRC" deployer-agent "$$" "$d/shared/tmp/health.connect" <"$_f.i" >"$_f.o" 2>/dev/null &\n'
         "  AGENT_PID=$!\n"
