@@ -22,10 +22,12 @@ in the file is ever executed or expanded), adds what deployer owns (the cookie m
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from deployer.core.paths import ENV_FILE, LEGACY_ENV_DIR, RemoteLayout
 from deployer.remote.flavours import Flavour
@@ -173,6 +175,87 @@ def cookie_mode(flavour: Flavour) -> str:
     return "home+script" if flavour.script_cookie else "home"
 
 
+# --- the waiting helper: pauses and HTTP checks without a process per poll -------------------------------------
+
+# Runs as `bash -c "$AGENT" deployer-agent PARENT_PID ERR_FILE` with a fifo on each side (agent_start), for the
+# polling loops of one script (await_node, the health gate): /bin/sh (dash) has neither a sleep nor a socket of
+# its own, so every poll used to spawn `sleep` and `curl`. One command per line on stdin, one answer per line:
+#   p SECS                 wait SECS (a `read -t` on this very pipe, which stays silent meanwhile), answer "."
+#   h SECS HOST PORT PATH  one HTTP/1.0 GET of http://HOST:PORT/PATH through bash's /dev/tcp, status line and the
+#                          whole answer within SECS; answer "ok" (status < 400, as curl -f), "nonet" (this bash
+#                          has no /dev/tcp) or the reason it failed
+# It ends at EOF (the script is gone), and when its parent has gone while someone else holds the pipe open.
+# Only loopback addresses are given to it (connecting to those never hangs; a URL elsewhere keeps curl).
+AGENT = r"""set +e
+parent=$1 errf=$2
+export LC_ALL=C
+clock() { read -r _up _ < /proc/uptime; NOW=$(( ${_up%.*} * 100 + 1${_up#*.} - 100 )); }
+check() {
+  local secs=$1 host=$2 port=$3 path=$4 end status line code left url
+  url="http://$host:$port$path"
+  clock; end=$(( NOW + ${secs%.*} * 100 + 1${secs#*.} - 100 ))
+  if ! { exec 3<>"/dev/tcp/$host/$port"; } 2>"$errf"; then
+    IFS= read -r line < "$errf"
+    case $line in *"No such file"*) echo nonet; return ;; esac
+    echo "$url: ${line##*: }"; return
+  fi
+  printf 'GET %s HTTP/1.0\r\nHost: %s:%s\r\nUser-Agent: deployer-health\r\nConnection: close\r\n\r\n' \
+    "$path" "$host" "$port" >&3 2>/dev/null
+  if ! IFS= read -r -t "$secs" status <&3; then
+    exec 3<&-
+    if [ -n "$status" ]; then echo "$url: the answer was cut off"; else echo "$url: no answer within ${secs}s"; fi
+    return
+  fi
+  # The headers, then the body: Content-Length bytes, or up to the end of the connection.
+  length= headers=1
+  while :; do
+    clock; left=$(( end - NOW ))
+    if [ "$left" -le 0 ]; then exec 3<&-; echo "$url: the answer did not end within ${secs}s"; return; fi
+    left="$(( left / 100 )).$(( left % 100 / 10 ))$(( left % 10 ))"
+    if [ -z "$headers" ]; then
+      if [ -n "$length" ]; then
+        [ "$length" -eq 0 ] || IFS= read -r -N "$length" -t "$left" line <&3
+      else
+        IFS= read -r -t "$left" line <&3 && continue
+      fi
+      [ $? -le 128 ] && break
+      continue
+    fi
+    if ! IFS= read -r -t "$left" line <&3; then
+      [ $? -gt 128 ] && continue
+      break
+    fi
+    line=${line%$'\r'}
+    case ${line,,} in
+      '') headers= ;;
+      content-length:*) length=${line#*:}; length=${length//[!0-9]/} ;;
+    esac
+  done
+  exec 3<&-
+  set -- $status
+  code=${2:-}
+  case $code in
+    [123][0-9][0-9]) echo ok ;;
+    [0-9][0-9][0-9]) echo "$url: HTTP status $code" ;;
+    *) echo "$url: not an HTTP answer" ;;
+  esac
+}
+echo ready
+while :; do
+  IFS=' ' read -r -t 60 cmd a b c e
+  s=$?
+  if [ "$s" -gt 128 ]; then kill -0 "$parent" 2>/dev/null && continue; exit 0; fi
+  [ "$s" -eq 0 ] || exit 0
+  case $cmd in
+    p) IFS= read -r -t "$a" _; [ $? -gt 128 ] || exit 0; echo . ;;
+    h) check "$a" "$b" "$c" "$e" ;;
+    *) exit 0 ;;
+  esac
+done
+"""
+"""The waiting helper run by bash, when the host has bash (a constant: it holds no inventory value)."""
+
+
 # --- helper functions ----------------------------------------------------------------------------------------
 
 
@@ -301,28 +384,121 @@ _HELPER_LIST: tuple[Helper, ...] = (
         '  mv -f "$d/shared/node.pid.tmp" "$d/shared/node.pid"\n'
         "}\n",
     ),
+    # PID_MARK: the last pid the kernel handed out in this pid namespace (the last field of /proc/loadavg; empty
+    # when it is not a number). Taken just before a launch: the node's pid comes after it, so the node is looked
+    # for among the pids handed out since, not among every process of the host (hundreds on a busy server).
+    # (Not /proc/sys/kernel/ns_last_pid: dash reads a byte at a time, and a sysctl file answers only the first.)
+    Helper(
+        "pid_mark",
+        "pid_mark() {\n"
+        "  { read -r _ _ _ _ PID_MARK < /proc/loadavg; } 2>/dev/null || PID_MARK=\n"
+        "  case \"$PID_MARK\" in ''|*[!0-9]*) PID_MARK= ;; esac\n"
+        "}\n",
+    ),
+    # FOUND: like scan_nodes $1, but looking only at the pids handed out since the last call (from _next) and at
+    # the processes of ours seen before that might still exec the BEAM (_pend): builtins only, no pass over /proc.
+    # When the pid counter wrapped around (or cannot be read), _next is cleared and scan_nodes does the work.
+    Helper(
+        "new_nodes",
+        "new_nodes() {\n"
+        "  FOUND=\n"
+        "  { read -r _ _ _ _ _last < /proc/loadavg; } 2>/dev/null || _last=\n"
+        '  case "$_last" in \'\'|*[!0-9]*) _next= ;; *) [ "$_last" -ge $(( _next - 1 )) ] || _next= ;; esac\n'
+        '  if [ -z "$_next" ]; then scan_nodes "$1"; return 0; fi\n'
+        "  _look=$_pend _pend=\n"
+        '  while [ "$_next" -le "$_last" ]; do _look="$_look $_next"; _next=$(( _next + 1 )); done\n'
+        "  for _p in $_look; do\n"
+        '    { read -r _c < "/proc/$_p/comm"; } 2>/dev/null || continue\n'
+        '    if [ "$_c" != beam.smp ]; then [ ! -O "/proc/$_p" ] || _pend="$_pend $_p"; continue; fi\n'
+        '    proc_start "$_p" && [ "$PROC_START" -ge "$1" ] || continue\n'
+        '    if is_node "$_p"; then FOUND="$FOUND$_p "; fi\n'
+        "  done\n"
+        "}\n",
+        needs=("scan_nodes", "proc_start", "is_node"),
+    ),
+    # Start the waiting helper (AGENT) once per script when the host has bash: AGENT=1 then, and AGENT_NET=1 while
+    # its HTTP checks can be used. Without bash (or when anything here fails), AGENT=0: sleep and curl as before.
+    # Two fifos, opened in the same order on both sides, removed once open; the helper's first line says it runs.
+    # It is started after the node's launch (and launch closes its pipes), so no node ever holds them.
+    Helper(
+        "agent_start",
+        "AGENT_SRC=" + shlex.quote(AGENT) + "\n"
+        "agent_start() {\n"
+        '  [ -z "${_agent_tried:-}" ] || return 0\n'
+        "  _agent_tried=1 AGENT=0 AGENT_NET=0\n"
+        "  command -v bash >/dev/null 2>&1 || return 0\n"
+        '  _f="$d/shared/tmp/.agent.$$"\n'
+        '  [ -d "$d/shared/tmp" ] || mkdir -p "$d/shared/tmp" || return 0\n'
+        # (Fifos left by a killed script of the same pid make mkfifo fail: then this script simply does without.)
+        '  mkfifo -m 600 "$_f.i" "$_f.o" 2>/dev/null || return 0\n'
+        '  bash -c "$AGENT_SRC" deployer-agent "$$" "$d/shared/tmp/health.connect" <"$_f.i" >"$_f.o" 2>/dev/null &\n'
+        "  AGENT_PID=$!\n"
+        '  exec 8>"$_f.i" 9<"$_f.o"\n'
+        '  rm -f "$_f.i" "$_f.o"\n'
+        '  if IFS= read -r _r <&9 && [ "$_r" = ready ]; then AGENT=1 AGENT_NET=1; else exec 8>&- 9<&-; fi\n'
+        "}\n",
+    ),
+    # One request to the helper ($*), its answer in AGENT_ANSWER; fails (and AGENT=0 AGENT_NET=0 from then on)
+    # when the helper has gone. SIGPIPE is ignored only for the write itself: a helper that has gone is an answer.
+    Helper(
+        "agent_ask",
+        "agent_ask() {\n"
+        "  AGENT_ANSWER=\n"
+        "  trap '' PIPE\n"
+        "  if printf '%s\\n' \"$*\" >&8 && IFS= read -r AGENT_ANSWER <&9; then trap - PIPE; return 0; fi\n"
+        "  trap - PIPE\n"
+        "  AGENT=0 AGENT_NET=0\n"
+        "  exec 8>&- 9<&-\n"
+        "  return 1\n"
+        "}\n",
+    ),
+    # Wait $1 seconds: in the helper when it runs (no process), else with sleep.
+    Helper(
+        "pause",
+        'pause() {\n  if [ "${AGENT:-0}" = 1 ] && agent_ask p "$1"; then return 0; fi\n  sleep "$1"\n}\n',
+        needs=("agent_ask",),
+    ),
+    # One HTTP check by the helper: GET of http://$2:$3$4 within $1 seconds. 0: healthy; 1: not (the reason on
+    # stderr); 2: the helper cannot do it (gone, or no /dev/tcp in this bash): AGENT_NET=0, the caller uses curl.
+    Helper(
+        "agent_get",
+        "agent_get() {\n"
+        '  agent_ask h "$1" "$2" "$3" "$4" || return 2\n'
+        '  case "$AGENT_ANSWER" in\n'
+        "    ok) return 0 ;;\n"
+        "    nonet) AGENT_NET=0; return 2 ;;\n"
+        "  esac\n"
+        "  printf '%s\\n' \"$AGENT_ANSWER\" >&2\n"
+        "  return 1\n"
+        "}\n",
+        needs=("agent_ask",),
+    ),
     # Wait up to $1 seconds for the node launched at clock $2 (a BEAM of $d born since then) and record it:
-    # from then on only that pid is watched, never scanned for again.
+    # from then on only that pid is watched, never scanned for again. $3 (pid_mark before the launch) limits
+    # the search to the pids handed out since; without it every poll is a pass over /proc.
     Helper(
         "await_node",
         "await_node() {\n"
         "  _hz=$(getconf CLK_TCK 2>/dev/null) || _hz=100\n"
         "  case \"$_hz\" in ''|*[!0-9]*) _hz=100 ;; esac\n"
         "  _born=$(( $2 * _hz / 100 - _hz ))\n"
+        "  _next= _pend=\n"
+        '  if [ -n "${3:-}" ]; then _next=$(( $3 + 1 )); fi\n'
+        "  agent_start\n"
         "  clock\n"
         "  _until=$(( NOW + $1 * 100 ))\n"
         "  while :; do\n"
-        '    scan_nodes "$_born"\n'
+        '    if [ -n "$_next" ]; then new_nodes "$_born"; else scan_nodes "$_born"; fi\n'
         '    if [ -n "$FOUND" ]; then\n'
         "      set -- $FOUND\n"
         '      if proc_start "$1"; then NODE_PID=$1 NODE_START=$PROC_START; record_node; return 0; fi\n'
         "    fi\n"
         "    clock\n"
         '    [ "$NOW" -lt "$_until" ] || return 1\n'
-        "    sleep 0.2\n"
+        "    pause 0.2\n"
         "  done\n"
         "}\n",
-        needs=("clock", "scan_nodes", "proc_start", "record_node"),
+        needs=("clock", "scan_nodes", "new_nodes", "proc_start", "record_node", "agent_start", "pause"),
     ),
     # Is any of "pid:start" ... still alive?
     Helper(
@@ -390,7 +566,8 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "  shift 3\n"
         '  set -- env -i "PATH=$PATH" /bin/sh -c "$LAUNCHER" deployer-launch "$d" "$_rid" "$_mode" "$@"\n'
         '  if [ -n "$_limit" ] && command -v timeout >/dev/null 2>&1; then set -- timeout -k 5 "$_limit" "$@"; fi\n'
-        '  "$@"\n'
+        # Not the waiting helper's pipes (agent_start): a node holding them would keep the helper waiting.
+        '  "$@" 8>&- 9<&-\n'
         "}\n",
     ),
     # The sha256 of a file as 64 hex digits. OpenSSL's digest uses the CPU's SHA extensions (1.3 GB/s where
@@ -587,10 +764,10 @@ def start_node(layout: RemoteLayout, flavour: Flavour, *, start_wait: float, sta
     else:
         start = start + text("\n")
     return (
-        text("step start\nclock\nlaunched=$NOW\n", helpers=["clock"])
+        text("step start\nclock\nlaunched=$NOW\npid_mark\n", helpers=["clock", "pid_mark"])
         + start
         + text(
-            'if ! await_node {{grace}} "$launched"; then\n'
+            'if ! await_node {{grace}} "$launched" "$PID_MARK"; then\n'
             '  echo "the node did not start within "{{grace}}"s" >&2; node_log_tail; exit {{unhealthy}}\n'
             "fi\n"
             'echo "started=$NODE_PID"\n',
@@ -653,10 +830,63 @@ def expand_placeholders(url: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(value, url)
 
 
-def _checks(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, err: str) -> Fragment:
-    """One try of each configured check, each bounded by ``$SECS``; clears ``ok`` and writes ``err`` on failure."""
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def loopback_target(url: str) -> tuple[str, int, str] | None:
+    """``(host, port, path)`` of a plain ``http://`` URL on this host's loopback (``127.0.0.0/8``,
+    ``localhost``), which the waiting helper may check through bash's ``/dev/tcp``; None for anything else
+    (https, another host, credentials, odd characters): curl checks those.
+
+    Connecting to a loopback address is answered at once (accepted or refused), so the helper's check needs
+    no connect timeout of its own; the status line and the answer are bounded by the time left.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port if parts.port is not None else 80
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    if parts.scheme != "http" or parts.username is not None or parts.password is not None or parts.fragment:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).version == 4 and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in _LOOPBACK_NAMES
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    if not loopback or not 0 < port < 65536 or not re.fullmatch(r"[!#-~]+", path):
+        return None
+    return host, port, path
+
+
+def _checks(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, err: str, *, agent: bool = False) -> Fragment:
+    """One try of each configured check, each bounded by ``$SECS``; clears ``ok`` and writes ``err`` on failure.
+
+    With ``agent`` (the health gate's loop) an HTTP check of a loopback URL goes to the waiting helper when it
+    runs (``AGENT_NET``), else to curl (wget without curl).
+    """
     checks = Fragment(())
-    if health.http:
+    target = loopback_target(health.http) if health.http and agent else None
+    if health.http and target is not None:
+        host, port, path = target
+        checks += text(
+            '  if [ -n "$ok" ]; then\n'
+            '    if [ "$AGENT_NET" = 1 ] && agent_get "$SECS" {{host}} {{port}} {{path}} 2>' + err + "; then :\n"
+            '    elif [ "$AGENT_NET" = 1 ]; then ok=\n'
+            '    elif [ -n "$have_curl" ]; then curl -fsS -o /dev/null --max-time "$SECS" {{url}} 2>'
+            + err
+            + " || ok=\n"
+            '    else wget -q -O /dev/null -T "$(( ${SECS%.*} + 1 ))" {{url}} 2>' + err + " || ok=; fi\n"
+            "  fi\n",
+            host=host,
+            port=port,
+            path=path,
+            url=health.http,
+            helpers=["agent_get"],
+        )
+    elif health.http:
         checks += text(
             '  if [ -n "$ok" ]; then\n'
             '    if [ -n "$have_curl" ]; then curl -fsS -o /dev/null --max-time "$SECS" {{url}} 2>' + err + " || ok=\n"
@@ -686,10 +916,12 @@ def _checks(layout: RemoteLayout, flavour: Flavour, health: HealthCheck, err: st
 def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> Fragment:
     """Wait until the node ``NODE_PID``/``NODE_START`` is healthy (see :class:`HealthCheck`); exit 76 if not.
 
-    Each poll spawns only the check itself: one curl, or an rpc under ``timeout``, each bounded by the time
-    left before the deadline (at least 1 s), so no late answer counts: a check cut off there is a failure.
-    Liveness and the clock are read with shell builtins. A failed check or a node that exits during the
-    stability period is a failure too.
+    Each check is bounded by the time left before the deadline (at least 1 s), so no late answer counts: a
+    check cut off there is a failure. Liveness and the clock are read with shell builtins. When the host has
+    bash, the waiting helper (:data:`AGENT`) does the pauses and the HTTP checks of a loopback URL, so a poll
+    spawns no process; otherwise each poll runs one curl (or wget) and one sleep. An rpc check always runs
+    the release script under ``timeout``. A failed check or a node that exits during the stability period is
+    a failure too.
     """
     err = '"$d/shared/tmp/health.err"'
     deadline_cs = round(health.deadline * 100)
@@ -700,6 +932,7 @@ def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> 
             'mkdir -p "$d/shared/tmp"\n'
             ": > " + err + "\n"
             "if command -v curl >/dev/null 2>&1; then have_curl=1; else have_curl=; fi\n"
+            "agent_start\n"
             "clock\n"
             "end=$(( NOW + {{deadline_cs}} ))\n"
             "since=\n"
@@ -720,9 +953,9 @@ def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> 
             deadline_cs=deadline_cs,
             stable_cs=stable_cs,
             unhealthy=EXIT_UNHEALTHY,
-            helpers=["node_alive", "clock", "secs", "node_log_tail"],
+            helpers=["node_alive", "clock", "secs", "node_log_tail", "agent_start"],
         )
-        + _checks(layout, flavour, health, err)
+        + _checks(layout, flavour, health, err, agent=True)
         + text(
             "  clock\n"
             '  if [ -n "$ok" ]; then\n'
@@ -736,7 +969,7 @@ def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> 
             "    echo 'the node did not become healthy within '{{deadline}}'s:' >&2\n"
             "    cat " + err + " >&2 2>/dev/null || true; node_log_tail; exit {{unhealthy}}\n"
             "  fi\n"
-            "  sleep {{interval}}\n"
+            "  pause {{interval}}\n"
             "done\n"
             'echo "node_pid=$NODE_PID"\n',
             stable_cs=stable_cs,
@@ -744,7 +977,7 @@ def health_gate(layout: RemoteLayout, flavour: Flavour, health: HealthCheck) -> 
             deadline=f"{health.deadline:g}",
             interval=f"{health.interval:g}",
             unhealthy=EXIT_UNHEALTHY,
-            helpers=["node_alive"],
+            helpers=["node_alive", "pause"],
         )
     )
 

@@ -9,12 +9,15 @@ environment and argv it was started with; ``bin/hello rpc`` answers after ``FAKE
 from __future__ import annotations
 
 import ast
+import http.server
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,7 @@ from deployer.remote.fragments import (
     body_text,
     fold_helpers,
     helper_block,
+    loopback_target,
     node_pids,
     record,
     script,
@@ -455,3 +459,217 @@ def test_stop_says_sigterm_again_to_a_vm_that_lost_the_first_one(deploy_to: Path
         assert "SIGKILL" not in stopped.stderr and node.wait(5) == 0
     finally:
         node.kill()
+
+
+# --- polling without a process per poll (issue 17) ------------------------------------------------------------------
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """``/health``: the status in the server's ``status`` list, one per request (the last one repeats)."""
+
+    protocol_version = "HTTP/1.1"  # as the nodes' servers answer (with a Content-Length)
+
+    def do_GET(self) -> None:
+        server = self.server
+        assert isinstance(server, _HealthServer)
+        server.requests += 1
+        status = server.statuses[0] if len(server.statuses) == 1 else server.statuses.pop(0)
+        body = b'{"status":"ok"}\n' if status < 400 else b"down\n"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _HealthServer(http.server.ThreadingHTTPServer):
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__(("127.0.0.1", 0), _Health)
+        self.statuses = statuses
+        self.requests = 0
+
+
+@pytest.fixture
+def health_server() -> Iterator[Callable[[list[int]], _HealthServer]]:
+    servers: list[_HealthServer] = []
+
+    def start(statuses: list[int]) -> _HealthServer:
+        server = _HealthServer(statuses)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def shim_path(tmp_path: Path, *, without: tuple[str, ...] = ()) -> tuple[str, Path]:
+    """A PATH where every command of /usr/bin and /bin is reachable (but ``without``), and ``curl``, ``sleep``,
+    ``grep`` and ``bash`` log each start to the returned file first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "spawned"
+    log.write_text("")
+    for directory in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for entry in sorted(Path(directory).iterdir()):
+            target = bin_dir / entry.name
+            if entry.name in without or target.exists() or target.is_symlink():
+                continue
+            if entry.name in ("curl", "sleep", "grep", "bash"):
+                target.write_text(f'#!/bin/sh\necho {entry.name} >> {log}\nexec {entry} "$@"\n')
+                target.chmod(0o755)
+            else:
+                target.symlink_to(entry)
+    return str(bin_dir), log
+
+
+def http_health(port: int, **kwargs: float) -> HealthCheck:
+    return HealthCheck(
+        http=f"http://127.0.0.1:{port}/health",
+        rpc=None,
+        deadline=kwargs.get("deadline", 10),
+        interval=0.1,
+        start_grace=10,
+        stable_for=kwargs.get("stable_for", 1.0),
+    )
+
+
+def run_with_path(script_: Script, path: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/sh", "-s"],
+        input=script_.render(reveal=True),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={"PATH": path, "HOME": "/nonexistent"},
+    )
+
+
+def test_with_bash_the_health_gate_polls_http_without_spawning_a_process_per_poll(
+    deploy_to: Path, tmp_path: Path, health_server: Callable[[list[int]], _HealthServer]
+) -> None:
+    make_release(deploy_to, "r1")
+    make_release(deploy_to, "r2")
+    server = health_server([200])
+    path, log = shim_path(tmp_path)
+    first = run_with_path(activate(deploy_to, "r1", http_health(server.server_address[1], stable_for=0)), path)
+    assert first.returncode == 0, first.stderr
+    [old] = pids_of(deploy_to)
+    # The upgrade: stop the recorded node, start r2, find it, wait for it.
+    server.statuses[:] = [503, 503, 200]
+    server.requests = 0
+    log.write_text("")
+    done = run_with_path(activate(deploy_to, "r2", http_health(server.server_address[1], stable_for=1.0), "t2"), path)
+    assert done.returncode == 0, done.stderr
+    [pid] = pids_of(deploy_to)
+    assert pid != old and f"node_pid={pid}" in done.stdout
+    assert (deploy_to / "shared" / "node.pid").read_text().split()[0] == str(pid)
+    # 2 failing answers, then 1 s of good ones every 0.1 s: a dozen polls, all answered by the one helper.
+    assert server.requests >= 8
+    spawned = log.read_text().split()
+    # The helper starts after the launch (the node must not inherit its pipes); the stop before it may sleep
+    # while the old node exits. From the launch on: nothing per poll.
+    assert spawned.count("bash") == 1, spawned
+    after_launch = spawned[spawned.index("bash") + 1 :]
+    assert "curl" not in after_launch and "sleep" not in after_launch, spawned
+    # No pass over /proc (grep over every comm) to find the node after `daemon`, nor to stop the old one.
+    assert "grep" not in spawned, spawned
+    assert not list((deploy_to / "shared" / "tmp").glob(".agent.*"))
+
+
+def test_the_helper_reports_a_failing_http_answer(
+    deploy_to: Path, tmp_path: Path, health_server: Callable[[list[int]], _HealthServer]
+) -> None:
+    make_release(deploy_to, "r1")
+    server = health_server([200, 200, 500])
+    path, _ = shim_path(tmp_path)
+    done = run_with_path(activate(deploy_to, "r1", http_health(server.server_address[1], stable_for=3)), path)
+    assert done.returncode == EXIT_UNHEALTHY, done.stderr
+    assert "passed the health check, then failed it" in done.stderr
+    assert f"http://127.0.0.1:{server.server_address[1]}/health: HTTP status 500" in done.stderr
+
+
+def test_the_helper_says_when_nothing_answers_before_the_deadline(deploy_to: Path, tmp_path: Path) -> None:
+    make_release(deploy_to, "r1")
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    path, log = shim_path(tmp_path)
+    done = run_with_path(activate(deploy_to, "r1", http_health(port, deadline=1.5)), path)
+    assert done.returncode == EXIT_UNHEALTHY, done.stderr
+    assert "did not become healthy within 1.5s" in done.stderr and "Connection refused" in done.stderr
+    assert "curl" not in log.read_text().split()
+
+
+def test_without_bash_the_health_gate_polls_with_curl_and_sleep(
+    deploy_to: Path, tmp_path: Path, health_server: Callable[[list[int]], _HealthServer]
+) -> None:
+    make_release(deploy_to, "r1")
+    server = health_server([503, 200])
+    path, log = shim_path(tmp_path, without=("bash",))
+    done = run_with_path(activate(deploy_to, "r1", http_health(server.server_address[1], stable_for=0.5)), path)
+    assert done.returncode == 0, done.stderr
+    spawned = log.read_text().split()
+    assert "bash" not in spawned and spawned.count("curl") == server.requests >= 3 and "sleep" in spawned
+
+
+def test_a_health_url_elsewhere_than_loopback_stays_with_curl() -> None:
+    assert loopback_target("http://127.0.0.1:4000/health") == ("127.0.0.1", 4000, "/health")
+    assert loopback_target("http://localhost/ready?full=1") == ("localhost", 80, "/ready?full=1")
+    for url in (
+        "https://127.0.0.1:4000/health",
+        "http://10.1.2.3:4000/health",
+        "http://[::1]:4000/health",
+        "http://user:pw@127.0.0.1/health",
+        "http://127.0.0.1:4000/a b",
+        "http://127.0.0.1:70000/",
+    ):
+        assert loopback_target(url) is None, url
+    check = HealthCheck("https://app.internal/health", None, deadline=5, interval=0.5)
+    rendered = rc.activate(
+        RemoteLayout("/srv/hello", "hello"),
+        MIX,
+        release_id="r1",
+        health=check,
+        stop_timeout=5,
+        tmp_suffix="t",
+        success_record="{}",
+    ).render()
+    assert "agent_get" not in rendered.split("step health", 1)[1]
+    assert 'curl -fsS -o /dev/null --max-time "$SECS" https://app.internal/health' in rendered
+    assert "  pause 0.5\n" in rendered  # the pauses still need no process
+
+
+def test_the_loopback_http_check_and_the_start_render_exactly() -> None:
+    layout = RemoteLayout("/srv/hello", "hello")
+    check = HealthCheck("http://127.0.0.1:4000/health", None, deadline=5, interval=0.5, stable_for=2)
+    rendered = rc.activate(
+        layout, MIX, release_id="r1", health=check, stop_timeout=5, tmp_suffix="t", success_record="{}"
+    ).render()
+    assert (
+        "step start\nclock\nlaunched=$NOW\npid_mark\n"
+        "launch '' \"$rid\" home /srv/hello/current/bin/hello daemon\n"
+        'if ! await_node 5 "$launched" "$PID_MARK"; then\n'
+    ) in rendered
+    assert (
+        '  if [ -n "$ok" ]; then\n'
+        '    if [ "$AGENT_NET" = 1 ] && agent_get "$SECS" 127.0.0.1 4000 /health 2>"$d/shared/tmp/health.err"; '
+        "then :\n"
+        '    elif [ "$AGENT_NET" = 1 ]; then ok=\n'
+        '    elif [ -n "$have_curl" ]; then curl -fsS -o /dev/null --max-time "$SECS" http://127.0.0.1:4000/health '
+        '2>"$d/shared/tmp/health.err" || ok=\n'
+        '    else wget -q -O /dev/null -T "$(( ${SECS%.*} + 1 ))" http://127.0.0.1:4000/health '
+        '2>"$d/shared/tmp/health.err" || ok=; fi\n'
+        "  fi\n"
+    ) in rendered
+    assert "  pause 0.5\ndone\n" in rendered and "sleep 0.5" not in rendered
+    # One try for status and the re-deploy check: plain curl, no helper started.
+    once = oc.status(layout, MIX, check).render()
+    assert (
+        "agent" not in once.lower() and 'curl -fsS -o /dev/null --max-time "$SECS" http://127.0.0.1:4000/health' in once
+    )
