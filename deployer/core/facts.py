@@ -190,7 +190,8 @@ class RunOutcome:
     """What a detached run on a host (activation, revert) did, read by ``await_outcome`` after a reconnect.
 
     ``state`` is ``finished`` (``status`` and ``step`` are known), ``running`` (still running when the
-    wait ended) or ``missing`` (the run never started on that host).
+    wait ended), ``lost`` (it ended without an outcome: the host rebooted or lost power, or its supervisor
+    was killed) or ``missing`` (the run never started on that host).
     """
 
     state: str
@@ -227,7 +228,7 @@ def parse_outcome(output: str) -> RunOutcome:
         else:
             values.setdefault(key, value)
     state = values.get("run", "missing")
-    if state not in ("finished", "running", "missing"):
+    if state not in ("finished", "running", "lost", "missing"):
         state = "missing"
     status = values.get("status", "")
     finished = values.get("finished", "")

@@ -744,7 +744,7 @@ class Executor:
         since = before.now if before else None
         decision = recovery.decide(host_plan, plan.kind, now, since=since)
         # Without an outcome to read, the activation may still be running: wait for it (bounded) instead.
-        lost_midway = isinstance(exc, LostConnection) and (run is None or run.state == "missing")
+        lost_midway = isinstance(exc, LostConnection) and (run is None or run.state in ("missing", "lost"))
         if decision == "revert" and lost_midway and now.current_release == host_plan.target:
             now, decision = self._settle(plan, host_plan, now, since)
         result.after, result.known = now.current_release, True

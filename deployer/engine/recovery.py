@@ -92,6 +92,8 @@ def describe_run(run: RunOutcome) -> str:
         return "its activation still runs on the host, past its deadline"
     if run.state == "missing":
         return "the activation never started on the host"
+    if run.state == "lost":
+        return "the activation was cut short on the host (a reboot, a power cut or a kill) before it finished"
     if run.ok:
         return "the host went on alone and finished the activation"
     where = f" at {run.step}" if run.step else ""

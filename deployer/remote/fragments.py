@@ -1043,7 +1043,13 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # whole process group at LIMIT seconds, SIGKILL 10 s later), then, once the script and its group are gone,
 # writes RUN_DIR/outcome: the exit status, the last step the script announced, and `reason=deadline` when the
 # host's deadline ended it. The outcome is renamed into place, so a reader sees all of it or nothing.
+# RUN_DIR/supervisor ("pid start-time boot-id") lets a reader tell a run that is still going from one that a
+# reboot, a power cut or a kill ended before it could write its outcome.
 SUPERVISOR = r"""r=$1 limit=$2
+read -r boot < /proc/sys/kernel/random/boot_id 2>/dev/null || boot=
+read -r st < "/proc/$$/stat" 2>/dev/null || st=
+set -- ${st##*) }
+printf '%s %s %s\n' "$$" "${20:-}" "$boot" > "$r/supervisor"
 if command -v timeout >/dev/null 2>&1; then
   timeout -k 10 "$limit" /bin/sh "$r/script" >"$r/out" 2>"$r/log" </dev/null
 else
@@ -1139,7 +1145,8 @@ def await_outcome(layout: RemoteLayout, run_id: str, timeout: float) -> Script:
     """Wait up to ``timeout`` seconds for detached run ``run_id`` to end, then print what happened.
 
     Output (parsed by :func:`deployer.core.facts.parse_outcome`): ``run=missing`` (never started here),
-    ``run=running`` (still running at ``timeout``) or ``run=finished`` followed by the outcome's
+    ``run=running`` (still running at ``timeout``), ``run=lost`` (its supervisor is gone without an outcome:
+    the host rebooted, lost power, or someone killed it) or ``run=finished`` followed by the outcome's
     ``status=``, ``step=``, ``reason=``, ``finished=`` lines; then up to 25 ``log=`` lines (the run's stderr,
     step markers removed) and the run's stdout as ``out=`` lines.
     """
@@ -1150,19 +1157,32 @@ def await_outcome(layout: RemoteLayout, run_id: str, timeout: float) -> Script:
         text(
             "r={{run}}\n"
             'if [ ! -d "$r" ]; then echo run=missing; exit 0; fi\n'
+            # The supervisor's identity (absent for runs of an older deployer: then only the wait decides).
+            "sp= sst= sboot= lost=\n"
+            '{ read -r sp sst sboot < "$r/supervisor"; } 2>/dev/null || true\n'
+            "read -r boot < /proc/sys/kernel/random/boot_id 2>/dev/null || boot=\n"
             "clock\n"
             "end=$(( NOW + {{limit}} ))\n"
             'while [ ! -f "$r/outcome" ]; do\n'
+            '  if [ -n "$sp" ]; then\n'
+            '    if [ "$sboot" != "$boot" ] || ! proc_start "$sp" || [ "$PROC_START" != "$sst" ]; then\n'
+            # It may have written its outcome just before it exited.
+            '      [ -f "$r/outcome" ] || lost=1\n'
+            "      break\n"
+            "    fi\n"
+            "  fi\n"
             "  clock\n"
             '  if [ "$NOW" -ge "$end" ]; then break; fi\n'
             "  sleep 0.5\n"
             "done\n"
-            'if [ -f "$r/outcome" ]; then echo run=finished; cat "$r/outcome"; else echo run=running; fi\n'
+            'if [ -f "$r/outcome" ]; then echo run=finished; cat "$r/outcome"\n'
+            'elif [ -n "$lost" ]; then echo run=lost\n'
+            "else echo run=running; fi\n"
             "grep -v '^@@step ' \"$r/log\" 2>/dev/null | tail -n 25 | sed 's/^/log=/' || true\n"
             "sed 's/^/out=/' \"$r/out\" 2>/dev/null || true\n",
             run=run_dir(layout, run_id),
             limit=round(max(0.0, timeout) * 100),
-            helpers=["clock"],
+            helpers=["clock", "proc_start"],
         ),
         timeout=timeout + 60,
     )

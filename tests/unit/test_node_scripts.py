@@ -404,6 +404,43 @@ def test_the_host_ends_a_run_at_its_own_deadline(deploy_to: Path) -> None:
     assert str(deploy_to / "shared" / "runs" / "hang-1") not in ps
 
 
+@pytest.mark.parametrize("how", ["killed", "rebooted"])
+def test_await_outcome_says_lost_at_once_when_the_supervisor_is_gone_without_an_outcome(
+    deploy_to: Path, how: str
+) -> None:
+    """A power cut, a reboot or a kill ends the supervisor before it writes an outcome: the reader must not
+    wait out the whole run's limit for a file that will never come, nor call the run still running."""
+    layout = RemoteLayout(str(deploy_to), "hello")
+    worker = script("long", text("step wait\nsleep 60\n"))
+    proc = subprocess.Popen(["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(rc.detach(layout, worker, run_id="long-1", limit=120).render(reveal=True).encode())
+    proc.stdin.close()
+    record = deploy_to / "shared" / "runs" / "long-1" / "supervisor"
+    deadline = time.monotonic() + 10
+    while not record.exists() or not record.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid, started, boot = record.read_text().split()
+    assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    still = parse_outcome(run(rc.await_outcome(layout, "long-1", 0.5)).stdout)
+    assert still.state == "running", still
+    if how == "killed":
+        os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+    else:
+        # After a reboot the recorded pid and start time may well name a live process again (here: this
+        # test's own): only the boot id tells it is not the supervisor.
+        os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+        mine = Path("/proc/self/stat").read_text().rsplit(") ", 1)[1].split()[19]
+        record.write_text(f"{os.getpid()} {mine} another-boot\n")
+    proc.kill()
+    proc.wait()
+    # Waiting out the limit would say "running": "lost" means the reader saw the supervisor gone.
+    outcome = parse_outcome(run(rc.await_outcome(layout, "long-1", 60)).stdout)
+    assert outcome.state == "lost" and not outcome.ok, outcome
+    assert started.isdigit()
+
+
 def test_await_outcome_of_a_run_that_never_started(deploy_to: Path) -> None:
     outcome = parse_outcome(run(rc.await_outcome(RemoteLayout(str(deploy_to), "hello"), "nope-1", 0)).stdout)
     assert outcome.state == "missing" and not outcome.ok
