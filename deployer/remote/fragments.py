@@ -1049,7 +1049,8 @@ SUPERVISOR = r"""r=$1 limit=$2
 read -r boot < /proc/sys/kernel/random/boot_id 2>/dev/null || boot=
 read -r st < "/proc/$$/stat" 2>/dev/null || st=
 set -- ${st##*) }
-printf '%s %s %s\n' "$$" "${20:-}" "$boot" > "$r/supervisor"
+# Only a complete record: a reader without one waits for the outcome (or the limit) as before.
+if [ -n "${20:-}" ] && [ -n "$boot" ]; then printf '%s %s %s\n' "$$" "${20}" "$boot" > "$r/supervisor"; fi
 if command -v timeout >/dev/null 2>&1; then
   timeout -k 10 "$limit" /bin/sh "$r/script" >"$r/out" 2>"$r/log" </dev/null
 else

@@ -129,13 +129,22 @@ def _deployed(tmp_path: Path) -> tuple[Path, Service]:
     return d, service
 
 
-def test_the_runner_starts_the_current_release_in_the_foreground_through_the_launcher(tmp_path: Path) -> None:
-    d, service = _deployed(tmp_path)
+def _start_through_the_runner(
+    tmp_path: Path, service: Service, unit_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Run the runner's ``start`` (with the unit's ``unit_env`` added to PATH, as systemd would); the fake
+    release's ``name=value`` lines."""
     runner = tmp_path / "runner"
     runner.write_text(service.runner_text())
-    out = subprocess.run(["/bin/sh", str(runner), "start"], capture_output=True, text=True, timeout=30)
+    env = {"PATH": os.environ["PATH"], **unit_env} if unit_env is not None else None
+    out = subprocess.run(["/bin/sh", str(runner), "start"], capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
-    lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    return dict(line.split("=", 1) for line in out.stdout.splitlines())
+
+
+def test_the_runner_starts_the_current_release_in_the_foreground_through_the_launcher(tmp_path: Path) -> None:
+    d, service = _deployed(tmp_path)
+    lines = _start_through_the_runner(tmp_path, service)
     # mix's foreground verb; the env file read as data by the launcher; HOME and cwd are shared's.
     assert lines == {
         "argv": "start",
@@ -159,17 +168,8 @@ def test_under_the_unit_the_node_gets_the_credentials_and_private_directories_no
     values = {"GREETING": "from the credential", "RELEASE_TMP": f"{d}/shared/tmp"}
     (creds / "node.env").write_text(env_file_text(values).render(reveal=True))
     (creds / "cookie").write_text("CREDCOOKIE")
-    runner = tmp_path / "runner"
-    runner.write_text(service.runner_text())
-    environment = {
-        "PATH": os.environ["PATH"],
-        "CREDENTIALS_DIRECTORY": str(creds),
-        "RUNTIME_DIRECTORY": str(run_dir),
-        "STATE_DIRECTORY": str(state),
-    }
-    out = subprocess.run(["/bin/sh", str(runner), "start"], capture_output=True, text=True, timeout=30, env=environment)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    unit_dirs = {"CREDENTIALS_DIRECTORY": str(creds), "RUNTIME_DIRECTORY": str(run_dir), "STATE_DIRECTORY": str(state)}
+    lines = _start_through_the_runner(tmp_path, service, unit_dirs)
     assert lines == {
         "argv": "start",
         "home": f"{run_dir}/home",
