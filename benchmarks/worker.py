@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 
 STARTED = time.monotonic()
+# As the `deployer` command starts (deployer.cli.program.console): no search for pydantic plugins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
 def _status_kb(field: str) -> int | None:
@@ -120,4 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The way the `deployer` command ends (deployer.cli.program.console): no interpreter teardown.
+    from deployer.cli.program import exit_now
+
+    exit_now(status)

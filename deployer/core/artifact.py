@@ -13,14 +13,17 @@ following every symlink created so far, so a chain such as ``a -> .``,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import stat
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
+from deployer.core import compat
 from deployer.core.paths import VERSION_RE
 from deployer.core.provenance import Source
 from deployer.errors import ArtifactError
@@ -39,6 +42,10 @@ class Artifact:
     erts_version: str | None = None
     source: Source | None = None
     """The git commit it was built from (set by whoever built it; None: not known)."""
+    migrations: tuple[str, ...] | None = None
+    """File names of the migrations it ships (None: not read; :func:`inspect_tarball` reads them)."""
+    requirements: compat.Requirements | None = None
+    """What its native files need from a host (None: not read; :func:`inspect_tarball` reads it)."""
 
     @property
     def short_sha(self) -> str:
@@ -231,8 +238,42 @@ class ExtractionCheck:
         raise ArtifactError(f"{self.where}: {message}")
 
 
+class _HashingReader:
+    """A file read once, front to back, hashed as it goes: the gzip reader on top sees ordinary reads."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self.digest.update(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        # Only a gzip rewind would seek, and the reads are never rewound: hashing relies on that.
+        raise OSError("the tarball is read once, front to back")
+
+    def finish(self) -> str:
+        """Hash what nobody read (the gzip trailer, padding after the archive) and return the digest."""
+        while self.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
+
+
+def is_migration_file(name: str) -> bool:
+    """``lib/<app>-<vsn>/priv/<repo>/migrations/<file>``: a migration the release ships."""
+    parts = name.split("/")
+    return len(parts) >= 5 and parts[0] == "lib" and parts[2] == "priv" and parts[-2] == "migrations"
+
+
 def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None = None) -> Artifact:
-    """Validate ``path`` as a release of ``app`` and return its identity. Raises :class:`ArtifactError`."""
+    """Validate ``path`` as a release of ``app`` and return its identity. Raises :class:`ArtifactError`.
+
+    One pass over the file: it is hashed, decompressed and read member by member once, and everything
+    the plan needs later (the migration files it ships, what its native files need from a host) is
+    collected on the way, so planning never reads the tarball again.
+    """
     path = Path(path).resolve()
     if not path.is_file():
         raise ArtifactError(f"{path}: no such tarball")
@@ -242,27 +283,44 @@ def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None 
     erts: str | None = None
     has_bin = False
     unpacked = 0
+    migrations: set[str] = set()
+    natives: dict[str, compat.ElfInfo] = {}
     try:
-        with tarfile.open(path, "r:*") as tar:
-            check = ExtractionCheck(where)
-            for member in tar:
-                raw = member.name
-                name = _normalise(raw)
-                unpacked += max(member.size, 0) + 512
-                check.add(member)
-                if name == f"bin/{app}" and (member.isfile() or member.issym()):
-                    has_bin = True
-                elif name == "releases/start_erl.data" and member.isfile():
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        start_erl = handle.read(4096).decode("utf-8", "replace")
-                parts = name.split("/")
-                if len(parts) >= 2 and parts[0] == "releases" and member.isdir():
-                    release_dirs.add(parts[1])
-                if len(parts) >= 1 and parts[0].startswith("erts-"):
-                    erts = parts[0].removeprefix("erts-")
-            check.finish()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        with path.open("rb") as raw:
+            hashing = _HashingReader(raw)
+            # A gzip reader handles multi-member files (`cat a.gz b.gz`) as GNU tar does; tarfile's own
+            # stream mode would stop at the end of the first member.
+            with (
+                gzip.GzipFile(fileobj=hashing, mode="rb") as unzipped,
+                tarfile.open(fileobj=unzipped, mode="r|") as tar,
+            ):
+                check = ExtractionCheck(where)
+                for member in tar:
+                    raw_name = member.name
+                    name = _normalise(raw_name)
+                    unpacked += max(member.size, 0) + 512
+                    check.add(member)
+                    if name == f"bin/{app}" and (member.isfile() or member.issym()):
+                        has_bin = True
+                    elif name == "releases/start_erl.data" and member.isfile():
+                        handle = tar.extractfile(member)
+                        if handle is not None:
+                            start_erl = handle.read(4096).decode("utf-8", "replace")
+                    elif member.isfile() and is_migration_file(name):
+                        migrations.add(name.rsplit("/", 1)[-1])
+                    elif member.isfile() and member.size <= compat.MAX_ELF_BYTES and compat.is_native_candidate(name):
+                        handle = tar.extractfile(member)
+                        info = compat.read_elf(handle.read()) if handle is not None else None
+                        if info is not None:
+                            natives[name] = info
+                    parts = name.split("/")
+                    if len(parts) >= 2 and parts[0] == "releases" and member.isdir():
+                        release_dirs.add(parts[1])
+                    if len(parts) >= 1 and parts[0].startswith("erts-"):
+                        erts = parts[0].removeprefix("erts-")
+                check.finish()
+            sha256 = hashing.finish()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArtifactError(f"{where}: not a readable tarball: {exc}") from None
     if not has_bin:
         raise ArtifactError(
@@ -281,10 +339,12 @@ def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None 
         path=path,
         name=app,
         version=version,
-        sha256=sha256_file(path),
+        sha256=sha256,
         size=path.stat().st_size,
         unpacked_size=unpacked,
         erts_version=erts,
+        migrations=tuple(sorted(migrations)),
+        requirements=compat.combine(natives),
     )
 
 

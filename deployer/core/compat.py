@@ -239,7 +239,8 @@ class Requirements:
         return self.arch is not None
 
 
-def _is_native_candidate(name: str) -> bool:
+def is_native_candidate(name: str) -> bool:
+    """Whether a release member may be native code whose needs matter: the VM, or a NIF under priv."""
     parts = name.split("/")
     if len(parts) == 3 and parts[0].startswith("erts-") and parts[1] == "bin" and parts[2] == "beam.smp":
         return True
@@ -253,7 +254,7 @@ def requirements_of(path: Path | str) -> Requirements:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
-                if not member.isfile() or member.size > MAX_ELF_BYTES or not _is_native_candidate(name):
+                if not member.isfile() or member.size > MAX_ELF_BYTES or not is_native_candidate(name):
                     continue
                 handle = tar.extractfile(member)
                 if handle is None:
@@ -476,10 +477,19 @@ def refuse_mismatches(
     )
 
 
-def preflight(tarball: Path | str, sha256: str, facts: Mapping[str, HostFacts], *, force: bool = False) -> list[str]:
+def preflight(
+    tarball: Path | str,
+    sha256: str,
+    facts: Mapping[str, HostFacts],
+    *,
+    force: bool = False,
+    requirements: Requirements | None = None,
+) -> list[str]:
     """The deploy's compatibility check of ``tarball`` against the probed ``facts`` (see
-    :func:`refuse_mismatches`); returns the warnings to report when ``force`` let a mismatch through."""
-    return refuse_mismatches(requirements_of(tarball), read_sidecar(tarball, sha256), facts, force=force)
+    :func:`refuse_mismatches`); returns the warnings to report when ``force`` let a mismatch through.
+    ``requirements``: what the tarball's native files need, when already read (else it is read now)."""
+    needs = requirements if requirements is not None else requirements_of(tarball)
+    return refuse_mismatches(needs, read_sidecar(tarball, sha256), facts, force=force)
 
 
 def findings(tarball: Path | str, sha256: str, facts: Mapping[str, HostFacts]) -> dict[str, list[str]]:

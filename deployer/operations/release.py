@@ -11,12 +11,11 @@ from __future__ import annotations
 import secrets
 import tarfile
 from collections.abc import Mapping
-from pathlib import Path
 
 from pydantic import SecretStr
 
 from deployer.core import compat
-from deployer.core.artifact import Artifact
+from deployer.core.artifact import Artifact, is_migration_file
 from deployer.core.facts import HostFacts, LockInfo
 from deployer.core.inventory import Inventory
 from deployer.core.outcome import HostResult
@@ -54,16 +53,18 @@ def disk_needed(artifact: Artifact, fact: HostFacts) -> str | None:
     return f"{fact.disk_free_kb // 1024} MiB free under deploy_to, the release needs about {need * 1.1 / 2**20:.0f} MiB"
 
 
-def release_migrations(tarball: Path) -> tuple[str, ...]:
-    """The migration files a release ships (``lib/<app>-<vsn>/priv/<repo>/migrations/*``), by file name."""
+def release_migrations(artifact: Artifact) -> tuple[str, ...]:
+    """The migration files a release ships (``lib/<app>-<vsn>/priv/<repo>/migrations/*``), by file name:
+    as :func:`~deployer.core.artifact.inspect_tarball` found them, or read from the tarball now."""
+    if artifact.migrations is not None:
+        return artifact.migrations
     names: set[str] = set()
     try:
-        with tarfile.open(tarball, "r:*") as tar:
+        with tarfile.open(artifact.path, "r:*") as tar:
             for member in tar:
-                parts = member.name.lstrip("./").split("/")
-                shipped = len(parts) >= 5 and parts[0] == "lib" and parts[2] == "priv" and parts[-2] == "migrations"
-                if member.isfile() and shipped:
-                    names.add(parts[-1])
+                name = member.name.lstrip("./")
+                if member.isfile() and is_migration_file(name):
+                    names.add(name.rsplit("/", 1)[-1])
     except (OSError, tarfile.TarError):
         return ()
     return tuple(sorted(names))
@@ -84,7 +85,9 @@ def deploy_plan(
     With ``env_nonce`` (the nonce of the env file digests the probe printed), hosts that already run
     this release, healthy, with the same env file are left ``unchanged`` unless ``options.restart``."""
     check_disk(artifact, facts)
-    forced = compat.preflight(artifact.path, artifact.sha256, facts, force=options.force)
+    forced = compat.preflight(
+        artifact.path, artifact.sha256, facts, force=options.force, requirements=artifact.requirements
+    )
     cookie: SecretStr | None = None
     if options.dry_run:
         cookie = SecretStr("(generated on first deploy)")
@@ -100,7 +103,7 @@ def deploy_plan(
         who=current_user(),
         cookie=cookie,
         strategy=options.strategy,
-        migrations=release_migrations(artifact.path) if inventory.config.migrate is not None else None,
+        migrations=release_migrations(artifact) if inventory.config.migrate is not None else None,
         env_nonce=env_nonce,
         restart=options.restart,
     )

@@ -495,7 +495,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "    fi\n"
         "    clock\n"
         '    [ "$NOW" -lt "$_until" ] || return 1\n'
-        "    pause 0.2\n"
+        "    pause 0.05\n"
         "  done\n"
         "}\n",
         needs=("clock", "scan_nodes", "new_nodes", "proc_start", "record_node", "agent_start", "pause"),
@@ -519,6 +519,8 @@ _HELPER_LIST: tuple[Helper, ...] = (
         '  if [ -z "$_procs" ]; then rm -f "$d/shared/node.pid"; echo "stopped=none"; return 0; fi\n'
         "  # shellcheck disable=SC2086\n"
         "  kill -TERM $NODE_PIDS 2>/dev/null || true\n"
+        # The waits below are the helper's (no process per poll), started while the node shuts down.
+        "  agent_start\n"
         "  clock\n"
         "  _end=$(( NOW + $1 * 100 ))\n"
         "  _again=$(( NOW + 200 ))\n"
@@ -540,12 +542,12 @@ _HELPER_LIST: tuple[Helper, ...] = (
         '      if procs_alive $_procs; then fail "node (pid $NODE_PIDS) survived SIGKILL"; fi\n'
         "      break\n"
         "    fi\n"
-        "    sleep 0.1\n"
+        "    pause 0.05\n"
         "  done\n"
         '  rm -f "$d/shared/node.pid"\n'
         '  echo "stopped=$NODE_PIDS"\n'
         "}\n",
-        needs=("find_nodes", "proc_start", "procs_alive", "node_alive", "clock"),
+        needs=("find_nodes", "proc_start", "procs_alive", "node_alive", "clock", "agent_start", "pause"),
     ),
     Helper(
         "node_log_tail",
@@ -1114,11 +1116,12 @@ def detach(layout: RemoteLayout, worker: Script, *, run_id: str, limit: float, t
             ),
             (
                 "sup=$!\n"
-                # GNU tail follows the log until the supervisor has gone (and then prints what is left).
+                # GNU tail follows the log until the supervisor has gone (and then prints what is left). It
+                # looks for the supervisor every 0.05 s: the run's end reaches the client that much later.
                 "gnu_tail=\n"
                 "case $(tail --version 2>/dev/null || true) in *coreutils*) gnu_tail=1 ;; esac\n"
                 'if [ -n "$gnu_tail" ]; then\n'
-                '  tail -n +1 -s 0.2 -f --pid="$sup" "$r/log" >&2 || true\n'
+                '  tail -n +1 -s 0.05 -f --pid="$sup" "$r/log" >&2 || true\n'
                 "fi\n"
                 'while [ ! -f "$r/outcome" ]; do\n'
                 '  if ! kill -0 "$sup" 2>/dev/null && [ ! -f "$r/outcome" ]; then\n'

@@ -93,11 +93,17 @@ def host_facts(history_lines: int = 500) -> Fragment:
             "step probe\n"
             'echo "now=$(date +%s)"\n'
             'echo "arch=$(uname -m)"\n'
-            'echo "libc=$( (ldd --version 2>&1 || true) | head -n 1)"\n'
-            # What the release's crypto NIF may link (compatibility preflight, deployer.core.compat).
-            'echo "libcrypto=$(for f in /lib/*/libcrypto.so.* /usr/lib/*/libcrypto.so.* /lib64/libcrypto.so.* '
-            "/usr/lib64/libcrypto.so.* /lib/libcrypto.so.* /usr/lib/libcrypto.so.* /usr/local/lib/libcrypto.so.*; "
-            'do if [ -e "$f" ]; then echo "${f##*/}"; fi; done | sort -u | tr \'\\n\' \' \')"\n'
+            # glibc answers getconf ("glibc 2.36") in one small process; ldd is a bash script (musl: its
+            # loader's banner).
+            'echo "libc=$(getconf GNU_LIBC_VERSION 2>/dev/null || { ldd --version 2>&1 || true; } | head -n 1)"\n'
+            # What the release's crypto NIF may link (compatibility preflight, deployer.core.compat); the
+            # names are collected by the shell itself, each once.
+            "c=' '\n"
+            "for f in /lib/*/libcrypto.so.* /usr/lib/*/libcrypto.so.* /lib64/libcrypto.so.* /usr/lib64/libcrypto.so.* "
+            "/lib/libcrypto.so.* /usr/lib/libcrypto.so.* /usr/local/lib/libcrypto.so.*; do\n"
+            '  if [ -e "$f" ]; then case $c in *" ${f##*/} "*) ;; *) c="$c${f##*/} " ;; esac; fi\n'
+            "done\n"
+            'echo "libcrypto=${c# }"\n'
             "for t in tar sha256sum curl wget; do if command -v $t >/dev/null 2>&1; then echo tool=$t; fi; done\n"
             'if [ -d "$d" ]; then echo exists=1; fi\n'
             'p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done\n'

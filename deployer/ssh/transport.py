@@ -291,6 +291,7 @@ class SSHTransport:
         self.name = endpoint.name
         self.sessions = 0
         self.bytes_uploaded = 0
+        self._has_timeout: bool | None = None  # whether the host's `timeout` works (see guarded_command)
         self._gateways = gateways if gateways is not None else GATEWAYS
         self._gateway: SSHTransport | None = None
         try:
@@ -409,7 +410,7 @@ class SSHTransport:
         self.sessions += 1
         if self.endpoint.forward_agent:
             paramiko.agent.AgentRequestHandler(channel)
-        channel.exec_command(guarded_command(command, timeout))
+        channel.exec_command(guarded_command(command, timeout, has_timeout=self._has_timeout))
         return channel
 
     def run(self, script: Script, *, on_output: OutputCallback | None = None) -> CommandResult:
@@ -519,6 +520,8 @@ class SSHTransport:
                 )
             select.select([fd], [], [], min(remaining, 1.0))
         stderr.finish()
+        if stderr.bounded is not None:
+            self._has_timeout = stderr.bounded
         status = channel.recv_exit_status()
         if status == -1:
             # No exit-status arrived: the connection died (paramiko closes the channel first and marks the
@@ -786,13 +789,23 @@ PID_MARKER = b"@@pid "
 REMOTE_GRACE = 10.0
 
 
-def guarded_command(command: str, timeout: float) -> str:
-    """``command`` (a shell command line) wrapped as described above."""
+def guarded_command(command: str, timeout: float, *, has_timeout: bool | None = None) -> str:
+    """``command`` (a shell command line) wrapped as described above.
+
+    ``has_timeout``: whether the host's ``timeout`` works, as the first session of the connection found
+    (None: not known yet, so this session checks, and says so after its pid: ``@@pid 123 timeout``).
+    Knowing it spares every later session two processes (``timeout -k 1 5 true``).
+    """
     limit = math.ceil(timeout + REMOTE_GRACE)
-    body = (
-        f'echo "{PID_MARKER.decode()}$$" >&2; '
-        f"if timeout -k 1 5 true 2>/dev/null; then exec timeout -k 5 {limit} {command}; fi; exec {command}"
-    )
+    marker = PID_MARKER.decode()
+    bounded = f'echo "{marker}$$ timeout" >&2; exec timeout -k 5 {limit} {command}'
+    plain = f'echo "{marker}$$" >&2; exec {command}'
+    if has_timeout is True:
+        body = bounded
+    elif has_timeout is False:
+        body = plain
+    else:
+        body = f"if timeout -k 1 5 true 2>/dev/null; then {bounded}; fi; {plain}"
     return "sh -c " + shlex.quote(body)
 
 
@@ -803,6 +816,8 @@ class _Stderr:
         self.on_output = on_output
         self.chunks: list[bytes] = []
         self.pid: int | None = None
+        self.bounded: bool | None = None
+        """Whether the wrapper ran the command under ``timeout`` (known once the pid line arrived)."""
         self._head: bytes | None = b""  # None once the first line was dealt with
 
     def drain(self, channel: paramiko.Channel) -> None:
@@ -815,8 +830,10 @@ class _Stderr:
             if b"\n" not in self._head and len(self._head) < 64:
                 return
             line, newline, rest = self._head.partition(b"\n")
-            if newline and line.startswith(PID_MARKER) and line[len(PID_MARKER) :].isdigit():
-                self.pid = int(line[len(PID_MARKER) :])
+            pid, _, bounded = line[len(PID_MARKER) :].partition(b" ")
+            if newline and line.startswith(PID_MARKER) and pid.isdigit() and bounded in (b"", b"timeout"):
+                self.pid = int(pid)
+                self.bounded = bounded == b"timeout"
                 data = rest
             else:
                 data = self._head

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import tarfile
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from deployer.core.artifact import find_tarball, inspect_tarball, sha256_file, version_from_filename
 from deployer.errors import ArtifactError
 
-from .helpers import release_tarball
+from .helpers import add_file, release_tarball
 
 
 def member(
@@ -31,6 +32,41 @@ def test_good_release(tmp_path: Path) -> None:
     assert artifact.sha256 == sha256_file(path)
     assert artifact.erts_version == "13.1.5"
     assert artifact.unpacked_size > 0
+    assert artifact.migrations == ()
+
+
+def test_the_one_pass_finds_the_migrations_the_release_ships(tmp_path: Path) -> None:
+    migration = member("lib/hello-0.1.0/priv/repo/migrations/20260101_create_users.exs")
+    elsewhere = member("lib/hello-0.1.0/priv/static/migrations.txt")
+    path = release_tarball(tmp_path / "hello-0.1.0.tar.gz", extra=[migration, elsewhere])
+    assert inspect_tarball(path, "hello").migrations == ("20260101_create_users.exs",)
+
+
+def test_the_hash_covers_every_byte_of_a_multi_member_gzip(tmp_path: Path) -> None:
+    """`cat a.gz b.gz` is one gzip file to GNU tar: the members of the second part are validated, and
+    the hash is the file's, trailing bytes after the archive included."""
+    first, second = tmp_path / "a.tar", tmp_path / "b.tar"
+    with tarfile.open(first, "w", format=tarfile.GNU_FORMAT) as tar:
+        add_file(tar, "bin/hello", b"#!/bin/sh\n", 0o755)
+        add_file(tar, "releases/start_erl.data", b"13.1.5 0.1.0\n")
+    with tarfile.open(second, "w", format=tarfile.GNU_FORMAT) as tar:
+        add_file(tar, "lib/../../escape", b"x")
+    # The first archive without its end-of-archive blocks, so the second one's members follow it.
+    body = first.read_bytes()
+    end = len(body)
+    while end >= 512 and body[end - 512 : end] == bytes(512):
+        end -= 512
+    path = tmp_path / "hello-0.1.0.tar.gz"
+    path.write_bytes(gzip.compress(body[:end]) + gzip.compress(second.read_bytes()))
+    with pytest.raises(ArtifactError, match=r"contains '\.\.'"):
+        inspect_tarball(path, "hello")
+
+    with tarfile.open(second, "w", format=tarfile.GNU_FORMAT) as tar:
+        add_file(tar, "lib/padding/blob", b"y" * 1000)
+    path.write_bytes(gzip.compress(body[:end]) + gzip.compress(second.read_bytes()) + b"\0" * 37)
+    artifact = inspect_tarball(path, "hello")
+    assert artifact.sha256 == sha256_file(path)
+    assert artifact.unpacked_size >= 1000
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import io
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from deployer.core.compat import (
 )
 from deployer.core.facts import HostFacts, parse_probe
 from deployer.core.inventory import Inventory
+from deployer.core.paths import RemoteLayout
 from deployer.operations import release as api
+from deployer.remote import release as rc
 from deployer.testing import FakeFleet
 
 from .helpers import add_file, inventory, release_tarball
@@ -89,10 +92,13 @@ def test_requirements_of_a_release_tarball(tmp_path: Path) -> None:
     beam = Path(SYSTEM_BEAM[-1]).read_bytes()
     with tarfile.open(path, "w:gz") as tar:
         add_file(tar, "bin/hello", b"#!/bin/sh\n", 0o755)
+        add_file(tar, "releases/start_erl.data", b"13.1.5 0.1.0\n")
         add_file(tar, "erts-13.1.5/bin/beam.smp", beam.replace(b"GLIBC_2.17\0", b"GLIBC_2.77\0"), 0o755)
         add_file(tar, "lib/crypto-5.1.2/priv/lib/crypto.so", Path(SYSTEM_CRYPTO[-1]).read_bytes())
         add_file(tar, "lib/hello-0.1.0/priv/data.so", b"not an elf file")
     needs = requirements_of(path)
+    # The deploy's one pass over the tarball finds the same, without reading it again.
+    assert inspect_tarball(path, "hello").requirements == needs
     assert needs.arch == normalise_arch(read_elf(beam).arch)  # type: ignore[union-attr]
     assert needs.libc == "glibc"
     assert needs.glibc == (2, 77) and needs.glibc_from == "erts-13.1.5/bin/beam.smp"
@@ -102,6 +108,7 @@ def test_requirements_of_a_release_tarball(tmp_path: Path) -> None:
 
 def test_a_release_without_native_files_needs_nothing(tmp_path: Path) -> None:
     assert requirements_of(release_tarball(tmp_path / "hello-0.1.0.tar.gz")) == Requirements()
+    assert inspect_tarball(tmp_path / "hello-0.1.0.tar.gz", "hello").requirements == Requirements()
     assert requirements_of(tmp_path / "missing.tar.gz") == Requirements()
 
 
@@ -129,6 +136,7 @@ def test_musl_is_recognised() -> None:
         (DEBIAN12, ("glibc", (2, 36))),
         ("ldd (GNU libc) 2.39", ("glibc", (2, 39))),
         ("ldd (Ubuntu GLIBC 2.35-0ubuntu3.8) 2.35", ("glibc", (2, 35))),
+        ("glibc 2.36", ("glibc", (2, 36))),  # getconf GNU_LIBC_VERSION, what the host probe asks first
         (ALPINE, ("musl", None)),
         ("", (None, None)),
         (None, (None, None)),
@@ -142,6 +150,18 @@ def test_parse_libc(line: str | None, parsed: tuple[str | None, tuple[int, ...] 
 @pytest.mark.parametrize(("name", "arch"), [("amd64", "x86_64"), ("arm64", "aarch64"), ("armv7l", "arm"), (None, None)])
 def test_normalise_arch(name: str | None, arch: str | None) -> None:
     assert normalise_arch(name) == arch
+
+
+def test_the_host_probe_reads_this_machines_libc_and_libcrypto(tmp_path: Path) -> None:
+    """The probe's fragment in a real shell: glibc's version from getconf, each libcrypto soname once."""
+    rendered = rc.probe(RemoteLayout(str(tmp_path / "app"), "hello")).render()
+    done = subprocess.run(["sh", "-c", rendered], capture_output=True, text=True, check=True)
+    facts = parse_probe(done.stdout)
+    ldd = subprocess.run(["ldd", "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[0]
+    assert facts.libc is not None and facts.libc.startswith("glibc ")
+    assert parse_libc(facts.libc) == parse_libc(ldd) != (None, None)
+    found = {p.name for d in ("/lib", "/usr/lib") for p in Path(d).glob("*/libcrypto.so.*")}
+    assert facts.libcrypto == frozenset(found)
 
 
 def test_probe_reports_libcrypto() -> None:

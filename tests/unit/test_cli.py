@@ -39,7 +39,39 @@ def test_version_matches_pyproject_and_changelog() -> None:
 
 def test_console_script_points_at_cli_main() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["deployer"] == "deployer.cli.program:main"
+    assert pyproject["project"]["scripts"]["deployer"] == "deployer.cli.program:console"
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_the_console_script_exits_with_the_status_and_all_its_output() -> None:
+    done = _python(
+        "import sys\nfrom deployer.cli.program import console\nsys.argv = ['deployer', '--version']\nconsole()"
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, f"deployer {deployer.__version__}")
+    done = _python("import sys\nfrom deployer.cli.program import console\nsys.argv = ['deployer', 'deplyo']\nconsole()")
+    assert done.returncode == 2
+    assert "deplyo" in done.stderr and "deploy" in done.stderr
+
+
+def test_exit_now_runs_atexit_and_flushes_and_waits_for_working_threads() -> None:
+    quick = _python(
+        "import atexit\nfrom deployer.cli.program import exit_now\n"
+        "atexit.register(lambda: print('atexit ran'))\nprint('buffered, not flushed')\nexit_now(5)"
+    )
+    assert quick.returncode == 5
+    assert quick.stdout.splitlines() == ["buffered, not flushed", "atexit ran"]
+    # A thread still working (not a daemon) is waited for, as an ordinary exit would.
+    waited = _python(
+        "import threading, time\nfrom deployer.cli.program import exit_now\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished'))).start()\nexit_now(3)"
+    )
+    assert (waited.returncode, waited.stdout.strip()) == (3, "thread finished")
 
 
 def test_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:

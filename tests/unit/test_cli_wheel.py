@@ -47,7 +47,7 @@ def test_wheel_installs_a_working_deployer_command(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheels[0]) as wheel:
         names = wheel.namelist()
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-        assert "deployer = deployer.cli.program:main" in wheel.read(entry_points).decode()
+        assert "deployer = deployer.cli.program:console" in wheel.read(entry_points).decode()
     assert {"deployer/cli/program.py", "deployer/tasks.py", "deployer/testing.py"} <= set(names)
     shipped_harness = [n for n in names if n.startswith("tests/") or "fleet" in n or "proxy" in n or "examples" in n]
     assert shipped_harness == [], f"the wheel ships test tooling: {shipped_harness}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -108,8 +109,29 @@ def test_unrouted_paramiko_records_never_reach_stderr(capfd: pytest.CaptureFixtu
 
 def test_guarded_command_announces_its_pid_and_bounds_the_script() -> None:
     command = guarded_command("sh -s", 30)
-    assert command.startswith("sh -c ")
-    assert "exec timeout -k 5 40 sh -s" in command and "@@pid $$" in command
+    assert command == (
+        'sh -c \'if timeout -k 1 5 true 2>/dev/null; then echo "@@pid $$ timeout" >&2; '
+        'exec timeout -k 5 40 sh -s; fi; echo "@@pid $$" >&2; exec sh -s\''
+    )
+    # Once the connection's first session found out, later sessions do not check again.
+    assert guarded_command("sh -s", 30, has_timeout=True) == (
+        "sh -c 'echo \"@@pid $$ timeout\" >&2; exec timeout -k 5 40 sh -s'"
+    )
+    assert guarded_command("sh -s", 30, has_timeout=False) == "sh -c 'echo \"@@pid $$\" >&2; exec sh -s'"
+
+
+@pytest.mark.parametrize("has_timeout", [None, True, False])
+def test_the_wrapper_runs_in_a_real_shell(has_timeout: bool | None) -> None:
+    done = subprocess.run(
+        ["sh", "-c", guarded_command("sh -c 'echo out; echo err >&2'", 30, has_timeout=has_timeout)],
+        capture_output=True,
+        check=False,
+    )
+    stderr = _Stderr(None)
+    stderr.drain(_FakeChannel([done.stderr]))  # type: ignore[arg-type]
+    stderr.finish()
+    assert (done.returncode, done.stdout, b"".join(stderr.chunks)) == (0, b"out\n", b"err\n")
+    assert stderr.pid is not None and stderr.bounded is (has_timeout is not False)
 
 
 class _FakeChannel:
@@ -136,7 +158,7 @@ def test_pid_line_is_taken_out_of_stderr(chunks: list[bytes]) -> None:
     stderr = _Stderr(lambda stream, text: shown.append(text))
     stderr.drain(_FakeChannel(list(chunks)))  # type: ignore[arg-type]
     stderr.finish()
-    assert stderr.pid == 4242
+    assert stderr.pid == 4242 and stderr.bounded is False
     assert b"".join(stderr.chunks) == b"@@step one\n" and "".join(shown) == "@@step one\n"
 
 
@@ -144,7 +166,7 @@ def test_stderr_without_pid_line_is_kept_whole() -> None:
     stderr = _Stderr(None)
     stderr.drain(_FakeChannel([b"oops"]))  # type: ignore[arg-type]
     stderr.finish()
-    assert stderr.pid is None and stderr.chunks == [b"oops"]
+    assert stderr.pid is None and stderr.bounded is None and stderr.chunks == [b"oops"]
 
 
 def test_paramiko_is_what_we_think() -> None:
