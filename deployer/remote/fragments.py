@@ -495,7 +495,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         "    fi\n"
         "    clock\n"
         '    [ "$NOW" -lt "$_until" ] || return 1\n'
-        "    pause 0.05\n"
+        "    pause 0.1\n"
         "  done\n"
         "}\n",
         needs=("clock", "scan_nodes", "new_nodes", "proc_start", "record_node", "agent_start", "pause"),
@@ -542,7 +542,7 @@ _HELPER_LIST: tuple[Helper, ...] = (
         '      if procs_alive $_procs; then fail "node (pid $NODE_PIDS) survived SIGKILL"; fi\n'
         "      break\n"
         "    fi\n"
-        "    pause 0.05\n"
+        "    pause 0.1\n"
         "  done\n"
         '  rm -f "$d/shared/node.pid"\n'
         '  echo "stopped=$NODE_PIDS"\n'

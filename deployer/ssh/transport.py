@@ -288,12 +288,14 @@ def _default_keys(*, agent: bool = True) -> list[paramiko.PKey]:
 class SSHTransport:
     """A live SSH connection to one host. Thread-confined: one worker uses it at a time."""
 
+    _has_timeout: bool | None = None
+    """Whether the host's ``timeout`` works, once a session found out (see :func:`guarded_command`)."""
+
     def __init__(self, endpoint: Endpoint, *, gateways: Gateways | None = None) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
         self.sessions = 0
         self.bytes_uploaded = 0
-        self._has_timeout: bool | None = None  # whether the host's `timeout` works (see guarded_command)
         self._gateways = gateways if gateways is not None else GATEWAYS
         self._gateway: SSHTransport | None = None
         try:
