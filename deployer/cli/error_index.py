@@ -190,6 +190,7 @@ ENTRIES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("no-tarball-matching-under-was", ("no tarball matching '",), 20),
     ("no-such-tarball", ("", ": no such tarball"), 17),
     ("no-such-tarball", ("", ": not a readable tarball: ", ""), 25),
+    ("no-such-tarball", ("not a readable tarball: it is not gzip-compressed",), 49),
     ("member-has-absolute-path", ("", ": member '", "' has an absolute path"), 32),
     ("member-has-absolute-path", ("contains '..'",), 13),
     ("member-has-absolute-path", ("is a device file or FIFO",), 24),

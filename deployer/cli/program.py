@@ -289,6 +289,7 @@ def exit_now(status: int) -> NoReturn:
             stream.flush()
     if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(status)
+    # What the interpreter would run at exit (CPython's own entry point, present in every supported version).
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

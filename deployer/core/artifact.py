@@ -308,7 +308,7 @@ def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None 
                             start_erl = handle.read(4096).decode("utf-8", "replace")
                     elif member.isfile() and is_migration_file(name):
                         migrations.add(name.rsplit("/", 1)[-1])
-                    elif member.isfile() and member.size <= compat.MAX_ELF_BYTES and compat.is_native_candidate(name):
+                    elif compat.is_native_member(member, name):
                         handle = tar.extractfile(member)
                         info = compat.read_elf(handle.read()) if handle is not None else None
                         if info is not None:
@@ -320,6 +320,11 @@ def inspect_tarball(path: Path | str, app: str, *, expected_version: str | None 
                         erts = parts[0].removeprefix("erts-")
                 check.finish()
             sha256 = hashing.finish()
+    except gzip.BadGzipFile as exc:
+        raise ArtifactError(
+            f"{where}: not a readable tarball: it is not gzip-compressed ({exc})",
+            hint="the hosts extract releases with `tar -xz`: ship the .tar.gz your release tool writes",
+        ) from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArtifactError(f"{where}: not a readable tarball: {exc}") from None
     if not has_bin:

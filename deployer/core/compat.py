@@ -247,6 +247,11 @@ def is_native_candidate(name: str) -> bool:
     return parts[0] == "lib" and "priv" in parts and name.endswith(".so")
 
 
+def is_native_member(member: tarfile.TarInfo, name: str) -> bool:
+    """Whether tarball member ``member`` (called ``name``, without a leading ``./``) is read as ELF."""
+    return member.isfile() and member.size <= MAX_ELF_BYTES and is_native_candidate(name)
+
+
 def requirements_of(path: Path | str) -> Requirements:
     """Read the native files of a release tarball. Never raises for an odd tarball: unknown is unknown."""
     infos: dict[str, ElfInfo] = {}
@@ -254,7 +259,7 @@ def requirements_of(path: Path | str) -> Requirements:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
-                if not member.isfile() or member.size > MAX_ELF_BYTES or not is_native_candidate(name):
+                if not is_native_member(member, name):
                     continue
                 handle = tar.extractfile(member)
                 if handle is None:

@@ -42,6 +42,15 @@ def test_the_one_pass_finds_the_migrations_the_release_ships(tmp_path: Path) -> 
     assert inspect_tarball(path, "hello").migrations == ("20260101_create_users.exs",)
 
 
+def test_a_tarball_that_is_not_gzip_is_refused_saying_so(tmp_path: Path) -> None:
+    path = tmp_path / "hello-0.1.0.tar.gz"
+    with tarfile.open(path, "w") as tar:  # plain tar under a .tar.gz name: `tar -xz` fails on the hosts
+        add_file(tar, "bin/hello", b"#!/bin/sh\n", 0o755)
+    with pytest.raises(ArtifactError, match="not a readable tarball: it is not gzip-compressed") as raised:
+        inspect_tarball(path, "hello")
+    assert raised.value.hint is not None and "tar -xz" in raised.value.hint
+
+
 def test_the_hash_covers_every_byte_of_a_multi_member_gzip(tmp_path: Path) -> None:
     """`cat a.gz b.gz` is one gzip file to GNU tar: the members of the second part are validated, and
     the hash is the file's, trailing bytes after the archive included."""
